@@ -1,0 +1,87 @@
+/*
+ * Internal interface between the binding files: the scheduler's task
+ * records, the one way to suspend a task and the one way to wake it, and
+ * structured errors.  Every binding that waits for something does:
+ *
+ *   ah_task *t = ah__task_require(L, "ah.http.request");  -- raises outside a task
+ *   ...validate arguments, start the operation...
+ *   return ah__task_suspend(L, t, &my_op, data);
+ *
+ * and its completion (on the loop thread) pushes the results on
+ * ah__task_thread(t) and calls ah__task_wake.  Only the scheduler calls
+ * lua_resume.
+ */
+#ifndef AH_BINDINGS_H
+#define AH_BINDINGS_H
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#include "../host/host.h"
+
+typedef struct ah_sched ah_sched;
+typedef struct ah_task ah_task;
+
+/*
+ * A pending operation.  cancel abandons it without waking the task (stop
+ * the timer, unlink from a wait list, abort the transfer); timeout is called
+ * when the task's own timer fires while it waits on the operation; after
+ * runs in the task once it is resumed, with the nargs values the completion
+ * pushed on top of the stack, and returns how many results the suspended
+ * call returns (default: all nargs).
+ */
+typedef struct ah_op {
+  const char *name;
+  void (*cancel)(ah_sched *S, ah_task *t);
+  void (*timeout)(ah_sched *S, ah_task *t);
+  int (*after)(lua_State *L, ah_task *t, int nargs);
+} ah_op;
+
+ah_sched *ah__sched_get(lua_State *L);
+uv_loop_t *ah__sched_uv(ah_sched *S);
+ah_loop *ah__sched_loop(ah_sched *S);
+
+/* The task whose coroutine L is, or NULL. */
+ah_task *ah__task_current(lua_State *L);
+/* The current task, or raises a misuse error naming `what`. */
+ah_task *ah__task_require(lua_State *L, const char *what);
+lua_State *ah__task_thread(ah_task *t);
+void *ah__task_opdata(ah_task *t);
+/* Arms t's timer (used with an op's timeout hook). */
+int ah__task_timer(ah_sched *S, ah_task *t, double seconds);
+void ah__task_timer_stop(ah_sched *S, ah_task *t);
+
+/* Suspends t (which must be running in L) on op.  Use as a return value. */
+int ah__task_suspend(lua_State *L, ah_task *t, const ah_op *op, void *opdata);
+/* Makes a suspended t ready.  nargs values are already on its thread; when
+ * is_error is set there is one value and it is raised at the await point. */
+void ah__task_wake(ah_sched *S, ah_task *t, int nargs, int is_error);
+
+/* Structured errors: a table {kind, message, retryable} with a metatable
+ * whose __tostring gives "kind: message". */
+void ah__error_push(lua_State *L, const char *kind, int retryable,
+                    const char *fmt, ...);
+int ah__error_raise(lua_State *L, const char *kind, int retryable,
+                    const char *fmt, ...);
+/* Is the value at idx a structured error (of this kind, when kind != NULL)? */
+int ah__error_is(lua_State *L, int idx, const char *kind);
+void ah__error_open(lua_State *L); /* pushes the ah.error table */
+
+/* Module parts; each pushes its table. */
+int ah__open_task(lua_State *L);
+
+/* Finds the directory holding scripts/agenthost/init.lua for a binary at
+ * path (its parent directory, or PREFIX/share/agenthost).  0 when found. */
+int ah__find_root(const char *path, char *out, size_t size);
+/* Prepends ROOT/scripts and ROOT/tools to package.path. */
+void ah__add_paths(lua_State *L, const char *root);
+
+/* For the CLI: run the main task to completion, with signals handled. */
+int ah__sched_signals(lua_State *L);
+int ah__sched_signal_seen(lua_State *L);
+/* Reports a failure the way uncaught task errors are reported. */
+void ah__report(lua_State *L, int erridx, const char *traceback);
+/* The traceback recorded for the last failure of task.run's main task. */
+const char *ah__last_traceback(lua_State *L);
+
+#endif

@@ -1,0 +1,142 @@
+/*
+ * The agenthost command: runs a Lua script as the main task.
+ *
+ *   agenthost [options] SCRIPT [ARGS...]
+ *
+ * The script sees `arg` as the lua command sets it and its arguments as
+ * `...`.  scripts/ and tools/ are found relative to the executable (or its
+ * install prefix).  Exit status: 0 when the main task and every detached
+ * task have finished, 1 when the main task fails, 2 for usage errors,
+ * 128+N after signal N (SIGINT, SIGTERM cancel every task and let detached
+ * work drain; a second one exits at once).
+ */
+#include "bindings.h"
+#include "../host/agenthost.h"
+
+#include <lualib.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *progname = "agenthost";
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: %s [options] SCRIPT [ARGS...]\n"
+          "\n"
+          "Runs SCRIPT (a Lua 5.4 file) as the main task of an agenthost loop.\n"
+          "\n"
+          "options:\n"
+          "  --help       show this help and exit\n"
+          "  --version    show the version and exit\n"
+          "  --           end of options\n"
+          "\n"
+          "exit status: 0 done, 1 the script failed, 2 usage error,\n"
+          "130/143 interrupted by SIGINT/SIGTERM.\n",
+          progname);
+}
+
+/* Builds `arg`: the script at 0, its arguments above, what came before it
+ * (the program and options) below, as lua does. */
+static void set_arg(lua_State *L, int argc, char **argv, int script) {
+  int i;
+  lua_createtable(L, argc - script, script + 1);
+  for (i = 0; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i - script);
+  }
+  lua_setglobal(L, "arg");
+}
+
+static int report_failure(lua_State *L) {
+  const char *tb = ah__last_traceback(L);
+  const char *msg = luaL_tolstring(L, -1, NULL);
+  fprintf(stderr, "%s: %s\n", progname, msg);
+  if (tb && *tb) fprintf(stderr, "%s\n", tb);
+  lua_pop(L, 1);
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  lua_State *L;
+  char exe[4096], root[4096];
+  size_t exelen = sizeof exe;
+  int script = 0, i, status, code = 0, nargs;
+
+  for (i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      usage(stdout);
+      return 0;
+    } else if (strcmp(argv[i], "--version") == 0) {
+      printf("agenthost %s (%s, libuv %s)\n", AH_VERSION_STRING, LUA_RELEASE,
+             uv_version_string());
+      return 0;
+    } else if (strcmp(argv[i], "--") == 0) {
+      script = i + 1;
+      break;
+    } else if (argv[i][0] == '-' && argv[i][1] != '\0') {
+      fprintf(stderr, "%s: unknown option '%s'\n", progname, argv[i]);
+      usage(stderr);
+      return 2;
+    } else {
+      script = i;
+      break;
+    }
+  }
+  if (script == 0 || script >= argc) {
+    fprintf(stderr, "%s: no script given\n", progname);
+    usage(stderr);
+    return 2;
+  }
+
+  L = luaL_newstate();
+  if (!L) {
+    fprintf(stderr, "%s: cannot create a Lua state (out of memory)\n", progname);
+    return 1;
+  }
+  luaL_openlibs(L);
+  if (uv_exepath(exe, &exelen) == 0 &&
+      ah__find_root(exe, root, sizeof root) == 0)
+    ah__add_paths(L, root);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, luaopen_agenthost_core);
+  lua_setfield(L, -2, "agenthost.core");
+  lua_pop(L, 1);
+
+  /* ah = require "agenthost" */
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "agenthost");
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    fprintf(stderr, "%s: cannot load the agenthost module: %s\n", progname,
+            lua_tostring(L, -1));
+    lua_close(L);
+    return 1;
+  }
+  set_arg(L, argc, argv, script);
+
+  lua_getfield(L, -1, "task");
+  lua_getfield(L, -1, "run"); /* [ah, task, run] */
+  status = luaL_loadfile(L, argv[script]);
+  if (status != LUA_OK) {
+    const char *msg = lua_tostring(L, -1);
+    fprintf(stderr, "%s: %s\n", progname, msg ? msg : "cannot load the script");
+    code = (status == LUA_ERRFILE) ? 2 : 1;
+    lua_close(L);
+    return code;
+  }
+  nargs = argc - script - 1;
+  luaL_checkstack(L, nargs + 1, "too many arguments");
+  for (i = script + 1; i < argc; i++) lua_pushstring(L, argv[i]);
+  ah__sched_signals(L);
+  if (lua_pcall(L, nargs + 1, 0, 0) != LUA_OK) {
+    int sig = ah__sched_signal_seen(L);
+    if (sig)
+      code = 128 + sig;
+    else
+      code = report_failure(L);
+  } else if (ah__sched_signal_seen(L)) {
+    code = 128 + ah__sched_signal_seen(L);
+  }
+  fflush(stdout);
+  lua_close(L);
+  return code;
+}

@@ -1,0 +1,104 @@
+/*
+ * Internal interface of the host layer: the event loop wrapper and the
+ * timer heap.  Everything here knows libuv and plain C only; nothing here
+ * includes Lua.  Names with the ah__ prefix are shared between the files of
+ * the project and are not part of the public API (see agenthost.h).
+ */
+#ifndef AH_HOST_H
+#define AH_HOST_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+/* ---- timer heap ------------------------------------------------------ */
+
+/*
+ * A timer is a node embedded in the caller's own record: starting it
+ * allocates nothing (the heap array grows geometrically and is reused).
+ * All timers of one heap share a single uv_timer_t armed for the earliest
+ * deadline, so a record carries 16 bytes instead of a whole uv handle.
+ * Equal deadlines fire in the order they were started.
+ */
+typedef struct ah_timer {
+  uint64_t key;   /* deadline in ms (high bits) and start sequence (low bits) */
+  uint32_t pos;   /* index in the heap + 1; 0 when not armed */
+} ah_timer;
+
+typedef struct ah_timers ah_timers;
+typedef void (*ah_timer_fire_cb)(ah_timers *ts, ah_timer *t);
+
+/* Owned by whoever embeds it; closed with ah__timers_close. */
+struct ah_timers {
+  uv_timer_t handle;       /* armed for heap[0]; freed only in close cb */
+  ah_timer **heap;         /* min-heap on key; owned, malloc'd */
+  uint32_t n, cap;
+  uint32_t seq;
+  uint64_t armed_for;      /* deadline the uv timer is armed for, or 0 */
+  ah_timer_fire_cb fire;
+  void *data;              /* for the owner */
+};
+
+int ah__timers_init(ah_timers *ts, uv_loop_t *loop, ah_timer_fire_cb fire);
+/* Arms t to fire after timeout_ms from now (the loop's current time).
+ * Restarting an armed timer moves it.  Returns 0 or UV_ENOMEM. */
+int ah__timers_start(ah_timers *ts, ah_timer *t, uint64_t timeout_ms);
+void ah__timers_stop(ah_timers *ts, ah_timer *t);
+/* Fires every due timer now; called by the uv timer and usable by hosts
+ * that step the loop themselves. */
+void ah__timers_run(ah_timers *ts);
+/* Milliseconds until the earliest deadline, or -1 when none is armed. */
+int64_t ah__timers_next(const ah_timers *ts);
+/* Stops every timer (without firing) and closes the uv handle; close_cb
+ * runs from the loop once the handle is closed, and only then may the
+ * memory holding ts be freed. */
+void ah__timers_close(ah_timers *ts, uv_close_cb close_cb);
+
+/* ---- loop ------------------------------------------------------------ */
+
+/*
+ * The loop either owns its uv_loop_t or borrows one from an embedding host.
+ * It runs the owner's drain function before every poll and after every poll
+ * phase (uv_prepare and uv_check), which is where ready work is run; both
+ * handles are unreferenced so they never keep the loop alive by themselves.
+ */
+typedef struct ah_loop ah_loop;
+typedef void (*ah_loop_drain_cb)(ah_loop *lp);
+typedef void (*ah_loop_signal_cb)(ah_loop *lp, int signum);
+
+struct ah_loop {
+  uv_loop_t *uv;
+  uv_loop_t own;
+  int owned;
+  int closing;
+  uv_prepare_t prepare;
+  uv_check_t check;
+  uv_idle_t idle;          /* active while work is pending: no blocking poll */
+  uv_signal_t sigint, sigterm;
+  int signals_on;
+  ah_timers timers;        /* every timer of this loop */
+  ah_loop_drain_cb drain;
+  ah_loop_signal_cb on_signal;
+  void *data;              /* for the owner */
+  int open_handles;        /* handles of ours not yet closed */
+};
+
+/* borrow may be NULL to own a loop.  fire is the timer callback. */
+int ah__loop_init(ah_loop *lp, uv_loop_t *borrow, ah_loop_drain_cb drain,
+                  ah_timer_fire_cb fire);
+/* Keeps the next poll from blocking, because work is waiting. */
+void ah__loop_pending(ah_loop *lp, int pending);
+/* Delivers SIGINT and SIGTERM to cb instead of the default action. */
+int ah__loop_signals(ah_loop *lp, ah_loop_signal_cb cb);
+void ah__loop_signals_off(ah_loop *lp);
+/* Closes our handles, runs the loop until they are closed, and closes an
+ * owned loop.  Returns 0, or UV_EBUSY when other handles are still open on
+ * an owned loop (they are walked and closed first, so this is a report). */
+int ah__loop_close(ah_loop *lp);
+
+/* ---- small shared helpers --------------------------------------------- */
+
+/* Monotonic clock in seconds. */
+double ah__now(void);
+
+#endif
