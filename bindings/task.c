@@ -69,7 +69,8 @@ enum {
   F_CANCELLED = 8,  /* cancel() was called on it */
   F_OBSERVED = 16,  /* its error was handed to somebody */
   F_WAKE_ERR = 32,  /* the value for the next resume is an error */
-  F_BODY_ERR = 64   /* the body failed (the task may still wait for children) */
+  F_BODY_ERR = 64,  /* the body failed (the task may still wait for children) */
+  F_INTERNAL = 128  /* no Lua code holds its handle: its thread is reused */
 };
 
 typedef struct ah_group ah_group;
@@ -107,6 +108,8 @@ struct ah_sched {
   int on_error;      /* registry ref of the error handler, or LUA_NOREF */
   int reports;       /* registry ref of the table of reports to deliver */
   int nreports;
+  int pool;          /* registry ref of the array of reusable threads */
+  int npool;
   int signal;        /* last SIGINT/SIGTERM seen by the CLI */
   int closed;
   char *last_tb;     /* traceback of the last failed main task; owned */
@@ -356,14 +359,28 @@ static ah_task *task_new(lua_State *L, ah_sched *S, int fidx, ah_task *parent,
   ah_task *t;
   luaL_checktype(L, fidx, LUA_TFUNCTION);
   if (n > 0xfffe) luaL_error(L, "too many arguments for a task");
-  t = lua_newuserdatauv(L, sizeof *t, 1);
-  memset(t, 0, sizeof *t);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &TASK_MT);
-  lua_setmetatable(L, -2);
-  co = lua_newthread(L);
+  if (S->npool > 0) {
+    /* The record and thread of a finished internal task: the thread's
+     * stack has already grown to what a task needs, and reuse spares the
+     * collector two objects per task. */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->pool);
+    lua_rawgeti(L, -1, S->npool);
+    lua_pushnil(L);
+    lua_rawseti(L, -3, S->npool--);
+    lua_remove(L, -2);
+    t = lua_touserdata(L, -1);
+    co = t->co;
+    memset(t, 0, sizeof *t);
+  } else {
+    t = lua_newuserdatauv(L, sizeof *t, 1);
+    memset(t, 0, sizeof *t);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &TASK_MT);
+    lua_setmetatable(L, -2);
+    co = lua_newthread(L);
+    lua_setiuservalue(L, -2, 1);
+  }
   *slot(co) = t;
   t->co = co;
-  lua_setiuservalue(L, -2, 1);
   lua_insert(L, fidx); /* the handle goes below the function and arguments */
   lua_xmove(L, co, n);
   lua_pushvalue(L, -1);
@@ -392,10 +409,12 @@ static int t_spawn(lua_State *L) {
   return 1;
 }
 
-/* task.detach(fn, ...) -> handle: owned by the host, not by the caller. */
+/* task.detach(fn, ...): fire-and-forget, owned by the host; returns
+ * nothing, so the task's thread can be reused as soon as it ends (use
+ * task.spawn to keep a handle). */
 static int t_detach(lua_State *L) {
-  task_new(L, sched_of(L), 1, NULL, F_DETACHED);
-  return 1;
+  task_new(L, sched_of(L), 1, NULL, F_DETACHED | F_INTERNAL);
+  return 0;
 }
 
 /* ---- completion ------------------------------------------------------------ */
@@ -444,6 +463,23 @@ static void queue_report(ah_sched *S, ah_task *t) {
   ah__loop_pending(&S->loop, 1);
 }
 
+/* Returns the thread of a completed task that no Lua code can reach to the
+ * pool.  The pool holds at most as many threads as there are live tasks
+ * (plus a few), so a burst does not pin its memory. */
+static void recycle(ah_sched *S, ah_task *t, lua_State *L, int idx) {
+  if (!(t->flags & F_INTERNAL) || t->state < T_DONE) return;
+  observe(t);
+  t->flags &= ~F_INTERNAL; /* recycled once */
+  if ((size_t)S->npool >= S->live + 256) return;
+  lua_settop(t->co, 0);
+  *slot(t->co) = NULL;
+  idx = lua_absindex(L, idx);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->pool);
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, -2, ++S->npool);
+  lua_pop(L, 1);
+}
+
 static void complete(ah_sched *S, ah_task *t) {
   while (t) {
     ah_task *parent = t->parent;
@@ -462,6 +498,11 @@ static void complete(ah_sched *S, ah_task *t) {
     }
     if (t->group) group_child_done(S, t);
     if (failed && (t->flags & F_DETACHED)) queue_report(S, t);
+    if (t->flags & F_DETACHED) {
+      lua_rawgeti(S->L, LUA_REGISTRYINDEX, t->ref);
+      recycle(S, t, S->L, -1);
+      lua_pop(S->L, 1);
+    }
     if (t->flags & F_DETACHED) S->detached--;
     S->live--;
     luaL_unref(S->L, LUA_REGISTRYINDEX, t->ref);
@@ -820,28 +861,44 @@ static ah_group *group_start(lua_State *L, ah_sched *S, ah_task *me, int kind,
   g = group_new(L, me, kind, n);
   for (i = 2; i <= n + 1; i++) {
     lua_pushvalue(L, i);
-    task_new(L, S, lua_gettop(L), me, 0)->group = g;
+    task_new(L, S, lua_gettop(L), me, F_INTERNAL)->group = g;
   }
   lua_rotate(L, 2, -n);
   lua_settop(L, n + 1);
   return g;
 }
 
-static int group_after(lua_State *L, ah_task *t, int nargs) {
-  const int base = 1;
-  ah_group *g = lua_touserdata(L, base);
-  int n, i;
-  (void)t;
-  lua_pop(L, nargs);
-  n = lua_gettop(L) - base;
+/* Hands back the threads of a finished group's children; an error of a
+ * child that is neither the group's outcome nor a cancellation is reported,
+ * not dropped. */
+static void group_release(lua_State *L, ah_group *g, int base, int n) {
+  ah_sched *S = ah__sched_get(L);
+  int i;
+  for (i = 1; i <= n; i++) {
+    ah_task *c = lua_touserdata(L, base + i);
+    if (c->state == T_FAILED && c != g->first) queue_report(S, c);
+    recycle(S, c, L, base + i);
+  }
+}
+
+/* Pushes the outcome of a finished group: its results (returns their
+ * count) or its error (returns -1 with the error on top). */
+static int group_outcome(lua_State *L, ah_group *g, int base, int n) {
+  int i;
+  ah_task *c = g->kind == G_TIMEOUT ? lua_touserdata(L, base + 1) : g->first;
+  if (c && c->state == T_FAILED) {
+    g->first = c;
+    observe(c);
+    if (g->kind == G_TIMEOUT && g->timed_out &&
+        ah__error_is(c->co, 1, "cancelled"))
+      ah__error_push(L, "timeout", 1, "timed out after %f s", g->seconds);
+    else
+      push_outcome(L, c, 0);
+    return -1;
+  }
   if (g->kind == G_GATHER) {
-    if (g->first) {
-      observe(g->first);
-      push_outcome(L, g->first, 0);
-      return lua_error(L);
-    }
     for (i = 1; i <= n; i++) {
-      ah_task *c = lua_touserdata(L, base + i);
+      c = lua_touserdata(L, base + i);
       if (lua_gettop(c->co) > 0) {
         lua_pushvalue(c->co, 1);
         lua_xmove(c->co, L, 1);
@@ -852,31 +909,27 @@ static int group_after(lua_State *L, ah_task *t, int nargs) {
     return n;
   }
   if (g->kind == G_RACE) {
-    int idx = 0, k;
+    int idx = 0;
     for (i = 1; i <= n; i++)
       if (lua_touserdata(L, base + i) == g->first) idx = i;
-    if (g->first->state == T_FAILED) {
-      observe(g->first);
-      push_outcome(L, g->first, 0);
-      return lua_error(L);
-    }
     lua_pushinteger(L, idx);
-    k = push_outcome(L, g->first, 0);
-    return k + 1;
+    return push_outcome(L, g->first, 0) + 1;
   }
-  /* G_TIMEOUT: one child. */
-  {
-    ah_task *c = lua_touserdata(L, base + 1);
-    if (c->state == T_FAILED) {
-      observe(c);
-      if (g->timed_out && ah__error_is(c->co, 1, "cancelled"))
-        return ah__error_raise(L, "timeout", 1, "timed out after %f s",
-                               g->seconds);
-      push_outcome(L, c, 0);
-      return lua_error(L);
-    }
-    return push_outcome(L, c, 0);
-  }
+  g->first = c;
+  return push_outcome(L, c, 0);
+}
+
+/* The waiter's continuation.  Stack: [group, h1..hn, nargs wake values]. */
+static int group_after(lua_State *L, ah_task *t, int nargs) {
+  ah_group *g = lua_touserdata(L, 1);
+  int n, k;
+  (void)t;
+  lua_pop(L, nargs);
+  n = lua_gettop(L) - 1;
+  k = group_outcome(L, g, 1, n);
+  group_release(L, g, 1, n);
+  if (k < 0) return lua_error(L);
+  return k;
 }
 
 /* task.gather(f, g, ...) -> first result of each */
@@ -917,7 +970,7 @@ static int t_timeout(lua_State *L) {
   g = group_new(L, me, G_TIMEOUT, 1);
   g->seconds = s;
   lua_remove(L, 2);
-  task_new(L, S, 2, me, 0)->group = g;
+  task_new(L, S, 2, me, F_INTERNAL)->group = g;
   if (ah__task_timer(S, me, s))
     return ah__error_raise(L, "resource", 1, "task.timeout: out of memory");
   return ah__task_suspend(L, me, &group_op, g);
@@ -1220,6 +1273,7 @@ const char *ah__last_traceback(lua_State *L) {
 static int t_current(lua_State *L) {
   ah_task *t = ah__task_current(L);
   if (!t) return 0;
+  t->flags &= ~F_INTERNAL; /* its handle escapes: keep the thread */
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
   return 1;
 }
@@ -1359,6 +1413,8 @@ static ah_sched *sched_create(lua_State *L) {
   S->on_error = LUA_NOREF;
   lua_createtable(L, 4, 0);
   S->reports = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_createtable(L, 64, 0);
+  S->pool = luaL_ref(L, LUA_REGISTRYINDEX);
   if (ah__loop_init(&S->loop, NULL, drain, on_timer) != 0)
     luaL_error(L, "agenthost: cannot create the event loop");
   S->loop.data = S;
