@@ -25,13 +25,18 @@ typedef struct ah_timer {
   uint32_t pos;   /* index in the heap + 1; 0 when not armed */
 } ah_timer;
 
+typedef struct ah_timer_slot {
+  uint64_t key;
+  ah_timer *t;
+} ah_timer_slot;
+
 typedef struct ah_timers ah_timers;
 typedef void (*ah_timer_fire_cb)(ah_timers *ts, ah_timer *t);
 
 /* Owned by whoever embeds it; closed with ah__timers_close. */
 struct ah_timers {
   uv_timer_t handle;       /* armed for heap[0]; freed only in close cb */
-  ah_timer **heap;         /* min-heap on key; owned, malloc'd */
+  ah_timer_slot *heap;     /* min-heap on key; owned, malloc'd */
   uint32_t n, cap;
   uint32_t seq;
   uint64_t armed_for;      /* deadline the uv timer is armed for, or 0 */
