@@ -558,11 +558,9 @@ static void body_done(ah_sched *S, ah_task *t, int status, int nres) {
      * children down with it. */
     t->state = T_CHILDREN;
     if (status != LUA_OK) {
-      ah_link *l, *next;
-      for (l = t->children.next; l != &t->children; l = next) {
-        next = l->next;
+      ah_link *l;
+      for (l = t->children.next; l != &t->children; l = l->next)
         cancel_task(S, container_of(l, ah_task, sibling));
-      }
     }
     return;
   }
@@ -571,6 +569,15 @@ static void body_done(ah_sched *S, ah_task *t, int status, int nres) {
 
 static void run_task(ah_sched *S, ah_task *t) {
   int nres = 0, status;
+  if (t->state == T_NEW && (t->flags & F_CANCEL)) {
+    /* Cancelled before it started: it completes without running. */
+    lua_settop(t->co, 0);
+    ah__error_push(t->co, "cancelled", 0, "task cancelled before it started");
+    lua_pushliteral(t->co, "");
+    t->flags |= F_BODY_ERR;
+    complete(S, t);
+    return;
+  }
   t->state = T_RUNNING;
   S->resumes++;
   status = lua_resume(t->co, S->from, t->nargs, &nres);
@@ -667,22 +674,18 @@ static void drain(ah_loop *lp) {
 
 /* ---- cancellation ---------------------------------------------------------- */
 
+/* Cancels t and its children, once.  Nothing completes in here: a task
+ * not started yet completes (without running) when the scheduler reaches
+ * it, so lists being walked here never change under the walk. */
 static void cancel_task(ah_sched *S, ah_task *t) {
-  ah_link *l, *next;
-  if (t->state >= T_DONE) return;
+  ah_link *l;
+  if (t->state >= T_DONE || (t->flags & F_CANCELLED)) return;
   t->flags |= F_CANCELLED;
-  for (l = t->children.next; l != &t->children; l = next) {
-    next = l->next;
+  for (l = t->children.next; l != &t->children; l = l->next)
     cancel_task(S, container_of(l, ah_task, sibling));
-  }
   switch (t->state) {
-  case T_NEW: /* never started: it completes as cancelled without running */
-    link_remove(&t->link);
-    lua_settop(t->co, 0);
-    ah__error_push(t->co, "cancelled", 0, "task cancelled before it started");
-    lua_pushliteral(t->co, "");
-    t->flags |= F_BODY_ERR;
-    complete(S, t);
+  case T_NEW:
+    t->flags |= F_CANCEL;
     break;
   case T_SUSPENDED:
     if (t->op->cancel) t->op->cancel(S, t);
@@ -803,8 +806,8 @@ static void cancel_group_children(ah_sched *S, ah_group *g, ah_task *except) {
 static void group_child_done(ah_sched *S, ah_task *c) {
   ah_group *g = c->group;
   int failed = c->state == T_FAILED;
+  int last = --g->pending == 0;
   c->group = NULL;
-  g->pending--;
   if (g->kind == G_GATHER && failed && !g->first) {
     g->first = c;
     cancel_group_children(S, g, c);
@@ -812,21 +815,24 @@ static void group_child_done(ah_sched *S, ah_task *c) {
     g->first = c;
     cancel_group_children(S, g, c);
   }
-  if (g->pending == 0) {
+  if (last) {
     if (g->kind == G_TIMEOUT) ah__task_timer_stop(S, g->waiter);
     ah__task_wake(S, g->waiter, 0, 0);
   }
 }
 
-/* The waiter is cancelled: its children are cancelled with it (they are its
- * children) and must not report to a group that is going away. */
+/* The waiter is cancelled: the group's children are cancelled with it and
+ * must not report to a group that is going away. */
 static void group_cancel(ah_sched *S, ah_task *w) {
   ah_group *g = w->opdata;
   ah_link *l;
   ah__task_timer_stop(S, w);
   for (l = w->children.next; l != &w->children; l = l->next) {
     ah_task *c = container_of(l, ah_task, sibling);
-    if (c->group == g) c->group = NULL;
+    if (c->group == g) {
+      cancel_task(S, c); /* a no-op when the waiter's own cancel did it */
+      c->group = NULL;
+    }
   }
 }
 

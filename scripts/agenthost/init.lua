@@ -18,10 +18,11 @@ function task.map(items, fn, opts)
     error("task.map: fn must be a function", 2)
   end
   local n = #items
-  local limit = opts and opts.limit or n
+  local limit = opts and opts.limit or math.max(n, 1)
   if math.type(limit) ~= "integer" or limit < 1 then
     error("task.map: opts.limit must be an integer >= 1", 2)
   end
+  if n == 0 then return {} end
   local results, next_index = {}, 0
   local function worker()
     while next_index < n do
