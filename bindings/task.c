@@ -100,6 +100,7 @@ struct ah_sched {
   ah_link ready;
   ah_link unobserved; /* failed tasks nobody has taken the error of yet */
   ah_link orphans;   /* tasks without a parent: main and detached tasks */
+  ah_link drainers;  /* tasks waiting in task.drain */
   size_t live, detached, sleeping;
   unsigned long long spawned, resumes;
   ah_task *root;
@@ -503,7 +504,13 @@ static void complete(ah_sched *S, ah_task *t) {
       recycle(S, t, S->L, -1);
       lua_pop(S->L, 1);
     }
-    if (t->flags & F_DETACHED) S->detached--;
+    if ((t->flags & F_DETACHED) && --S->detached == 0) {
+      while (!link_empty(&S->drainers)) {
+        ah_task *w = container_of(S->drainers.next, ah_task, link);
+        link_remove(&w->link);
+        ah__task_wake(S, w, 0, 0);
+      }
+    }
     S->live--;
     luaL_unref(S->L, LUA_REGISTRYINDEX, t->ref);
     t->ref = LUA_NOREF;
@@ -1275,6 +1282,21 @@ const char *ah__last_traceback(lua_State *L) {
   return S ? S->last_tb : NULL;
 }
 
+static const ah_op drain_op = {"drain", wait_cancel, NULL, NULL};
+
+/* task.drain(): waits until every detached task has finished. */
+static int t_drain(lua_State *L) {
+  ah_sched *S = sched_of(L);
+  ah_task *me = ah__task_require(L, "task.drain");
+  if (me->flags & F_DETACHED)
+    return ah__error_raise(L, "invalid_argument", 0,
+                           "task.drain cannot be called from a detached task "
+                           "(it would wait for itself)");
+  if (S->detached == 0) return 0;
+  link_append(&S->drainers, &me->link);
+  return ah__task_suspend(L, me, &drain_op, NULL);
+}
+
 /* task.current() -> handle of the running task, or nil */
 static int t_current(lua_State *L) {
   ah_task *t = ah__task_current(L);
@@ -1416,6 +1438,7 @@ static ah_sched *sched_create(lua_State *L) {
   link_init(&S->ready);
   link_init(&S->unobserved);
   link_init(&S->orphans);
+  link_init(&S->drainers);
   S->on_error = LUA_NOREF;
   lua_createtable(L, 4, 0);
   S->reports = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -1442,6 +1465,7 @@ int ah__open_task(lua_State *L) {
       {"event", t_event},       {"semaphore", t_semaphore},
       {"queue", t_queue},       {"current", t_current},
       {"on_error", t_on_error}, {"stats", t_stats},
+      {"drain", t_drain},
       {NULL, NULL}};
   lua_newtable(L);
   sched_create(L); /* upvalue for every function */

@@ -819,6 +819,52 @@ describe("task.detach", function()
     end)
   end)
 
+  it("task.drain waits for every detached task, including ones started meanwhile", function()
+    task.run(function()
+      local done = {}
+      task.detach(function()
+        task.sleep(0.02)
+        done[#done + 1] = "a"
+        task.detach(function()
+          task.sleep(0.01)
+          done[#done + 1] = "b"
+        end)
+      end)
+      task.detach(function() done[#done + 1] = "c" end)
+      task.drain()
+      assert.same({ "c", "a", "b" }, done)
+      assert.equal(0, task.stats().detached)
+      task.drain() -- nothing detached: returns at once
+    end)
+  end)
+
+  it("task.drain refuses to run in a detached task, which would wait for itself", function()
+    local err
+    task.run(function()
+      task.detach(function()
+        local ok, e = pcall(task.drain)
+        assert(not ok)
+        err = e
+      end)
+    end)
+    assert.is_true(ah.error.is(err, "invalid_argument"))
+    assert.matches("detached task", err.message)
+  end)
+
+  it("a task waiting in task.drain can be cancelled", function()
+    task.run(function()
+      local ev = task.event()
+      task.detach(function() ev:wait() end)
+      local h = task.spawn(task.drain)
+      task.yield()
+      h:cancel()
+      local ok, e = h:result()
+      assert.is_false(ok)
+      assert.is_true(ah.error.is(e, "cancelled"))
+      ev:set()
+    end)
+  end)
+
   it("can be started from outside a task and is drained by the next task.run", function()
     local ran = false
     task.detach(function() ran = true end)

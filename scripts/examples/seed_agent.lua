@@ -127,8 +127,7 @@ end
 local agents = {}
 for a = 1, n do agents[a] = task.spawn(agent) end
 for a = 1, n do agents[a]:join(); agents[a] = nil end
--- The last memory writes are detached tasks: wait for them too.
-while task.stats().detached > 0 do task.sleep(0.001) end
+task.drain() -- the last memory writes are detached tasks: wait for them too
 local wall = ah.clock() - t0
 local ru = ah.rusage()
 print(string.format("agents=%d steps=%d wall=%.3f ideal=%.3f cpu=%.3f maxrss_mb=%.1f",
