@@ -48,6 +48,8 @@ int luaopen_agenthost_core(lua_State *L) {
   lua_setfield(L, -2, "task");
   ah__error_open(L);
   lua_setfield(L, -2, "error");
+  ah__open_reload(L);
+  lua_setfield(L, -2, "_reload");
   lua_pushcfunction(L, m_clock);
   lua_setfield(L, -2, "clock");
   lua_pushcfunction(L, m_rusage);
@@ -68,24 +70,27 @@ static int is_file(const char *path) {
 int ah__find_root(const char *path, char *out, size_t size) {
   char dir[4096], probe[4200];
   char *slash;
+  int up;
   if (strlen(path) >= sizeof dir) return -1;
   strcpy(dir, path);
-  if (!(slash = strrchr(dir, '/'))) return -1;
-  *slash = '\0'; /* the binary's directory */
-  if ((slash = strrchr(dir, '/')))
-    *slash = '\0'; /* its parent */
-  else
-    strcpy(dir, ".");
-  snprintf(probe, sizeof probe, "%s/scripts/agenthost/init.lua", dir);
-  if (is_file(probe)) {
-    snprintf(out, size, "%s", dir);
-    return 0;
-  }
-  snprintf(probe, sizeof probe, "%s/share/agenthost/scripts/agenthost/init.lua",
-           dir);
-  if (is_file(probe)) {
-    snprintf(out, size, "%s/share/agenthost", dir);
-    return 0;
+  /* Walk up from the binary's directory: build/agenthost and
+   * build/asan/agenthost sit below the source tree; PREFIX/bin/agenthost
+   * has PREFIX/share/agenthost. */
+  for (up = 0; up < 3; up++) {
+    if (!(slash = strrchr(dir, '/'))) return -1;
+    *slash = '\0';
+    if (!*dir) return -1;
+    snprintf(probe, sizeof probe, "%s/scripts/agenthost/init.lua", dir);
+    if (is_file(probe)) {
+      snprintf(out, size, "%s", dir);
+      return 0;
+    }
+    snprintf(probe, sizeof probe,
+             "%s/share/agenthost/scripts/agenthost/init.lua", dir);
+    if (is_file(probe)) {
+      snprintf(out, size, "%s/share/agenthost", dir);
+      return 0;
+    }
   }
   return -1;
 }

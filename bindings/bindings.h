@@ -51,6 +51,10 @@ void *ah__task_opdata(ah_task *t);
 int ah__task_timer(ah_sched *S, ah_task *t, double seconds);
 void ah__task_timer_stop(ah_sched *S, ah_task *t);
 
+/* Starts a detached task running the function below the nargs values on
+ * the top of L (all are popped).  For completions that run Lua code. */
+void ah__task_detach(lua_State *L, int nargs);
+
 /* Suspends t (which must be running in L) on op.  Use as a return value. */
 int ah__task_suspend(lua_State *L, ah_task *t, const ah_op *op, void *opdata);
 /* Makes a suspended t ready.  nargs values are already on its thread; when
@@ -69,6 +73,7 @@ void ah__error_open(lua_State *L); /* pushes the ah.error table */
 
 /* Module parts; each pushes its table. */
 int ah__open_task(lua_State *L);
+int ah__open_reload(lua_State *L);
 
 /* Finds the directory holding scripts/agenthost/init.lua for a binary at
  * path (its parent directory, or PREFIX/share/agenthost).  0 when found. */

@@ -5,7 +5,9 @@
  *
  * The script sees `arg` as the lua command sets it and its arguments as
  * `...`.  scripts/ and tools/ are found relative to the executable (or its
- * install prefix).  Exit status: 0 when the main task and every detached
+ * install prefix).  --watch [DIR] makes the modules the script requires
+ * from DIR (default: the script's directory) reload when their files
+ * change, and on SIGHUP.  Exit status: 0 when the main task and every detached
  * task have finished, 1 when the main task fails, 2 for usage errors,
  * 128+N after signal N (SIGINT, SIGTERM cancel every task and let detached
  * work drain; a second one exits at once).
@@ -16,6 +18,7 @@
 #include <lualib.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static const char *progname = "agenthost";
 
@@ -26,6 +29,9 @@ static void usage(FILE *f) {
           "Runs SCRIPT (a Lua 5.4 file) as the main task of an agenthost loop.\n"
           "\n"
           "options:\n"
+          "  --watch [DIR]  reload modules required from DIR when their files\n"
+          "               change (default DIR: the script's directory);\n"
+          "               SIGHUP reloads every changed module at once\n"
           "  --help       show this help and exit\n"
           "  --version    show the version and exit\n"
           "  --           end of options\n"
@@ -61,6 +67,9 @@ int main(int argc, char **argv) {
   char exe[4096], root[4096];
   size_t exelen = sizeof exe;
   int script = 0, i, status, code = 0, nargs;
+  const char *watch = NULL;
+  char watchdir[4096];
+  struct stat st;
 
   for (i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -70,6 +79,11 @@ int main(int argc, char **argv) {
       printf("agenthost %s (%s, libuv %s)\n", AH_VERSION_STRING, LUA_RELEASE,
              uv_version_string());
       return 0;
+    } else if (strcmp(argv[i], "--watch") == 0) {
+      /* An optional directory: taken when the next argument is one. */
+      watch = "";
+      if (i + 2 < argc && stat(argv[i + 1], &st) == 0 && S_ISDIR(st.st_mode))
+        watch = argv[++i];
     } else if (strcmp(argv[i], "--") == 0) {
       script = i + 1;
       break;
@@ -112,6 +126,31 @@ int main(int argc, char **argv) {
     return 1;
   }
   set_arg(L, argc, argv, script);
+  if (watch) {
+    const char *slash;
+    if (!*watch) { /* the script's directory */
+      slash = strrchr(argv[script], '/');
+      if (!slash)
+        snprintf(watchdir, sizeof watchdir, ".");
+      else
+        snprintf(watchdir, sizeof watchdir, "%.*s",
+                 (int)(slash - argv[script]), argv[script]);
+      watch = *watchdir ? watchdir : "/";
+    }
+    /* ah.reload.watch(dir, {sighup = true}) */
+    lua_getfield(L, -1, "reload");
+    lua_getfield(L, -1, "watch");
+    lua_pushstring(L, watch);
+    lua_createtable(L, 0, 1);
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "sighup");
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+      fprintf(stderr, "%s: --watch: %s\n", progname, luaL_tolstring(L, -1, NULL));
+      lua_close(L);
+      return 2;
+    }
+    lua_pop(L, 1);
+  }
 
   lua_getfield(L, -1, "task");
   lua_getfield(L, -1, "run"); /* [ah, task, run] */

@@ -101,6 +101,7 @@ struct ah_sched {
   ah_link unobserved; /* failed tasks nobody has taken the error of yet */
   ah_link orphans;   /* tasks without a parent: main and detached tasks */
   ah_link drainers;  /* tasks waiting in task.drain */
+  ah_link yielded;   /* tasks that yielded: they run after the next poll */
   size_t live, detached, sleeping;
   unsigned long long spawned, resumes;
   ah_task *root;
@@ -418,6 +419,12 @@ static int t_detach(lua_State *L) {
   return 0;
 }
 
+void ah__task_detach(lua_State *L, int nargs) {
+  int fidx = lua_gettop(L) - nargs;
+  task_new(L, ah__sched_get(L), fidx, NULL, F_DETACHED | F_INTERNAL);
+  lua_pop(L, 1);
+}
+
 /* ---- completion ------------------------------------------------------------ */
 
 static void cancel_task(ah_sched *S, ah_task *t);
@@ -590,15 +597,18 @@ static void run_task(ah_sched *S, ah_task *t) {
   status = lua_resume(t->co, S->from, t->nargs, &nres);
   if (status == LUA_YIELD) {
     if (t->state == T_READY) return;  /* woken before it even yielded */
-    if (t->op == NULL) {              /* a plain coroutine.yield() */
-      lua_pop(t->co, nres);
+    if (t->op == NULL || t->op == &yield_op) {
+      /* task.yield() or a plain coroutine.yield(): it runs again after the
+       * loop has polled, so a task that keeps yielding cannot starve
+       * timers and I/O. */
+      if (t->op == NULL) lua_pop(t->co, nres);
+      t->op = NULL;
       t->nargs = 0;
       t->state = T_READY;
-      enqueue(S, t);
+      link_append(&S->yielded, &t->link);
       return;
     }
     t->state = T_SUSPENDED;
-    if (t->op == &yield_op) ah__task_wake(S, t, 0, 0);
     return;
   }
   body_done(S, t, status, nres);
@@ -660,12 +670,18 @@ static void report_unobserved(ah_sched *S) {
   deliver_reports(S);
 }
 
+/* Runs ready tasks.  Work made ready meanwhile (a completion waking its
+ * waiter) runs in the same pass, up to DRAIN_BUDGET resumes, after which
+ * the loop polls I/O once before the rest; tasks that yield go after the
+ * poll too. */
+#define DRAIN_BUDGET 65536
 static void drain(ah_loop *lp) {
   ah_sched *S = lp->data;
+  int budget = DRAIN_BUDGET;
   if (S->draining || S->closed) return;
   S->draining = 1;
   for (;;) {
-    while (!link_empty(&S->ready)) {
+    while (!link_empty(&S->ready) && budget-- > 0) {
       ah_task *t = container_of(S->ready.next, ah_task, link);
       link_remove(&t->link);
       run_task(S, t);
@@ -673,7 +689,15 @@ static void drain(ah_loop *lp) {
     if (S->nreports == 0) break;
     deliver_reports(S);
   }
-  ah__loop_pending(lp, 0);
+  if (!link_empty(&S->yielded)) {
+    ah_link *first = S->yielded.next, *last = S->yielded.prev;
+    first->prev = S->ready.prev;
+    S->ready.prev->next = first;
+    last->next = &S->ready;
+    S->ready.prev = last;
+    link_init(&S->yielded);
+  }
+  ah__loop_pending(lp, !link_empty(&S->ready));
   S->draining = 0;
   if (S->running && S->root && S->root->state >= T_DONE && S->detached == 0)
     uv_stop(lp->uv);
@@ -1439,6 +1463,7 @@ static ah_sched *sched_create(lua_State *L) {
   link_init(&S->unobserved);
   link_init(&S->orphans);
   link_init(&S->drainers);
+  link_init(&S->yielded);
   S->on_error = LUA_NOREF;
   lua_createtable(L, 4, 0);
   S->reports = luaL_ref(L, LUA_REGISTRYINDEX);

@@ -101,6 +101,34 @@ void ah__loop_signals_off(ah_loop *lp);
  * an owned loop (they are walked and closed first, so this is a report). */
 int ah__loop_close(ah_loop *lp);
 
+/* ---- file watching ---------------------------------------------------- */
+
+/*
+ * Watches directories (and their subdirectories) for changed *.lua files.
+ * After a quiet period of debounce_ms, each changed file is read on the
+ * thread pool and cb is called on the loop thread with its content, only
+ * when the content differs from the last one reported or registered with
+ * ah__watch_file.  A deleted file gives data == NULL and err = UV_ENOENT; an
+ * unreadable one data == NULL and another negative err.
+ */
+typedef struct ah_watch ah_watch;
+typedef void (*ah_watch_cb)(ah_watch *w, const char *path, const char *data,
+                            size_t len, int err);
+
+int ah__watch_open(ah_watch **out, uv_loop_t *loop, unsigned debounce_ms,
+                   ah_watch_cb cb, void *data);
+void *ah__watch_data(ah_watch *w);
+int ah__watch_add(ah_watch *w, const char *dir);
+int ah__watch_file(ah_watch *w, const char *path, uint64_t hash);
+void ah__watch_rescan(ah_watch *w);
+int ah__watch_polling(const ah_watch *w);
+/* For tests: use uv_fs_poll as where inotify is unavailable. */
+void ah__watch_force_polling(ah_watch *w);
+/* Frees everything once its handles have closed and reads come back. */
+void ah__watch_close(ah_watch *w);
+/* FNV-1a, the content hash used to tell a real change from a re-save. */
+uint64_t ah__hash(const void *p, size_t n);
+
 /* ---- small shared helpers --------------------------------------------- */
 
 /* Monotonic clock in seconds. */

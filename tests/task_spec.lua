@@ -320,6 +320,31 @@ describe("task.spawn and handles", function()
 end)
 
 describe("task.sleep and task.yield", function()
+  it("a task that keeps yielding does not starve timers", function()
+    -- In a separate interpreter: a regression would spin forever.
+    local r = proc.lua([[
+      local ah = require "agenthost"
+      local task = ah.task
+      print(task.run(function()
+        local done = false
+        local spins = 0
+        local spinner = task.spawn(function()
+          while not done do spins = spins + 1; task.yield() end
+        end)
+        local plain = task.spawn(function()
+          while not done do coroutine.yield() end
+        end)
+        task.sleep(0.02)
+        done = true
+        spinner:join()
+        plain:join()
+        return spins > 0 and "timer fired" or "spinner never ran"
+      end))
+    ]], 10)
+    assert.equal(0, r.code, r.err)
+    assert.equal("timer fired\n", r.out)
+  end)
+
   it("wakes shorter sleeps first", function()
     local log = task.run(function()
       local log = {}

@@ -37,4 +37,6 @@ function task.map(items, fn, opts)
   return results
 end
 
+core.reload = require "agenthost.reload"
+
 return core
