@@ -7,7 +7,8 @@
  * `...`.  scripts/ and tools/ are found relative to the executable (or its
  * install prefix).  --watch [DIR] makes the modules the script requires
  * from DIR (default: the script's directory) reload when their files
- * change, and on SIGHUP.  Exit status: 0 when the main task and every detached
+ * change, and on SIGHUP (AGENTHOST_RELOAD_DEBOUNCE_MS sets the quiet
+ * period after a change, 50 ms by default).  Exit status: 0 when the main task and every detached
  * task have finished, 1 when the main task fails, 2 for usage errors,
  * 128+N after signal N (SIGINT, SIGTERM cancel every task and let detached
  * work drain; a second one exits at once).
@@ -17,6 +18,7 @@
 
 #include <lualib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -141,9 +143,13 @@ int main(int argc, char **argv) {
     lua_getfield(L, -1, "reload");
     lua_getfield(L, -1, "watch");
     lua_pushstring(L, watch);
-    lua_createtable(L, 0, 1);
+    lua_createtable(L, 0, 2);
     lua_pushboolean(L, 1);
     lua_setfield(L, -2, "sighup");
+    if (getenv("AGENTHOST_RELOAD_DEBOUNCE_MS")) {
+      lua_pushinteger(L, atoi(getenv("AGENTHOST_RELOAD_DEBOUNCE_MS")));
+      lua_setfield(L, -2, "debounce_ms");
+    }
     if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
       fprintf(stderr, "%s: --watch: %s\n", progname, luaL_tolstring(L, -1, NULL));
       lua_close(L);

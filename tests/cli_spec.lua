@@ -242,6 +242,55 @@ describe("agenthost signals", function()
   end)
 end)
 
+describe("--watch", function()
+  local function watched_dir()
+    local dir = proc.tmpdir()
+    proc.write(dir .. "/wmod.lua", "return { version = function() return 'v1' end }\n")
+    proc.write(dir .. "/main.lua", [[
+      local task = require("agenthost").task
+      local m = require "wmod"
+      io.stdout:write("ready ", m.version(), "\n") io.stdout:flush()
+      for _ = 1, 1000 do
+        if m.version() == "v2" then break end
+        task.sleep(0.01)
+      end
+      print("saw " .. m.version())
+    ]])
+    return dir
+  end
+
+  it("reloads a module of the script's directory when its file changes", function()
+    local dir = watched_dir()
+    local p = proc.spawn_cli { "--watch", dir .. "/main.lua" }
+    assert.is_true(p:wait_output("ready v1", 10), p:err())
+    proc.write(dir .. "/wmod.lua", "return { version = function() return 'v2' end }\n")
+    assert.equal(0, p:wait(15))
+    assert.matches("saw v2", p:out())
+    assert.matches("reload swapped wmod version 2", p:err())
+  end)
+
+  it("takes the directory to watch as an argument", function()
+    local dir = watched_dir()
+    local other = proc.tmpdir()
+    os.execute("mv " .. proc.quote(dir .. "/wmod.lua") .. " " .. proc.quote(other))
+    local p = proc.spawn({ "env", "LUA_PATH=" .. other .. "/?.lua;;", proc.bin, "--watch", other, dir .. "/main.lua" })
+    assert.is_true(p:wait_output("ready v1", 10), p:err())
+    proc.write(other .. "/wmod.lua", "return { version = function() return 'v2' end }\n")
+    assert.equal(0, p:wait(15))
+    assert.matches("saw v2", p:out())
+  end)
+
+  it("reloads on SIGHUP without waiting for the quiet period", function()
+    local dir = watched_dir()
+    local p = proc.spawn({ "env", "AGENTHOST_RELOAD_DEBOUNCE_MS=60000", proc.bin, "--watch", dir .. "/main.lua" })
+    assert.is_true(p:wait_output("ready v1", 10), p:err())
+    proc.write(dir .. "/wmod.lua", "return { version = function() return 'v2' end }\n")
+    assert.is_true(p:signal("HUP"))
+    assert.equal(0, p:wait(15))
+    assert.matches("saw v2", p:out())
+  end)
+end)
+
 describe("the seed agent", function()
   it("prints the result of one step as JSON and exits 0", function()
     local code = seed.one:wait(60)

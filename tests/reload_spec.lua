@@ -4,6 +4,7 @@
 
 local ah = require "agenthost"
 local task, reload = ah.task, ah.reload
+reload.quiet = true -- failures still go to stderr
 
 local seq = 0
 

@@ -22,7 +22,8 @@ local C = core._reload
 local M = {}
 
 M.budget = 10000000 -- instructions per staging step
-M.on_reload = nil -- function(event): {kind = "loaded"|"failed"|"swapped", ...}
+M.on_reload = nil -- function(event): {kind = "loaded"|"failed"|"swapped", module, path, version, ms, error}
+M.quiet = false -- when true, only failures are written to stderr
 
 local roots = {} -- watched directories, in order
 local watcher -- the C watcher, created by the first M.watch
@@ -32,10 +33,10 @@ local staging -- the record whose body is running (for M.scope)
 
 local function emit(ev)
   if ev.kind == "failed" then
-    io.stderr:write("agenthost: reload failed: ", ev.error, "\n")
-  elseif M.verbose then
-    io.stderr:write(string.format("agenthost: reload %s %s (version %d, %.1f ms)\n",
-      ev.kind, ev.module, ev.version or 0, (ev.ms or 0)))
+    io.stderr:write(string.format("agenthost: reload failed (%.1f ms): %s\n", ev.ms or 0, ev.error))
+  elseif not M.quiet then
+    io.stderr:write(string.format("agenthost: reload %s %s version %d (%.1f ms)\n",
+      ev.kind, ev.module, ev.version or 0, ev.ms or 0))
   end
   if M.on_reload then
     local ok, err = pcall(M.on_reload, ev)
@@ -175,6 +176,7 @@ end
 
 -- Loads a module found under a watched root (the package searcher's loader).
 local function load_module(name, path)
+  local t0 = core.clock()
   local text = assert(read_file(path))
   local rec = { name = name, path = path, version = 1, text = text }
   rec.scope = new_scope(rec)
@@ -190,7 +192,7 @@ local function load_module(name, path)
     modules[path] = rec
     by_name[name] = rec
     if watcher then watcher:file(path, text) end
-    emit({ kind = "loaded", module = name, path = path, version = 1 })
+    emit({ kind = "loaded", module = name, path = path, version = 1, ms = (core.clock() - t0) * 1000 })
   end
   return value
 end
@@ -215,10 +217,11 @@ local function changed(path, text, err)
     return -- a deleted file keeps the old version serving
   end
   if text == rec.text or text == rec.failed then return end
+  local t0 = core.clock()
   local ok, e = apply(rec, text)
   if not ok then
     rec.failed = text -- one report per failed save
-    emit({ kind = "failed", module = rec.name, path = path, error = e })
+    emit({ kind = "failed", module = rec.name, path = path, error = e, ms = (core.clock() - t0) * 1000 })
   end
 end
 
@@ -246,8 +249,11 @@ function M.now(name)
   local text, err = read_file(rec.path)
   if not text then return false, err end
   if text == rec.text then return true end
+  local t0 = core.clock()
   local ok, e = apply(rec, text)
-  if not ok then emit({ kind = "failed", module = name, path = rec.path, error = e }) end
+  if not ok then
+    emit({ kind = "failed", module = name, path = rec.path, error = e, ms = (core.clock() - t0) * 1000 })
+  end
   return ok, e
 end
 
