@@ -7,26 +7,9 @@ local ah = require "agenthost"
 local proc = require "support.proc"
 local task = ah.task
 
-local function closer(fn)
-  return setmetatable({}, { __close = fn })
-end
-
--- Lets ready tasks run until cond() holds.
-local function settle(cond)
-  for _ = 1, 1000 do
-    if cond() then return end
-    task.yield()
-  end
-  error("condition never held", 2)
-end
-
-local function capture_reports()
-  local got = {}
-  task.on_error(function(err, traceback)
-    got[#got + 1] = { err = err, traceback = traceback }
-  end)
-  return got
-end
+local helpers = require "support.spec"
+local closer, settle = helpers.closer, helpers.settle
+local capture_reports = helpers.capture_reports
 
 -- Runs a scenario in a fresh interpreter: the scenario prints one line
 -- starting with "result" as its last act.

@@ -7,36 +7,10 @@ local ah = require "agenthost"
 local proc = require "support.proc"
 local task = ah.task
 
-local function closer(fn)
-  return setmetatable({}, { __close = fn })
-end
-
--- Lets ready tasks run until cond() holds (for conditions that ready tasks
--- establish without waiting for a timer).
-local function settle(cond)
-  for _ = 1, 1000 do
-    if cond() then return end
-    task.yield()
-  end
-  error("condition never held", 2)
-end
-
--- Waits (in 5 ms sleeps, 2 s at most) until cond() holds.
-local function eventually(cond)
-  for _ = 1, 400 do
-    if cond() then return true end
-    task.sleep(0.005)
-  end
-  return cond()
-end
-
-local function capture_reports()
-  local got = {}
-  task.on_error(function(err, traceback)
-    got[#got + 1] = { err = err, traceback = traceback }
-  end)
-  return got
-end
+local helpers = require "support.spec"
+local closer, settle = helpers.closer, helpers.settle
+local capture_reports = helpers.capture_reports
+local eventually = helpers.eventually
 
 after_each(function()
   task.on_error(nil)

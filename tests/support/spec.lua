@@ -1,0 +1,43 @@
+-- Helpers shared by the task specs: <close> objects, waiting for a
+-- condition that ready tasks establish, and capturing reported errors.
+
+local ah = require "agenthost"
+local task = ah.task
+
+local M = {}
+
+-- A to-be-closed value that calls fn.
+function M.closer(fn)
+  return setmetatable({}, { __close = fn })
+end
+
+-- Lets ready tasks run until cond() holds (for conditions that ready tasks
+-- establish without waiting for a timer).
+function M.settle(cond)
+  for _ = 1, 1000 do
+    if cond() then return end
+    task.yield()
+  end
+  error("condition never held", 2)
+end
+
+-- Waits (in 5 ms sleeps, 2 s at most) until cond() holds.
+function M.eventually(cond)
+  for _ = 1, 400 do
+    if cond() then return true end
+    task.sleep(0.005)
+  end
+  return cond()
+end
+
+-- Routes uncaught task errors into the returned list (undo with
+-- task.on_error(nil)).
+function M.capture_reports()
+  local got = {}
+  task.on_error(function(err, traceback)
+    got[#got + 1] = { err = err, traceback = traceback }
+  end)
+  return got
+end
+
+return M
