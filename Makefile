@@ -24,8 +24,8 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CFLAGS  += $(OPT) $(WARN) -fPIC -D_POSIX_C_SOURCE=200809L $(SANFLAGS) $(PKG_CFLAGS)
 LDFLAGS += $(SANFLAGS)
 
-HOST_SRC := host/loop.c host/timer.c host/watch.c
-BIND_SRC := bindings/task.c bindings/reload.c bindings/agenthost.c
+HOST_SRC := host/loop.c host/timer.c host/watch.c host/http.c
+BIND_SRC := bindings/task.c bindings/reload.c bindings/http.c bindings/agenthost.c
 CORE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(HOST_SRC) $(BIND_SRC))
 MAIN_OBJ := $(BUILD)/obj/bindings/main.o
 CTESTS   := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
@@ -37,7 +37,8 @@ DEB_PKGS := liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libsqlite3-dev 
 
 all: deps build
 
-build: $(BUILD)/agenthost $(BUILD)/agenthost.so $(BUILD)/libagenthost.a $(CTESTS)
+build: $(BUILD)/agenthost $(BUILD)/agenthost.so $(BUILD)/libagenthost.a $(CTESTS) \
+       $(if $(wildcard tests/support/httpd.c),$(BUILD)/tests/httpd)
 
 # Installs whichever packages are missing; does nothing when all are present.
 deps:
@@ -69,6 +70,11 @@ $(BUILD)/agenthost.so: $(CORE_OBJ)
 $(BUILD)/tests/%: tests/c/%.c $(BUILD)/libagenthost.a tests/c/ctest.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libagenthost.a $(PKG_LIBS) -lm -ldl
+
+# The local HTTP test server (tests/support): libuv only.
+$(BUILD)/tests/httpd: tests/support/httpd.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) $(shell pkg-config --libs libuv)
 
 run: all
 	$(BUILD)/agenthost scripts/examples/seed_agent.lua

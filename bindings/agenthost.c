@@ -50,6 +50,8 @@ int luaopen_agenthost_core(lua_State *L) {
   lua_setfield(L, -2, "error");
   ah__open_reload(L);
   lua_setfield(L, -2, "_reload");
+  ah__open_http(L);
+  lua_setfield(L, -2, "_http");
   lua_pushcfunction(L, m_clock);
   lua_setfield(L, -2, "clock");
   lua_pushcfunction(L, m_rusage);

@@ -74,6 +74,7 @@ void ah__error_open(lua_State *L); /* pushes the ah.error table */
 /* Module parts; each pushes its table. */
 int ah__open_task(lua_State *L);
 int ah__open_reload(lua_State *L);
+int ah__open_http(lua_State *L);
 
 /* Finds the directory holding scripts/agenthost/init.lua for a binary at
  * path (its parent directory, or PREFIX/share/agenthost).  0 when found. */

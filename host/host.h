@@ -129,6 +129,57 @@ void ah__watch_close(ah_watch *w);
 /* FNV-1a, the content hash used to tell a real change from a re-save. */
 uint64_t ah__hash(const void *p, size_t n);
 
+/* ---- HTTP ------------------------------------------------------------- */
+
+typedef struct ah_buf {
+  char *data;
+  size_t len, cap;
+} ah_buf;
+
+struct curl_slist;
+typedef struct ah_http ah_http;
+typedef struct ah_http_req ah_http_req;
+
+/* One transfer.  The owner fills the first block, calls ah__http_start, and
+ * gets done(r) on the loop thread once it ended (never when start failed
+ * and never after ah__http_req_free); then reads the results and frees. */
+struct ah_http_req {
+  const char *url;                 /* copied by curl at start */
+  const char *method;              /* upper case; copied at start */
+  struct curl_slist *header_list;  /* owned: freed by ah__http_req_free */
+  const char *body_data;           /* copied at start; NULL for none */
+  size_t body_len;
+  long timeout_ms, connect_timeout_ms;
+  size_t max_body;
+  int follow;                      /* follow redirects (at most 5) */
+  void (*done)(ah_http_req *r);
+  void *data;                      /* for the owner */
+  /* results */
+  long status;
+  int code;                        /* CURLcode */
+  const char *kind;                /* NULL on success, else an error kind */
+  char errbuf[256];
+  ah_buf headers, body;
+  int too_large;
+  /* private */
+  ah_http *h;
+  void *easy;
+  int running;
+};
+
+int ah__http_open(ah_http **out, uv_loop_t *loop, long max_connects,
+                  long max_host_connections);
+/* Closes the multi handle and every watcher; in-flight transfers must have
+ * been freed first.  The memory goes once the handles have closed. */
+void ah__http_close(ah_http *h);
+int ah__http_start(ah_http *h, ah_http_req *r);
+/* Aborts the transfer if it is running (no done call) and frees its
+ * buffers; the easy handle goes back to the pool. */
+void ah__http_req_free(ah_http_req *r);
+int ah__http_active(const ah_http *h);
+/* The URL without user:password@, for messages. */
+void ah__http_safe_url(const char *url, char *out, size_t size);
+
 /* ---- small shared helpers --------------------------------------------- */
 
 /* Monotonic clock in seconds. */

@@ -38,5 +38,6 @@ function task.map(items, fn, opts)
 end
 
 core.reload = require "agenthost.reload"
+core.http = require "agenthost.http"
 
 return core

@@ -1,0 +1,308 @@
+/*
+ * ah.http's C part: request{...} suspends the calling task until the
+ * transfer ends and returns {status, headers, body}; the headers' names are
+ * lower case.  A non-2xx status is a response, not an error.  Failures are
+ * structured errors of kind dns, connect, timeout, tls, too_large, protocol
+ * or invalid_argument whose message names the method and the URL (without
+ * credentials); header values never appear in messages.  Cancelling the
+ * task aborts the transfer at once.
+ *
+ * The JSON conveniences and get/post live in scripts/agenthost/http.lua.
+ * Relies on host/http.c and the scheduler.
+ */
+#include "bindings.h"
+
+#include <ctype.h>
+#include <curl/curl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define DEFAULT_TIMEOUT 60.0
+#define DEFAULT_CONNECT_TIMEOUT 10.0
+#define DEFAULT_MAX_BODY (64u << 20)
+#define MAX_URL 16384
+
+static char HTTP_KEY;
+
+/* The loop's HTTP context, in a registry userdata whose __gc closes it.  It
+ * is created after the scheduler, so it is finalised before it. */
+typedef struct hbox {
+  ah_http *h;
+} hbox;
+
+/* One request; a userdata kept on the waiting task's stack. */
+typedef struct lreq {
+  ah_http_req r;
+  ah_task *t;
+  ah_sched *S;
+  char method[16];
+  char safe_url[512];
+} lreq;
+
+static int hbox_gc(lua_State *L) {
+  hbox *b = lua_touserdata(L, 1);
+  if (b->h) ah__http_close(b->h);
+  b->h = NULL;
+  return 0;
+}
+
+static ah_http *get_http(lua_State *L) {
+  hbox *b;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &HTTP_KEY);
+  b = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (b) return b->h;
+  b = lua_newuserdatauv(L, sizeof *b, 0);
+  b->h = NULL;
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, hbox_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  if (ah__http_open(&b->h, ah__sched_uv(ah__sched_get(L)), 256, 0) != 0)
+    luaL_error(L, "ah.http: cannot initialise libcurl");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &HTTP_KEY);
+  return b->h;
+}
+
+static int lreq_gc(lua_State *L) {
+  lreq *lr = lua_touserdata(L, 1);
+  ah__http_req_free(&lr->r);
+  return 0;
+}
+
+/* Pushes the response headers as a table, names in lower case; repeated
+ * headers are joined with ", ". */
+static void push_headers(lua_State *L, const ah_buf *b) {
+  const char *p = b->data, *end = b->data ? b->data + b->len : NULL;
+  lua_newtable(L);
+  while (p && p < end) {
+    const char *eol = memchr(p, '\n', (size_t)(end - p));
+    const char *line_end = eol ? eol : end;
+    const char *colon = memchr(p, ':', (size_t)(line_end - p));
+    if (colon && colon > p && strncmp(p, "HTTP/", 5) != 0) {
+      luaL_Buffer name;
+      const char *v = colon + 1, *ve = line_end;
+      const char *q;
+      while (v < ve && (*v == ' ' || *v == '\t')) v++;
+      while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+      luaL_buffinit(L, &name);
+      for (q = p; q < colon; q++) luaL_addchar(&name, (char)tolower((unsigned char)*q));
+      luaL_pushresult(&name);
+      lua_pushvalue(L, -1);
+      lua_rawget(L, -3);
+      if (lua_isstring(L, -1)) {
+        lua_pushliteral(L, ", ");
+        lua_pushlstring(L, v, (size_t)(ve - v));
+        lua_concat(L, 3);
+      } else {
+        lua_pop(L, 1);
+        lua_pushlstring(L, v, (size_t)(ve - v));
+      }
+      lua_rawset(L, -3);
+    }
+    p = eol ? eol + 1 : end;
+  }
+}
+
+static void on_done(ah_http_req *r) {
+  lreq *lr = r->data;
+  lua_State *co = ah__task_thread(lr->t);
+  if (r->kind) {
+    int retryable = strcmp(r->kind, "connect") == 0 ||
+                    strcmp(r->kind, "timeout") == 0 ||
+                    strcmp(r->kind, "dns") == 0;
+    ah__error_push(co, r->kind, retryable, "%s %s: %s", lr->method,
+                   lr->safe_url, r->errbuf);
+    ah__task_wake(lr->S, lr->t, 1, 1);
+  } else {
+    lua_createtable(co, 0, 3);
+    lua_pushinteger(co, r->status);
+    lua_setfield(co, -2, "status");
+    push_headers(co, &r->headers);
+    lua_setfield(co, -2, "headers");
+    lua_pushlstring(co, r->body.data ? r->body.data : "", r->body.len);
+    lua_setfield(co, -2, "body");
+    ah__task_wake(lr->S, lr->t, 1, 0);
+  }
+  ah__http_req_free(r);
+}
+
+static void http_cancel(ah_sched *S, ah_task *t) {
+  lreq *lr = ah__task_opdata(t);
+  (void)S;
+  ah__http_req_free(&lr->r); /* aborts the transfer: no done call */
+}
+
+static const ah_op http_op = {"http request", http_cancel, NULL, NULL};
+
+static double opt_number(lua_State *L, const char *k, double def) {
+  double v;
+  lua_getfield(L, 1, k);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return def;
+  }
+  if (!lua_isnumber(L, -1))
+    ah__error_raise(L, "invalid_argument", 0, "ah.http.request: %s must be a number", k);
+  v = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  if (!(v > 0))
+    ah__error_raise(L, "invalid_argument", 0, "ah.http.request: %s must be > 0", k);
+  return v;
+}
+
+static int valid_token(const char *s) {
+  if (!*s) return 0;
+  for (; *s; s++)
+    if (!(isalnum((unsigned char)*s) || strchr("!#$%&'*+-.^_`|~", *s))) return 0;
+  return 1;
+}
+
+/* Adds the headers table at idx to the request, refusing what could smuggle
+ * a header or a request (CR, LF or NUL in a value, odd names). */
+static void add_headers(lua_State *L, int idx, lreq *lr) {
+  struct curl_slist *l;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    size_t vlen;
+    const char *name, *value;
+    if (lua_type(L, -2) != LUA_TSTRING || !valid_token(lua_tostring(L, -2)))
+      ah__error_raise(L, "invalid_argument", 0,
+                      "ah.http.request: header names must be HTTP tokens "
+                      "(letters, digits and !#$%%&'*+-.^_`|~)");
+    if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
+      ah__error_raise(L, "invalid_argument", 0,
+                      "ah.http.request: the value of header '%s' must be a string",
+                      lua_tostring(L, -2));
+    name = lua_tostring(L, -2);
+    value = lua_tolstring(L, -1, &vlen);
+    if (strlen(value) != vlen || strpbrk(value, "\r\n"))
+      ah__error_raise(L, "invalid_argument", 0,
+                      "ah.http.request: the value of header '%s' contains a "
+                      "line break or NUL",
+                      name);
+    lua_pushfstring(L, "%s: %s", name, value);
+    if (!*value) { /* "Name;" sends an empty header with curl */
+      lua_pop(L, 1);
+      lua_pushfstring(L, "%s;", name);
+    }
+    l = curl_slist_append(lr->r.header_list, lua_tostring(L, -1));
+    if (!l) luaL_error(L, "out of memory");
+    lr->r.header_list = l;
+    lua_pop(L, 2);
+  }
+}
+
+/* core.http.request{method, url, headers, body, timeout, connect_timeout,
+ *                   max_body, follow_redirects} */
+static int h_request(lua_State *L) {
+  ah_task *me = ah__task_require(L, "ah.http.request");
+  ah_sched *S = ah__sched_get(L);
+  const char *url, *method, *body = NULL;
+  size_t url_len, body_len = 0, i;
+  double timeout, connect_timeout, max_body;
+  lreq *lr;
+  struct curl_slist *l;
+  int rc;
+
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  lua_getfield(L, 1, "url"); /* 2 */
+  url = lua_tolstring(L, 2, &url_len);
+  if (!url || lua_type(L, 2) != LUA_TSTRING)
+    return ah__error_raise(L, "invalid_argument", 0,
+                           "ah.http.request: url must be a string");
+  if (url_len > MAX_URL)
+    return ah__error_raise(L, "invalid_argument", 0,
+                           "ah.http.request: the url is longer than %d bytes", MAX_URL);
+  for (i = 0; i < url_len; i++)
+    if ((unsigned char)url[i] <= ' ' || url[i] == 0x7f)
+      return ah__error_raise(L, "invalid_argument", 0,
+                             "ah.http.request: the url contains a space or a "
+                             "control character; percent-encode it");
+  if (strncasecmp(url, "http://", 7) != 0 && strncasecmp(url, "https://", 8) != 0)
+    return ah__error_raise(L, "invalid_argument", 0,
+                           "ah.http.request: only http:// and https:// URLs are "
+                           "allowed");
+  lua_getfield(L, 1, "body"); /* 3 */
+  if (!lua_isnil(L, 3)) {
+    if (lua_type(L, 3) != LUA_TSTRING)
+      return ah__error_raise(L, "invalid_argument", 0,
+                             "ah.http.request: body must be a string (use json = "
+                             "for a table)");
+    body = lua_tolstring(L, 3, &body_len);
+  }
+  lua_getfield(L, 1, "method"); /* 4 */
+  method = lua_isnil(L, 4) ? (body ? "POST" : "GET") : lua_tostring(L, 4);
+  if (!method || lua_type(L, 4) == LUA_TNUMBER || strlen(method) >= 16 ||
+      !valid_token(method))
+    return ah__error_raise(L, "invalid_argument", 0,
+                           "ah.http.request: method must be an HTTP method name "
+                           "such as GET or POST");
+  timeout = opt_number(L, "timeout", DEFAULT_TIMEOUT);
+  connect_timeout = opt_number(L, "connect_timeout", DEFAULT_CONNECT_TIMEOUT);
+  max_body = opt_number(L, "max_body", DEFAULT_MAX_BODY);
+
+  lr = lua_newuserdatauv(L, sizeof *lr, 0); /* 5 */
+  memset(lr, 0, sizeof *lr);
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, lreq_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  for (i = 0; method[i]; i++) lr->method[i] = (char)toupper((unsigned char)method[i]);
+  ah__http_safe_url(url, lr->safe_url, sizeof lr->safe_url);
+  lua_getfield(L, 1, "headers"); /* 6 */
+  if (!lua_isnil(L, 6)) {
+    if (!lua_istable(L, 6))
+      return ah__error_raise(L, "invalid_argument", 0,
+                             "ah.http.request: headers must be a table of "
+                             "name = value");
+    add_headers(L, 6, lr);
+  }
+  /* No "Expect: 100-continue" round trip for request bodies. */
+  if (!(l = curl_slist_append(lr->r.header_list, "Expect:")))
+    return luaL_error(L, "out of memory");
+  lr->r.header_list = l;
+  lua_getfield(L, 1, "follow_redirects");
+  lr->r.follow = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  lr->r.url = url;
+  lr->r.method = lr->method;
+  lr->r.body_data = body;
+  lr->r.body_len = body_len;
+  lr->r.timeout_ms = (long)(timeout * 1000 + 0.5);
+  lr->r.connect_timeout_ms = (long)(connect_timeout * 1000 + 0.5);
+  lr->r.max_body = max_body > 1e15 ? (size_t)1e15 : (size_t)max_body;
+  lr->r.done = on_done;
+  lr->r.data = lr;
+  lr->t = me;
+  lr->S = S;
+  if ((rc = ah__http_start(get_http(L), &lr->r)) != 0)
+    return ah__error_raise(L, "resource", 1, "ah.http.request: cannot start: %s",
+                           uv_strerror(rc));
+  lua_settop(L, 5); /* the request stays on this stack while it runs */
+  lua_replace(L, 1);
+  lua_settop(L, 1);
+  return ah__task_suspend(L, me, &http_op, lr);
+}
+
+/* core.http.stats() -> {active} */
+static int h_stats(lua_State *L) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &HTTP_KEY);
+  {
+    hbox *b = lua_touserdata(L, -1);
+    lua_createtable(L, 0, 1);
+    lua_pushinteger(L, b && b->h ? ah__http_active(b->h) : 0);
+    lua_setfield(L, -2, "active");
+  }
+  return 1;
+}
+
+int ah__open_http(lua_State *L) {
+  static const luaL_Reg fns[] = {{"request", h_request}, {"stats", h_stats},
+                                 {NULL, NULL}};
+  lua_newtable(L);
+  luaL_setfuncs(L, fns, 0);
+  return 1;
+}

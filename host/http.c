@@ -1,0 +1,398 @@
+/*
+ * HTTP transfers on the loop: one libcurl multi handle per loop, driven by
+ * uv_poll (CURLMOPT_SOCKETFUNCTION) and a uv_timer (CURLMOPT_TIMERFUNCTION),
+ * the pattern of curl's multi-uv example.
+ *
+ * libcurl is only called from outside its own callbacks: transfers are
+ * added and removed by the owner from its own code, and completions are
+ * collected after curl_multi_socket_action has returned.  The callbacks
+ * here only buffer data and (un)watch sockets.  A socket's poll handle is
+ * closed before curl closes the socket (CURLOPT_CLOSESOCKETFUNCTION), so a
+ * reused descriptor never meets a stale watcher.
+ *
+ * Every transfer carries the safe defaults for URLs that come from model
+ * output: http and https only, redirects off unless asked (then at most 5,
+ * never from https to http), TLS verification on, connect and total
+ * timeouts and a response size cap always set.  Easy handles are reused;
+ * connections and DNS answers are cached by the multi handle.
+ *
+ * Relies on libuv and libcurl.  Ownership: ah_http is malloc'd and freed
+ * once its handles have closed; each ah_http_req is owned by the caller
+ * between ah__http_start and ah__http_req_free.
+ */
+#define _DEFAULT_SOURCE /* strncasecmp */
+#include "host.h"
+
+#include <curl/curl.h>
+#include <ctype.h>
+#include <strings.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct hsock {
+  uv_poll_t poll;
+  ah_http *h;
+  curl_socket_t fd;
+  int closing;
+} hsock;
+
+struct ah_http {
+  uv_loop_t *loop;
+  CURLM *multi;
+  uv_timer_t timer;
+  hsock **socks; /* by descriptor */
+  int nsocks;
+  CURL *idle[32]; /* easy handles kept for reuse */
+  int nidle;
+  int handles;   /* open uv handles (timer and polls) */
+  int closing;
+  int active;    /* transfers in flight */
+};
+
+static size_t buf_add(ah_buf *b, const char *p, size_t n) {
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 1024;
+    char *d;
+    while (cap < b->len + n + 1) cap *= 2;
+    if (!(d = realloc(b->data, cap))) return 0;
+    b->data = d;
+    b->cap = cap;
+  }
+  memcpy(b->data + b->len, p, n);
+  b->len += n;
+  b->data[b->len] = '\0';
+  return n;
+}
+
+static void buf_free(ah_buf *b) {
+  free(b->data);
+  b->data = NULL;
+  b->len = b->cap = 0;
+}
+
+/* ---- sockets and timer ---------------------------------------------------- */
+
+static void maybe_free(ah_http *h) {
+  if (!h->closing || h->handles > 0) return;
+  free(h->socks);
+  free(h);
+}
+
+static void on_sock_closed(uv_handle_t *p) {
+  hsock *s = p->data;
+  ah_http *h = s->h;
+  free(s);
+  h->handles--;
+  maybe_free(h);
+}
+
+static void sock_close(hsock *s) {
+  if (s->closing) return;
+  s->closing = 1;
+  if (s->fd >= 0 && s->fd < s->h->nsocks && s->h->socks[s->fd] == s)
+    s->h->socks[s->fd] = NULL;
+  uv_close((uv_handle_t *)&s->poll, on_sock_closed);
+}
+
+static void check_done(ah_http *h);
+
+static void on_poll(uv_poll_t *p, int status, int events) {
+  hsock *s = p->data;
+  ah_http *h = s->h;
+  int flags = 0, running;
+  if (status < 0) {
+    flags = CURL_CSELECT_ERR;
+  } else {
+    if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+    if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+  }
+  curl_multi_socket_action(h->multi, s->fd, flags, &running);
+  check_done(h);
+}
+
+static int sock_cb(CURL *e, curl_socket_t fd, int what, void *userp,
+                   void *socketp) {
+  ah_http *h = userp;
+  hsock *s = socketp;
+  int events = 0;
+  (void)e;
+  if (what == CURL_POLL_REMOVE) {
+    if (s) sock_close(s);
+    curl_multi_assign(h->multi, fd, NULL);
+    return 0;
+  }
+  if (!s) {
+    if (fd >= h->nsocks) {
+      int n = h->nsocks ? h->nsocks : 64;
+      hsock **v;
+      while (n <= fd) n *= 2;
+      if (!(v = realloc(h->socks, (size_t)n * sizeof *v))) return -1;
+      memset(v + h->nsocks, 0, (size_t)(n - h->nsocks) * sizeof *v);
+      h->socks = v;
+      h->nsocks = n;
+    }
+    if (!(s = calloc(1, sizeof *s))) return -1;
+    if (uv_poll_init_socket(h->loop, &s->poll, fd) != 0) {
+      free(s);
+      return -1;
+    }
+    s->poll.data = s;
+    s->h = h;
+    s->fd = fd;
+    h->socks[fd] = s;
+    h->handles++;
+    curl_multi_assign(h->multi, fd, s);
+  }
+  if (what & CURL_POLL_IN) events |= UV_READABLE;
+  if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
+  uv_poll_start(&s->poll, events, on_poll);
+  return 0;
+}
+
+/* The watcher of a socket goes before the socket does. */
+static int close_socket_cb(void *clientp, curl_socket_t fd) {
+  ah_http *h = clientp;
+  if (fd >= 0 && fd < h->nsocks && h->socks[fd]) sock_close(h->socks[fd]);
+  return close(fd);
+}
+
+static void on_timeout(uv_timer_t *t) {
+  ah_http *h = t->data;
+  int running;
+  curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  check_done(h);
+}
+
+static int timer_cb(CURLM *m, long timeout_ms, void *userp) {
+  ah_http *h = userp;
+  (void)m;
+  if (timeout_ms < 0)
+    uv_timer_stop(&h->timer);
+  else /* even 0: curl is never called from inside its own callback */
+    uv_timer_start(&h->timer, on_timeout, (uint64_t)timeout_ms, 0);
+  return 0;
+}
+
+/* ---- transfers ---------------------------------------------------------------- */
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud) {
+  ah_http_req *r = ud;
+  size_t len = size * n;
+  if (r->body.len + len > r->max_body) {
+    r->too_large = 1;
+    return 0; /* aborts the transfer */
+  }
+  return buf_add(&r->body, p, len) == len ? len : 0;
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud) {
+  ah_http_req *r = ud;
+  size_t len = size * n;
+  /* A new status line starts the headers of the next response (after a
+   * redirect or a 100 Continue): only the last response's are kept. */
+  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) r->headers.len = 0;
+  if (r->headers.len + len > (1u << 20)) {
+    r->too_large = 1;
+    return 0;
+  }
+  return buf_add(&r->headers, p, len) == len ? len : 0;
+}
+
+static const char *kind_of(ah_http_req *r, CURLcode rc) {
+  if (r->too_large) return "too_large";
+  switch (rc) {
+  case CURLE_OK: return NULL;
+  case CURLE_COULDNT_RESOLVE_HOST:
+  case CURLE_COULDNT_RESOLVE_PROXY: return "dns";
+  case CURLE_COULDNT_CONNECT:
+  case CURLE_SEND_ERROR:
+  case CURLE_RECV_ERROR:
+  case CURLE_GOT_NOTHING:
+  case CURLE_PARTIAL_FILE: return "connect";
+  case CURLE_OPERATION_TIMEDOUT: return "timeout";
+  case CURLE_SSL_CONNECT_ERROR:
+  case CURLE_PEER_FAILED_VERIFICATION:
+  case CURLE_SSL_CERTPROBLEM:
+  case CURLE_SSL_CIPHER:
+  case CURLE_SSL_CACERT_BADFILE:
+  case CURLE_SSL_ISSUER_ERROR:
+  case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+  case CURLE_SSL_INVALIDCERTSTATUS:
+  case CURLE_SSL_CRL_BADFILE:
+  case CURLE_SSL_ENGINE_INITFAILED:
+  case CURLE_SSL_ENGINE_NOTFOUND:
+  case CURLE_SSL_ENGINE_SETFAILED:
+  case CURLE_SSL_SHUTDOWN_FAILED:
+  case CURLE_USE_SSL_FAILED: return "tls";
+  case CURLE_FILESIZE_EXCEEDED: return "too_large";
+  case CURLE_URL_MALFORMAT: return "invalid_argument";
+  default: return "protocol";
+  }
+}
+
+static void check_done(ah_http *h) {
+  CURLMsg *msg;
+  int left;
+  while ((msg = curl_multi_info_read(h->multi, &left))) {
+    ah_http_req *r = NULL;
+    CURL *e = msg->easy_handle;
+    if (msg->msg != CURLMSG_DONE) continue;
+    curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&r);
+    curl_multi_remove_handle(h->multi, e);
+    h->active--;
+    r->running = 0;
+    r->code = msg->data.result;
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->status);
+    r->kind = kind_of(r, r->code);
+    if (r->kind && !r->errbuf[0])
+      snprintf(r->errbuf, sizeof r->errbuf, "%s", curl_easy_strerror(r->code));
+    if (r->kind && strcmp(r->kind, "too_large") == 0)
+      snprintf(r->errbuf, sizeof r->errbuf,
+               "the response is larger than max_body (%zu bytes)", r->max_body);
+    r->done(r);
+  }
+}
+
+int ah__http_open(ah_http **out, uv_loop_t *loop, long max_connects,
+                  long max_host_connections) {
+  ah_http *h;
+  static int global_done;
+  if (!global_done) {
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) return UV_EIO;
+    global_done = 1;
+  }
+  if (!(h = calloc(1, sizeof *h))) return UV_ENOMEM;
+  if (!(h->multi = curl_multi_init())) {
+    free(h);
+    return UV_ENOMEM;
+  }
+  h->loop = loop;
+  uv_timer_init(loop, &h->timer);
+  h->timer.data = h;
+  h->handles = 1;
+  curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
+  curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
+  curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+  curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
+  curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, max_connects);
+  curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+                    max_host_connections);
+  curl_multi_setopt(h->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  *out = h;
+  return 0;
+}
+
+static void on_timer_closed(uv_handle_t *t) {
+  ah_http *h = t->data;
+  h->handles--;
+  maybe_free(h);
+}
+
+void ah__http_close(ah_http *h) {
+  int i;
+  if (h->closing) return;
+  h->closing = 1;
+  for (i = 0; i < h->nidle; i++) curl_easy_cleanup(h->idle[i]);
+  h->nidle = 0;
+  /* Cleaning up the multi handle closes the cached connections, whose
+   * watchers close through close_socket_cb. */
+  curl_multi_cleanup(h->multi);
+  h->multi = NULL;
+  for (i = 0; i < h->nsocks; i++)
+    if (h->socks[i]) sock_close(h->socks[i]);
+  uv_close((uv_handle_t *)&h->timer, on_timer_closed);
+}
+
+int ah__http_active(const ah_http *h) { return h->active; }
+
+/* Strips user:password@ from a URL for messages. */
+void ah__http_safe_url(const char *url, char *out, size_t size) {
+  CURLU *u = curl_url();
+  char *s = NULL;
+  if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK) {
+    curl_url_set(u, CURLUPART_USER, NULL, 0);
+    curl_url_set(u, CURLUPART_PASSWORD, NULL, 0);
+    if (curl_url_get(u, CURLUPART_URL, &s, 0) == CURLUE_OK) {
+      snprintf(out, size, "%s", s);
+      curl_free(s);
+      curl_url_cleanup(u);
+      return;
+    }
+  }
+  if (u) curl_url_cleanup(u);
+  snprintf(out, size, "(an invalid URL)");
+}
+
+int ah__http_start(ah_http *h, ah_http_req *r) {
+  CURL *e;
+  int https = strncasecmp(r->url, "https://", 8) == 0;
+  if (h->closing) return UV_EINVAL;
+  e = h->nidle > 0 ? h->idle[--h->nidle] : curl_easy_init();
+  if (!e) return UV_ENOMEM;
+  r->easy = e;
+  r->h = h;
+  curl_easy_setopt(e, CURLOPT_URL, r->url);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, https ? "https" : "http,https");
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, r->follow ? 1L : 0L);
+  curl_easy_setopt(e, CURLOPT_MAXREDIRS, 5L);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, r->timeout_ms);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, r->connect_timeout_ms);
+  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->max_body);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket_cb);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, h);
+  curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->header_list);
+  if (r->body_data) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_len);
+    curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, r->body_data);
+  }
+  if (strcmp(r->method, "HEAD") == 0)
+    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  else if (strcmp(r->method, "GET") == 0 && !r->body_data)
+    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+  else if (!(strcmp(r->method, "POST") == 0 && r->body_data))
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r->method);
+  if (curl_multi_add_handle(h->multi, e) != CURLM_OK) {
+    curl_easy_reset(e);
+    curl_easy_cleanup(e);
+    r->easy = NULL;
+    return UV_ENOMEM;
+  }
+  r->running = 1;
+  h->active++;
+  return 0;
+}
+
+/* Gives the easy handle back (resetting it keeps its connection cache). */
+static void release_easy(ah_http *h, ah_http_req *r) {
+  CURL *e = r->easy;
+  if (!e) return;
+  if (r->running) {
+    if (h->multi) curl_multi_remove_handle(h->multi, e);
+    h->active--;
+    r->running = 0;
+  }
+  curl_easy_reset(e);
+  if (h->nidle < (int)(sizeof h->idle / sizeof h->idle[0]) && !h->closing)
+    h->idle[h->nidle++] = e;
+  else
+    curl_easy_cleanup(e);
+  r->easy = NULL;
+}
+
+void ah__http_req_free(ah_http_req *r) {
+  if (r->h) release_easy(r->h, r);
+  curl_slist_free_all(r->header_list);
+  r->header_list = NULL;
+  buf_free(&r->body);
+  buf_free(&r->headers);
+}
