@@ -1,0 +1,156 @@
+-- ah.http against the local test server (tests/support/httpd.c): responses,
+-- errors of every kind, safe defaults, cancellation, concurrency and
+-- connection reuse.
+
+local ah = require "agenthost"
+local httpd = require "support.httpd"
+local http, task = ah.http, ah.task
+
+local srv
+
+setup(function() srv = httpd.start() end)
+teardown(function() if srv then srv:stop() end end)
+
+local function run(fn) return task.run(fn) end
+
+local function fails(kind, fn)
+  local ok, err = pcall(task.run, fn)
+  assert.is_false(ok, "expected a " .. kind .. " error")
+  assert.is_true(ah.error.is(err, kind), "expected kind " .. kind .. ", got " .. tostring(err))
+  return err
+end
+
+local function connections()
+  return run(function() return http.get(srv.url("/stats")).json.connections end)
+end
+
+describe("ah.http.request", function()
+  it("returns status, lower-case headers and the body", function()
+    local r = run(function() return http.get(srv.url("/fixed")) end)
+    assert.equal(200, r.status)
+    assert.equal("hello world", r.body)
+    assert.equal("11", r.headers["content-length"])
+  end)
+
+  it("treats a non-2xx status as a response, not an error", function()
+    local r = run(function() return http.get(srv.url("/status/503")) end)
+    assert.equal(503, r.status)
+    assert.equal("1", r.headers["retry-after"])
+  end)
+
+  it("sends method, headers and body, and encodes and decodes JSON", function()
+    local r = run(function()
+      return http.request { method = "PUT", url = srv.url("/echo"),
+                            headers = { ["X-Token"] = "abc" }, body = "payload" }
+    end)
+    assert.equal("PUT", r.json.method)
+    assert.equal("abc", r.json.headers["x-token"])
+    assert.equal("payload", r.json.body)
+    local j = run(function() return http.post(srv.url("/json"), { a = 1, list = { 1, 2 } }) end)
+    assert.same({ a = 1, list = { 1, 2 } }, j.json)
+  end)
+
+  it("reads chunked bodies", function()
+    local r = run(function() return http.get(srv.url("/chunked?n=10&size=100")) end)
+    assert.equal(1000, #r.body)
+  end)
+
+  it("runs 1,000 concurrent requests on one thread", function()
+    local statuses = run(function()
+      local items = {}
+      for i = 1, 1000 do items[i] = i end
+      return task.map(items, function() return http.get(srv.url("/delay?ms=200")).status end)
+    end)
+    assert.equal(1000, #statuses)
+    for i = 1, 1000 do assert.equal(200, statuses[i]) end
+  end)
+
+  it("reuses its connection for 10,000 sequential requests", function()
+    local before = connections()
+    run(function()
+      for _ = 1, 10000 do assert(http.get(srv.url("/fixed")).status == 200) end
+    end)
+    local opened = connections() - before
+    assert.is_true(opened <= 2, "opened " .. opened .. " connections for 10000 sequential requests")
+  end)
+
+  it("aborts the transfer when the task is cancelled, and frees its connection", function()
+    run(function()
+      local h = task.spawn(function() return http.get(srv.url("/delay?ms=10000")) end)
+      task.sleep(0.05)
+      assert.equal(1, http.stats().active)
+      h:cancel()
+      local ok, err = h:result()
+      assert.is_false(ok)
+      assert.is_true(ah.error.is(err, "cancelled"))
+      assert.equal(0, http.stats().active)
+      -- the next request still works
+      assert.equal(200, http.get(srv.url("/fixed")).status)
+    end)
+  end)
+
+  it("times out with a retryable timeout error", function()
+    local err = fails("timeout", function() http.get(srv.url("/delay?ms=5000"), { timeout = 0.1 }) end)
+    assert.is_true(err.retryable)
+    assert.matches("GET http://127.0.0.1:%d+/delay", err.message)
+  end)
+
+  it("reports a refused connection as a retryable connect error", function()
+    local err = fails("connect", function() http.get("http://127.0.0.1:1/") end)
+    assert.is_true(err.retryable)
+  end)
+
+  it("reports a connection reset mid-body", function()
+    fails("connect", function() http.get(srv.url("/reset?size=1000")) end)
+  end)
+
+  it("caps the response size, with or without a content-length", function()
+    local e1 = fails("too_large", function() http.get(srv.url("/fixed?size=5000"), { max_body = 1000 }) end)
+    assert.matches("max_body", e1.message)
+    fails("too_large", function() http.get(srv.url("/chunked?n=10&size=500"), { max_body = 1000 }) end)
+  end)
+
+  it("refuses other schemes than http and https", function()
+    for _, url in ipairs { "file:///etc/passwd", "ftp://127.0.0.1/", "gopher://x/", "127.0.0.1/" } do
+      local err = fails("invalid_argument", function() http.get(url) end)
+      assert.matches("only http:// and https://", err.message)
+    end
+  end)
+
+  it("refuses header values that would inject a header", function()
+    local err = fails("invalid_argument", function()
+      http.request { url = srv.url("/echo"), headers = { ["x-a"] = "b\r\nInjected: 1" } }
+    end)
+    assert.matches("line break", err.message)
+    fails("invalid_argument", function()
+      http.request { url = srv.url("/echo"), headers = { ["bad name"] = "x" } }
+    end)
+  end)
+
+  it("rejects bad options with messages that say what to pass", function()
+    assert.matches("url must be a string", fails("invalid_argument", function() http.request {} end).message)
+    assert.matches("timeout must be > 0",
+      fails("invalid_argument", function() http.get(srv.url("/fixed"), { timeout = -1 }) end).message)
+    assert.matches("method must be",
+      fails("invalid_argument", function() http.request { url = srv.url("/fixed"), method = "GE T" } end).message)
+    assert.matches("must be called inside a task", select(2, pcall(http.get, srv.url("/fixed"))).message)
+  end)
+
+  it("does not follow redirects unless asked, then at most 5", function()
+    local r = run(function() return http.get(srv.url("/redirect?n=1")) end)
+    assert.equal(302, r.status)
+    local f = run(function() return http.get(srv.url("/redirect?n=3"), { follow_redirects = true }) end)
+    assert.equal(200, f.status)
+    assert.equal("redirected", f.body)
+    fails("protocol", function() http.get(srv.url("/redirect?n=6"), { follow_redirects = true }) end)
+  end)
+
+  it("keeps credentials and header values out of error messages", function()
+    local err = fails("connect", function()
+      http.request { url = "http://user:s3cret@127.0.0.1:1/x", headers = { authorization = "Bearer tok-123" } }
+    end)
+    assert.not_matches("s3cret", err.message)
+    assert.not_matches("tok%-123", err.message)
+    assert.matches("http://127.0.0.1:1/x", err.message, 1, true)
+  end)
+end)

@@ -1,0 +1,157 @@
+-- Starts and stops the local HTTP test server (tests/support/httpd.c) for
+-- specs.  httpd.start() runs it in the background with its stdin on a pipe
+-- that this process holds, so the server goes away with this process even
+-- when stop() is never called; it waits for the server's "port=" line and
+-- returns a server:
+--
+--   srv.port            the port it listens on (127.0.0.1 only)
+--   srv.base            "http://127.0.0.1:PORT"
+--   srv.url(path)       "http://127.0.0.1:PORT/path" (srv:url(path) works too)
+--   srv.pid             the server's process id
+--   srv:stop()          SIGTERM, then waits for the exit (SIGKILL after the
+--                       limit); returns the exit status, 0 for a clean exit
+--   srv:stderr()        what the server wrote on stderr
+--
+-- A server also stops when it goes out of scope as a to-be-closed variable
+-- (local srv <close> = httpd.start()).  The binary is AGENTHOST_HTTPD, else
+-- tests/httpd next to AGENTHOST_BIN, else build/tests/httpd.
+--
+-- Every wait is bounded and polls files in one shell loop, 10 ms apart.
+
+local M = {}
+
+local function q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function sh(cmd)
+  local ok, how, code = os.execute(cmd)
+  if how == "exit" then return code end
+  return 128 + (code or 0)
+end
+
+-- Polls until the shell test `cond` holds, `limit` seconds at most; returns
+-- whether it did.
+local function poll(cond, limit)
+  local n = math.max(1, math.floor(limit * 100))
+  return sh(string.format(
+    "i=0; while [ $i -lt %d ]; do if %s; then exit 0; fi; sleep 0.01; " ..
+    "i=$((i+1)); done; exit 1", n, cond)) == 0
+end
+
+-- The server binary these specs use.
+function M.bin()
+  local env = os.getenv("AGENTHOST_HTTPD")
+  if env and env ~= "" then return env end
+  local main = os.getenv("AGENTHOST_BIN")
+  if main and main ~= "" then
+    return (main:match("^(.*)/[^/]*$") or ".") .. "/tests/httpd"
+  end
+  return "build/tests/httpd"
+end
+
+local running = setmetatable({}, { __mode = "k" })
+
+local Server = {}
+Server.__index = Server
+
+function Server:stderr()
+  return self.err or read(self.dir .. "/err") or ""
+end
+
+function Server:stop(limit)
+  if self.status ~= nil or self.stopped then return self.status end
+  self.stopped = true
+  running[self] = nil
+  local rc = q(self.dir .. "/rc")
+  poll("[ -f " .. q(self.dir .. "/pid") .. " ]", 1)
+  local pid = tonumber(read(self.dir .. "/pid") or "")
+  if pid and not poll("[ -f " .. rc .. " ]", 0.01) then
+    sh(string.format("[ -f %s ] || kill -TERM %d 2>/dev/null", rc, pid))
+    if not poll("[ -f " .. rc .. " ]", limit or 5) then
+      sh(string.format("[ -f %s ] || kill -KILL %d 2>/dev/null", rc, pid))
+      poll("[ -f " .. rc .. " ]", 5)
+    end
+  end
+  -- The wrapper shell has exited or is about to: closing waits for it.
+  self.pipe:close()
+  self.status = tonumber(read(self.dir .. "/rc") or "")
+  self.err = read(self.dir .. "/err") or ""
+  os.execute("rm -rf " .. q(self.dir))
+  return self.status
+end
+
+-- A to-be-closed server stops with the default limit (the second argument
+-- is the error being raised, if any).
+function Server:__close()
+  self:stop()
+end
+
+-- Starts a server.  opts.bin overrides the binary, opts.port asks for a
+-- fixed port, opts.limit bounds the wait for it to listen (5 s).
+function M.start(opts)
+  opts = opts or {}
+  local bin = opts.bin or M.bin()
+  local f = io.open(bin, "rb")
+  if not f then
+    error("httpd: no test server at " .. bin .. " (build it with make)", 2)
+  end
+  f:close()
+
+  local p = io.popen("mktemp -d")
+  local dir = p:read("l")
+  p:close()
+  assert(dir and dir ~= "", "mktemp -d failed")
+  local function at(name) return q(dir .. "/" .. name) end
+
+  -- The shell keeps the pipe on fd 3 for the server's stdin (an
+  -- asynchronous command would otherwise read /dev/null), records the
+  -- server's pid, and writes its exit status to rc once it has exited.
+  local args = opts.port and (" --port " .. math.tointeger(opts.port)) or ""
+  local cmd = string.format(
+    "exec 3<&0; %s%s <&3 3<&- >%s 2>%s & echo $! >%s; mv %s %s; " ..
+    "wait $!; echo $? >%s; mv %s %s",
+    q(bin), args, at("out"), at("err"), at("pid.tmp"), at("pid.tmp"), at("pid"),
+    at("rc.tmp"), at("rc.tmp"), at("rc"))
+  local pipe = assert(io.popen(cmd, "w"))
+  local self = setmetatable({ dir = dir, pipe = pipe }, Server)
+
+  poll(string.format("{ [ -f %s ] && grep -q '^port=' %s; } || [ -f %s ]",
+    at("pid"), at("out"), at("rc")), opts.limit or 5)
+  local port = tonumber((read(dir .. "/out") or ""):match("^port=(%d+)\n"))
+  if not port then
+    local status = self:stop(1)
+    error(string.format("httpd: %s did not start listening (exit status %s): %s",
+      bin, tostring(status), self:stderr()), 2)
+  end
+
+  self.port = port
+  self.pid = tonumber(read(dir .. "/pid") or "")
+  self.base = "http://127.0.0.1:" .. port
+  self.url = function(a, b)
+    local path = b
+    if type(a) ~= "table" then path = a end
+    path = path or "/"
+    if path:sub(1, 1) ~= "/" then path = "/" .. path end
+    return self.base .. path
+  end
+  running[self] = true
+  return self
+end
+
+-- Stops every server started here and not stopped yet.
+function M.stop_all()
+  local list = {}
+  for srv in pairs(running) do list[#list + 1] = srv end
+  for _, srv in ipairs(list) do srv:stop() end
+end
+
+return M
