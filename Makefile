@@ -24,7 +24,7 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CFLAGS  += $(OPT) $(WARN) -fPIC -D_POSIX_C_SOURCE=200809L $(SANFLAGS) $(PKG_CFLAGS)
 LDFLAGS += $(SANFLAGS)
 
-HOST_SRC := host/loop.c host/timer.c host/watch.c host/http.c
+HOST_SRC := host/loop.c host/timer.c host/watch.c host/http.c host/sse.c
 BIND_SRC := bindings/task.c bindings/reload.c bindings/http.c bindings/agenthost.c
 CORE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(HOST_SRC) $(BIND_SRC))
 MAIN_OBJ := $(BUILD)/obj/bindings/main.o
@@ -85,8 +85,26 @@ test: all
 asan:
 	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 test
 
-bench: all
+BENCH_DEB_PKGS := wrk python3-aiohttp
+.PHONY: bench-deps bench-http
+
+# The benchmark peers' packages; installs whichever are missing, like deps.
+bench-deps:
+	@missing=""; for p in $(BENCH_DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	fi
+
+bench: all bench-deps
 	bench/sched
+
+bench-http: all bench-deps
+	bench/http
 
 clean:
 	rm -rf build

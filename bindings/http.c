@@ -34,8 +34,10 @@ typedef struct hbox {
 /* One request; a userdata kept on the waiting task's stack. */
 typedef struct lreq {
   ah_http_req r;
-  ah_task *t;
+  ah_task *t;       /* the task waiting on it, or NULL */
   ah_sched *S;
+  int ended;        /* the transfer is over (stream) */
+  int reported;     /* its error was raised (stream) */
   char method[16];
   char safe_url[512];
 } lreq;
@@ -105,15 +107,35 @@ static void push_headers(lua_State *L, const ah_buf *b) {
   }
 }
 
+static void push_error(lua_State *co, lreq *lr) {
+  ah_http_req *r = &lr->r;
+  int retryable = strcmp(r->kind, "connect") == 0 ||
+                  strcmp(r->kind, "timeout") == 0 ||
+                  strcmp(r->kind, "dns") == 0;
+  ah__error_push(co, r->kind, retryable, "%s %s: %s", lr->method, lr->safe_url,
+                 r->errbuf);
+}
+
+/* Streams: wake the waiting task (for headers, data, or the end). */
+static void stream_wake(ah_http_req *r) {
+  lreq *lr = r->data;
+  ah_task *t = lr->t;
+  if (!t) return;
+  lr->t = NULL;
+  ah__task_wake(lr->S, t, 0, 0);
+}
+
+static void stream_done(ah_http_req *r) {
+  lreq *lr = r->data;
+  lr->ended = 1;
+  stream_wake(r);
+}
+
 static void on_done(ah_http_req *r) {
   lreq *lr = r->data;
   lua_State *co = ah__task_thread(lr->t);
   if (r->kind) {
-    int retryable = strcmp(r->kind, "connect") == 0 ||
-                    strcmp(r->kind, "timeout") == 0 ||
-                    strcmp(r->kind, "dns") == 0;
-    ah__error_push(co, r->kind, retryable, "%s %s: %s", lr->method,
-                   lr->safe_url, r->errbuf);
+    push_error(co, lr);
     ah__task_wake(lr->S, lr->t, 1, 1);
   } else {
     lua_createtable(co, 0, 3);
@@ -194,10 +216,10 @@ static void add_headers(lua_State *L, int idx, lreq *lr) {
   }
 }
 
-/* core.http.request{method, url, headers, body, timeout, connect_timeout,
- *                   max_body, follow_redirects} */
-static int h_request(lua_State *L) {
-  ah_task *me = ah__task_require(L, "ah.http.request");
+/* Validates the options table at 1 and starts the transfer; leaves only
+ * the request userdata on the stack. */
+static lreq *start(lua_State *L, ah_task *me, int stream) {
+  /* Every failure below raises (ah__error_raise does not return). */
   ah_sched *S = ah__sched_get(L);
   const char *url, *method, *body = NULL;
   size_t url_len, body_len = 0, i;
@@ -211,24 +233,24 @@ static int h_request(lua_State *L) {
   lua_getfield(L, 1, "url"); /* 2 */
   url = lua_tolstring(L, 2, &url_len);
   if (!url || lua_type(L, 2) != LUA_TSTRING)
-    return ah__error_raise(L, "invalid_argument", 0,
+    ah__error_raise(L, "invalid_argument", 0,
                            "ah.http.request: url must be a string");
   if (url_len > MAX_URL)
-    return ah__error_raise(L, "invalid_argument", 0,
+    ah__error_raise(L, "invalid_argument", 0,
                            "ah.http.request: the url is longer than %d bytes", MAX_URL);
   for (i = 0; i < url_len; i++)
     if ((unsigned char)url[i] <= ' ' || url[i] == 0x7f)
-      return ah__error_raise(L, "invalid_argument", 0,
+      ah__error_raise(L, "invalid_argument", 0,
                              "ah.http.request: the url contains a space or a "
                              "control character; percent-encode it");
   if (strncasecmp(url, "http://", 7) != 0 && strncasecmp(url, "https://", 8) != 0)
-    return ah__error_raise(L, "invalid_argument", 0,
+    ah__error_raise(L, "invalid_argument", 0,
                            "ah.http.request: only http:// and https:// URLs are "
                            "allowed");
   lua_getfield(L, 1, "body"); /* 3 */
   if (!lua_isnil(L, 3)) {
     if (lua_type(L, 3) != LUA_TSTRING)
-      return ah__error_raise(L, "invalid_argument", 0,
+      ah__error_raise(L, "invalid_argument", 0,
                              "ah.http.request: body must be a string (use json = "
                              "for a table)");
     body = lua_tolstring(L, 3, &body_len);
@@ -237,32 +259,29 @@ static int h_request(lua_State *L) {
   method = lua_isnil(L, 4) ? (body ? "POST" : "GET") : lua_tostring(L, 4);
   if (!method || lua_type(L, 4) == LUA_TNUMBER || strlen(method) >= 16 ||
       !valid_token(method))
-    return ah__error_raise(L, "invalid_argument", 0,
+    ah__error_raise(L, "invalid_argument", 0,
                            "ah.http.request: method must be an HTTP method name "
                            "such as GET or POST");
   timeout = opt_number(L, "timeout", DEFAULT_TIMEOUT);
   connect_timeout = opt_number(L, "connect_timeout", DEFAULT_CONNECT_TIMEOUT);
   max_body = opt_number(L, "max_body", DEFAULT_MAX_BODY);
 
-  lr = lua_newuserdatauv(L, sizeof *lr, 0); /* 5 */
+  lr = lua_newuserdatauv(L, sizeof *lr, 1); /* 5 */
   memset(lr, 0, sizeof *lr);
-  lua_createtable(L, 0, 1);
-  lua_pushcfunction(L, lreq_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_setmetatable(L, -2);
+  luaL_setmetatable(L, stream ? "agenthost.http_stream" : "agenthost.http_req");
   for (i = 0; method[i]; i++) lr->method[i] = (char)toupper((unsigned char)method[i]);
   ah__http_safe_url(url, lr->safe_url, sizeof lr->safe_url);
   lua_getfield(L, 1, "headers"); /* 6 */
   if (!lua_isnil(L, 6)) {
     if (!lua_istable(L, 6))
-      return ah__error_raise(L, "invalid_argument", 0,
+      ah__error_raise(L, "invalid_argument", 0,
                              "ah.http.request: headers must be a table of "
                              "name = value");
     add_headers(L, 6, lr);
   }
   /* No "Expect: 100-continue" round trip for request bodies. */
   if (!(l = curl_slist_append(lr->r.header_list, "Expect:")))
-    return luaL_error(L, "out of memory");
+    luaL_error(L, "out of memory");
   lr->r.header_list = l;
   lua_getfield(L, 1, "follow_redirects");
   lr->r.follow = lua_toboolean(L, -1);
@@ -274,17 +293,196 @@ static int h_request(lua_State *L) {
   lr->r.timeout_ms = (long)(timeout * 1000 + 0.5);
   lr->r.connect_timeout_ms = (long)(connect_timeout * 1000 + 0.5);
   lr->r.max_body = max_body > 1e15 ? (size_t)1e15 : (size_t)max_body;
-  lr->r.done = on_done;
+  lr->r.done = stream ? stream_done : on_done;
   lr->r.data = lr;
   lr->t = me;
   lr->S = S;
+  if (stream) {
+    lr->r.stream = 1;
+    lr->r.high_water = 64u << 10;
+    lr->r.on_headers = stream_wake;
+    lr->r.on_data = stream_wake;
+    lua_createtable(L, 0, 2);
+    lua_setiuservalue(L, 5, 1);
+  }
   if ((rc = ah__http_start(get_http(L), &lr->r)) != 0)
-    return ah__error_raise(L, "resource", 1, "ah.http.request: cannot start: %s",
-                           uv_strerror(rc));
+    ah__error_raise(L, "resource", 1, "ah.http.request: cannot start: %s",
+                    uv_strerror(rc));
   lua_settop(L, 5); /* the request stays on this stack while it runs */
   lua_replace(L, 1);
   lua_settop(L, 1);
+  return lr;
+}
+
+/* core.http.request{method, url, headers, body, timeout, connect_timeout,
+ *                   max_body, follow_redirects} */
+static int h_request(lua_State *L) {
+  ah_task *me = ah__task_require(L, "ah.http.request");
+  lreq *lr = start(L, me, 0);
   return ah__task_suspend(L, me, &http_op, lr);
+}
+
+/* ---- streams ------------------------------------------------------------ */
+
+static void stream_cancel(ah_sched *S, ah_task *t) {
+  lreq *lr = ah__task_opdata(t);
+  (void)S;
+  lr->t = NULL;
+  lr->ended = 1;
+  lr->reported = 1;
+  ah__http_req_free(&lr->r); /* a cancelled reader aborts the transfer */
+}
+
+static int stream_head_after(lua_State *L, ah_task *t, int nargs);
+static int stream_read_after(lua_State *L, ah_task *t, int nargs);
+static const ah_op stream_head_op = {"http stream", stream_cancel, NULL,
+                                     stream_head_after};
+static const ah_op stream_read_op = {"http stream read", stream_cancel, NULL,
+                                     stream_read_after};
+
+static int stream_head_after(lua_State *L, ah_task *t, int nargs) {
+  lreq *lr = lua_touserdata(L, 1);
+  (void)t;
+  lua_pop(L, nargs);
+  if (!lr->r.headers_done && lr->ended) {
+    lr->reported = 1;
+    if (lr->r.kind) {
+      push_error(L, lr);
+      return lua_error(L);
+    }
+  }
+  /* {status, headers} for __index */
+  lua_getiuservalue(L, 1, 1);
+  lua_pushinteger(L, lr->r.status);
+  lua_setfield(L, -2, "status");
+  push_headers(L, &lr->r.headers);
+  lua_setfield(L, -2, "headers");
+  lua_pop(L, 1);
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* core.http.stream{...} -> a stream once the headers are in */
+static int h_stream(lua_State *L) {
+  ah_task *me = ah__task_require(L, "ah.http.stream");
+  lreq *lr = start(L, me, 1);
+  return ah__task_suspend(L, me, &stream_head_op, lr);
+}
+
+/* s:read() -> the next chunk, or nil at the end; raises a transfer error. */
+static int s_read(lua_State *L) {
+  lreq *lr = luaL_checkudata(L, 1, "agenthost.http_stream");
+  ah_task *me;
+  if (lr->r.body.len > 0) {
+    lua_pushlstring(L, lr->r.body.data, lr->r.body.len);
+    lr->r.body.len = 0;
+    ah__http_resume(&lr->r); /* the consumer caught up */
+    return 1;
+  }
+  if (lr->ended) {
+    if (lr->r.kind && !lr->reported) {
+      lr->reported = 1;
+      push_error(L, lr);
+      return lua_error(L);
+    }
+    return 0;
+  }
+  me = ah__task_require(L, "stream:read");
+  if (lr->t)
+    return ah__error_raise(L, "invalid_argument", 0,
+                           "stream:read: another task is already reading this "
+                           "stream");
+  lr->t = me;
+  lua_settop(L, 1);
+  return ah__task_suspend(L, me, &stream_read_op, lr);
+}
+
+static int stream_read_after(lua_State *L, ah_task *t, int nargs) {
+  (void)t;
+  lua_pop(L, nargs);
+  return s_read(L);
+}
+
+/* for chunk in stream do ... end */
+static int s_call(lua_State *L) {
+  lua_settop(L, 1);
+  return s_read(L);
+}
+
+static int s_close(lua_State *L) {
+  lreq *lr = luaL_checkudata(L, 1, "agenthost.http_stream");
+  if (lr->t) return 0; /* a reader is waiting: it will see the end */
+  lr->ended = 1;
+  lr->reported = 1;
+  ah__http_req_free(&lr->r);
+  return 0;
+}
+
+static int s_index(lua_State *L) {
+  lua_getiuservalue(L, 1, 1);
+  lua_pushvalue(L, 2);
+  lua_rawget(L, -2);
+  if (!lua_isnil(L, -1)) return 1;
+  lua_pop(L, 2);
+  lua_getmetatable(L, 1);
+  lua_getfield(L, -1, "methods");
+  lua_pushvalue(L, 2);
+  lua_rawget(L, -2);
+  return 1;
+}
+
+/* ---- server-sent events ------------------------------------------------------ */
+
+typedef struct lsse {
+  ah_sse p;
+} lsse;
+
+static int push_event(void *ud, const ah_sse_event *ev) {
+  lua_State *L = ud;
+  lua_createtable(L, 0, 4);
+  lua_pushstring(L, ev->event);
+  lua_setfield(L, -2, "event");
+  lua_pushlstring(L, ev->data, ev->data_len);
+  lua_setfield(L, -2, "data");
+  lua_pushstring(L, ev->id);
+  lua_setfield(L, -2, "id");
+  if (ev->retry >= 0) {
+    lua_pushinteger(L, ev->retry);
+    lua_setfield(L, -2, "retry");
+  }
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+  return 0;
+}
+
+/* parser:feed(chunk) -> array of the events it completed */
+static int sse_feed(lua_State *L) {
+  lsse *p = luaL_checkudata(L, 1, "agenthost.sse");
+  size_t n;
+  const char *s = luaL_checklstring(L, 2, &n);
+  int rc;
+  lua_newtable(L);
+  rc = ah__sse_feed(&p->p, s, n, push_event, L);
+  if (rc == UV_E2BIG)
+    return ah__error_raise(L, "too_large", 0,
+                           "server-sent events: a line or event is larger than "
+                           "%d bytes",
+                           (int)p->p.max);
+  if (rc) return luaL_error(L, "server-sent events: %s", uv_strerror(rc));
+  return 1;
+}
+
+static int sse_gc(lua_State *L) {
+  ah__sse_free(&((lsse *)luaL_checkudata(L, 1, "agenthost.sse"))->p);
+  return 0;
+}
+
+/* core.http.sse_parser([max_bytes]) */
+static int h_sse_parser(lua_State *L) {
+  lua_Integer max = luaL_optinteger(L, 1, 16 << 20);
+  lsse *p = lua_newuserdatauv(L, sizeof *p, 0);
+  ah__sse_init(&p->p, max > 0 ? (size_t)max : (16u << 20));
+  luaL_setmetatable(L, "agenthost.sse");
+  return 1;
 }
 
 /* core.http.stats() -> {active} */
@@ -300,8 +498,41 @@ static int h_stats(lua_State *L) {
 }
 
 int ah__open_http(lua_State *L) {
-  static const luaL_Reg fns[] = {{"request", h_request}, {"stats", h_stats},
+  static const luaL_Reg fns[] = {{"request", h_request},
+                                 {"stream", h_stream},
+                                 {"sse_parser", h_sse_parser},
+                                 {"stats", h_stats},
                                  {NULL, NULL}};
+  static const luaL_Reg s_methods[] = {{"read", s_read}, {"close", s_close},
+                                       {NULL, NULL}};
+  static const luaL_Reg sse_methods[] = {{"feed", sse_feed}, {NULL, NULL}};
+  if (luaL_newmetatable(L, "agenthost.http_req")) {
+    lua_pushcfunction(L, lreq_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, "agenthost.http_stream")) {
+    lua_newtable(L);
+    luaL_setfuncs(L, s_methods, 0);
+    lua_setfield(L, -2, "methods");
+    lua_pushcfunction(L, s_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, s_call);
+    lua_setfield(L, -2, "__call");
+    lua_pushcfunction(L, s_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, lreq_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, "agenthost.sse")) {
+    lua_newtable(L);
+    luaL_setfuncs(L, sse_methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, sse_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
   lua_newtable(L);
   luaL_setfuncs(L, fns, 0);
   return 1;

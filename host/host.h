@@ -152,6 +152,14 @@ struct ah_http_req {
   long timeout_ms, connect_timeout_ms;
   size_t max_body;
   int follow;                      /* follow redirects (at most 5) */
+  /* Streaming: the body collects in `body` up to high_water bytes, then
+   * the transfer pauses until ah__http_resume.  on_headers runs once the
+   * final response's headers are in, on_data whenever body grew.  Both run
+   * inside curl's callbacks: they may only record and wake. */
+  int stream;
+  size_t high_water;
+  void (*on_headers)(ah_http_req *r);
+  void (*on_data)(ah_http_req *r);
   void (*done)(ah_http_req *r);
   void *data;                      /* for the owner */
   /* results */
@@ -161,6 +169,8 @@ struct ah_http_req {
   char errbuf[256];
   ah_buf headers, body;
   int too_large;
+  int headers_done, paused;
+  size_t total;                    /* body bytes received so far */
   /* private */
   ah_http *h;
   void *easy;
@@ -177,8 +187,41 @@ int ah__http_start(ah_http *h, ah_http_req *r);
  * buffers; the easy handle goes back to the pool. */
 void ah__http_req_free(ah_http_req *r);
 int ah__http_active(const ah_http *h);
+/* Lets a paused streaming transfer go on (call after taking the body). */
+void ah__http_resume(ah_http_req *r);
 /* The URL without user:password@, for messages. */
 void ah__http_safe_url(const char *url, char *out, size_t size);
+
+/* ---- server-sent events ------------------------------------------------ */
+
+/*
+ * A parser of text/event-stream as the WHATWG HTML standard defines it: a
+ * leading BOM, CR, LF and CRLF line ends (also split across chunks),
+ * comments, multi-line data, id (kept across events), retry, and event
+ * types.  Feed any split of the stream; each complete event is passed to
+ * cb.  A line or event beyond max bytes is an error.
+ */
+typedef struct ah_sse_event {
+  const char *event;   /* "message" when not set */
+  const char *data;
+  size_t data_len;
+  const char *id;      /* the last event id, "" when none */
+  long retry;          /* -1 when this event set none */
+} ah_sse_event;
+
+typedef struct ah_sse {
+  ah_buf line, data, event, id;
+  long retry;
+  int started, bom, last_cr;
+  size_t max;
+} ah_sse;
+
+void ah__sse_init(ah_sse *p, size_t max);
+/* Returns 0, or UV_E2BIG when a line or event exceeds max, or the
+ * callback's own non-zero return, which stops the feed. */
+int ah__sse_feed(ah_sse *p, const char *s, size_t n,
+                 int (*cb)(void *ud, const ah_sse_event *ev), void *ud);
+void ah__sse_free(ah_sse *p);
 
 /* ---- small shared helpers --------------------------------------------- */
 

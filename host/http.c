@@ -179,11 +179,26 @@ static int timer_cb(CURLM *m, long timeout_ms, void *userp) {
 static size_t on_body(char *p, size_t size, size_t n, void *ud) {
   ah_http_req *r = ud;
   size_t len = size * n;
-  if (r->body.len + len > r->max_body) {
+  if (r->total + len > r->max_body) {
     r->too_large = 1;
     return 0; /* aborts the transfer */
   }
-  return buf_add(&r->body, p, len) == len ? len : 0;
+  if (r->stream && r->body.len > 0 && r->body.len + len > r->high_water) {
+    /* The consumer is behind: keep this chunk in curl until it asks. */
+    r->paused = 1;
+    return CURL_WRITEFUNC_PAUSE;
+  }
+  if (buf_add(&r->body, p, len) != len) return 0;
+  r->total += len;
+  if (r->stream) {
+    if (!r->headers_done) {
+      r->headers_done = 1;
+      curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
+      if (r->on_headers) r->on_headers(r);
+    }
+    if (r->on_data) r->on_data(r);
+  }
+  return len;
 }
 
 static size_t on_header(char *p, size_t size, size_t n, void *ud) {
@@ -196,7 +211,22 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
     r->too_large = 1;
     return 0;
   }
-  return buf_add(&r->headers, p, len) == len ? len : 0;
+  if (buf_add(&r->headers, p, len) != len) return 0;
+  if (r->stream && !r->headers_done && (len == 2 || len == 1) &&
+      (p[0] == '\r' || p[0] == '\n')) {
+    /* The blank line ends a response's headers; it is the final response
+     * unless it is informational or a redirect that will be followed. */
+    long code = 0;
+    char *loc = NULL;
+    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &code);
+    curl_easy_getinfo(r->easy, CURLINFO_REDIRECT_URL, &loc);
+    if (code >= 200 && !(r->follow && code >= 300 && code < 400 && loc)) {
+      r->headers_done = 1;
+      r->status = code;
+      if (r->on_headers) r->on_headers(r);
+    }
+  }
+  return len;
 }
 
 static const char *kind_of(ah_http_req *r, CURLcode rc) {
@@ -370,6 +400,13 @@ int ah__http_start(ah_http *h, ah_http_req *r) {
   r->running = 1;
   h->active++;
   return 0;
+}
+
+void ah__http_resume(ah_http_req *r) {
+  if (!r->paused || !r->easy || !r->running) return;
+  r->paused = 0;
+  /* Unpausing may deliver the held chunk right here, through on_body. */
+  curl_easy_pause(r->easy, CURLPAUSE_CONT);
 }
 
 /* Gives the easy handle back (resetting it keeps its connection cache). */

@@ -154,3 +154,122 @@ describe("ah.http.request", function()
     assert.matches("http://127.0.0.1:1/x", err.message, 1, true)
   end)
 end)
+
+describe("ah.http.stream", function()
+  it("gives status and headers first, then the body in chunks", function()
+    local status, te, total = run(function()
+      local s = http.stream { url = srv.url("/chunked?n=5&size=10") }
+      local n = 0
+      for chunk in s do n = n + #chunk end
+      return s.status, s.headers["transfer-encoding"], n
+    end)
+    assert.equal(200, status)
+    assert.equal("chunked", te)
+    assert.equal(50, total)
+  end)
+
+  it("returns a non-2xx status as a stream too", function()
+    local status, body = run(function()
+      local s = http.stream { url = srv.url("/status/404") }
+      return s.status, s:read()
+    end)
+    assert.equal(404, status)
+    assert.equal("status 404", body)
+  end)
+
+  it("keeps memory flat for a slow consumer of 256 MiB", function()
+    local size = 256 * 1024 * 1024
+    local got, growth_kb = run(function()
+      local before = ah.rusage().maxrss_kb
+      local s = http.stream { url = srv.url("/huge?size=" .. size), timeout = 120, max_body = 2 * size }
+      local n, reads = 0, 0
+      for chunk in s do
+        n = n + #chunk
+        reads = reads + 1
+        if reads % 64 == 0 then task.sleep(0.001) end -- a consumer that dawdles
+      end
+      return n, ah.rusage().maxrss_kb - before
+    end)
+    assert.equal(size, got)
+    assert.is_true(growth_kb < 48 * 1024, "peak RSS grew by " .. growth_kb .. " KB")
+  end)
+
+  it("raises a failure after the headers from read", function()
+    local err = fails("connect", function()
+      local s = http.stream { url = srv.url("/reset?size=1000") }
+      for _ in s do end
+    end)
+    assert.matches("/reset", err.message)
+  end)
+
+  it("aborts the transfer when the reading task is cancelled", function()
+    run(function()
+      local h = task.spawn(function()
+        local s = http.stream { url = srv.url("/drip?n=1000&ms=20") }
+        for _ in s do end
+      end)
+      task.sleep(0.1)
+      assert.equal(1, http.stats().active)
+      h:cancel()
+      assert.equal("cancelled", select(2, h:result()).kind)
+      assert.equal(0, http.stats().active)
+    end)
+  end)
+end)
+
+describe("server-sent events", function()
+  local stream = "\239\187\191: a comment\r\nid: 7\r\nevent: greet\r\ndata: hello\r\ndata:  world\r\n\r\n" ..
+                 "data: second\nretry: 1500\n\n" ..
+                 "event: ignored-without-data\n\n" ..
+                 "data\rdata: third\r\r" ..
+                 "id\n" .. "data: after-reset\n\n" ..
+                 "data: unfinished at the end"
+  local expected = {
+    { event = "greet", data = "hello\n world", id = "7" },
+    { event = "message", data = "second", id = "7", retry = 1500 },
+    { event = "message", data = "\nthird", id = "7" },
+    { event = "message", data = "after-reset", id = "" },
+  }
+
+  local function parse(chunks)
+    local p, out = http.sse_parser(), {}
+    for _, c in ipairs(chunks) do
+      for _, ev in ipairs(p:feed(c)) do out[#out + 1] = ev end
+    end
+    return out
+  end
+
+  it("parses the WHATWG format: BOM, CR/LF/CRLF, comments, multi-line data, id, retry", function()
+    assert.same(expected, parse { stream })
+  end)
+
+  it("gives identical events for a split at every byte boundary, and byte by byte", function()
+    for i = 1, #stream - 1 do
+      assert.same(expected, parse { stream:sub(1, i), stream:sub(i + 1) }, "split at " .. i)
+    end
+    local bytes = {}
+    for i = 1, #stream do bytes[i] = stream:sub(i, i) end
+    assert.same(expected, parse(bytes))
+  end)
+
+  it("refuses a line longer than its limit", function()
+    local p = http.sse_parser(1024)
+    local ok, err = pcall(p.feed, p, "data: " .. ("x"):rep(2000))
+    assert.is_false(ok)
+    assert.is_true(ah.error.is(err, "too_large"))
+  end)
+
+  it("reads events from a server as they come", function()
+    local evs = run(function()
+      local out = {}
+      for ev in http.sse { url = srv.url("/sse?n=5&ms=10") } do out[#out + 1] = ev end
+      return out
+    end)
+    assert.equal(5, #evs)
+    for i = 1, 5 do
+      assert.equal("tick", evs[i].event)
+      assert.equal(tostring(i), evs[i].data)
+      assert.equal(tostring(i), evs[i].id)
+    end
+  end)
+end)

@@ -18,27 +18,34 @@ local function has_header(headers, name)
   return false
 end
 
--- request{method, url, headers, body, json, timeout, connect_timeout,
---         max_body, follow_redirects} -> {status, headers, body [, json]}
-function M.request(opts)
+-- Copies opts with `json` turned into an encoded body and headers.
+local function prepare(opts, what, accept)
   if type(opts) ~= "table" then
-    error(core.error.new("invalid_argument", "ah.http.request: expected a table of options"), 2)
+    error(core.error.new("invalid_argument", what .. ": expected a table of options"), 3)
   end
+  if opts.json == nil and not accept then return opts end
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  local headers = {}
+  for k, v in pairs(opts.headers or {}) do headers[k] = v end
   if opts.json ~= nil then
     local ok, body = pcall(cjson.encode, opts.json)
     if not ok then
-      error(core.error.new("invalid_argument", "ah.http.request: json cannot be encoded: " .. tostring(body)), 2)
+      error(core.error.new("invalid_argument", what .. ": json cannot be encoded: " .. tostring(body)), 3)
     end
-    local o = {}
-    for k, v in pairs(opts) do o[k] = v end
-    local headers = {}
-    for k, v in pairs(opts.headers or {}) do headers[k] = v end
     if not has_header(headers, "content-type") then headers["content-type"] = "application/json" end
-    if not has_header(headers, "accept") then headers["accept"] = "application/json" end
-    o.headers, o.body, o.json = headers, body, nil
-    opts = o
+    o.body, o.json = body, nil
   end
-  local res = C.request(opts)
+  accept = accept or "application/json"
+  if not has_header(headers, "accept") then headers["accept"] = accept end
+  o.headers = headers
+  return o
+end
+
+-- request{method, url, headers, body, json, timeout, connect_timeout,
+--         max_body, follow_redirects} -> {status, headers, body [, json]}
+function M.request(opts)
+  local res = C.request(prepare(opts, "ah.http.request"))
   local ctype = res.headers["content-type"]
   if ctype and ctype:find("json", 1, true) and #res.body > 0 then
     local ok, value = pcall(cjson.decode, res.body)
@@ -46,6 +53,42 @@ function M.request(opts)
   end
   return res
 end
+
+-- stream{...} -> s once the status and headers are in: s.status,
+-- s.headers, s:read() (the next chunk, nil at the end), s:close(); and
+-- `for chunk in s do ... end`.  The transfer pauses while the reader is
+-- busy, so a slow consumer holds at most about 64 KiB.
+function M.stream(opts)
+  return C.stream(prepare(opts, "ah.http.stream"))
+end
+
+-- sse{...} -> an iterator of server-sent events {event, data, id, retry};
+-- it also has .status, .headers and :close().
+function M.sse(opts)
+  local s = C.stream(prepare(opts, "ah.http.sse", "text/event-stream"))
+  local parser = C.sse_parser()
+  local queue, qi = {}, 1
+  local it = { status = s.status, headers = s.headers, stream = s }
+  function it.close() s:close() end
+  return setmetatable(it, {
+    __call = function()
+      while true do
+        local ev = queue[qi]
+        if ev then
+          queue[qi] = nil
+          qi = qi + 1
+          return ev
+        end
+        local chunk = s:read()
+        if not chunk then return nil end
+        queue, qi = parser:feed(chunk), 1
+      end
+    end,
+    __close = function() s:close() end,
+  })
+end
+
+M.sse_parser = C.sse_parser
 
 -- get(url [, opts])
 function M.get(url, opts)
