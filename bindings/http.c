@@ -485,6 +485,22 @@ static int h_sse_parser(lua_State *L) {
   return 1;
 }
 
+/* core.http.configure{max_connections =, max_host_connections =} */
+static int h_configure(lua_State *L) {
+  lua_Integer mc = -1, mh = -1;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_getfield(L, 1, "max_connections");
+  if (!lua_isnil(L, -1)) mc = luaL_checkinteger(L, -1);
+  lua_getfield(L, 1, "max_host_connections");
+  if (!lua_isnil(L, -1)) mh = luaL_checkinteger(L, -1);
+  if ((mc != -1 && (mc < 1 || mc > 100000)) || (mh != -1 && (mh < 0 || mh > 100000)))
+    return ah__error_raise(L, "invalid_argument", 0,
+                           "ah.http.configure: max_connections must be 1..100000 "
+                           "and max_host_connections 0..100000 (0: no limit)");
+  ah__http_limits(get_http(L), (long)mc, (long)mh);
+  return 0;
+}
+
 /* core.http.stats() -> {active} */
 static int h_stats(lua_State *L) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &HTTP_KEY);
@@ -502,6 +518,7 @@ int ah__open_http(lua_State *L) {
                                  {"stream", h_stream},
                                  {"sse_parser", h_sse_parser},
                                  {"stats", h_stats},
+                                 {"configure", h_configure},
                                  {NULL, NULL}};
   static const luaL_Reg s_methods[] = {{"read", s_read}, {"close", s_close},
                                        {NULL, NULL}};

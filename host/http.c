@@ -336,6 +336,14 @@ void ah__http_close(ah_http *h) {
 
 int ah__http_active(const ah_http *h) { return h->active; }
 
+void ah__http_limits(ah_http *h, long max_connects, long max_host_connections) {
+  if (max_connects >= 0)
+    curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, max_connects);
+  if (max_host_connections >= 0)
+    curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+                      max_host_connections);
+}
+
 /* Strips user:password@ from a URL for messages. */
 void ah__http_safe_url(const char *url, char *out, size_t size) {
   CURLU *u = curl_url();

@@ -74,6 +74,22 @@ describe("ah.http.request", function()
     assert.is_true(opened <= 2, "opened " .. opened .. " connections for 10000 sequential requests")
   end)
 
+  it("keeps to max_host_connections when configured", function()
+    local before = connections()
+    run(function()
+      http.configure { max_host_connections = 4 }
+      local items = {}
+      for i = 1, 200 do items[i] = i end
+      task.map(items, function() return http.get(srv.url("/delay?ms=20")).status end)
+      http.configure { max_host_connections = 0 }
+    end)
+    local opened = connections() - before
+    assert.is_true(opened <= 4, "opened " .. opened .. " connections with a limit of 4")
+    local ok, err = pcall(task.run, function() http.configure { max_connections = 0 } end)
+    assert.is_false(ok)
+    assert.is_true(ah.error.is(err, "invalid_argument"))
+  end)
+
   it("aborts the transfer when the task is cancelled, and frees its connection", function()
     run(function()
       local h = task.spawn(function() return http.get(srv.url("/delay?ms=10000")) end)

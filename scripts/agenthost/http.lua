@@ -108,5 +108,6 @@ function M.post(url, body, opts)
 end
 
 M.stats = C.stats
+M.configure = C.configure
 
 return M
