@@ -178,14 +178,28 @@ void ah__error_push(lua_State *L, const char *kind, int retryable,
   va_end(ap);
 }
 
+static void push_where(lua_State *L) {
+  lua_Debug ar;
+  int level;
+  for (level = 1; lua_getstack(L, level, &ar); level++) {
+    if (!lua_getinfo(L, "Sl", &ar) || ar.currentline <= 0) continue;
+    if (strstr(ar.source, "/agenthost/") && strstr(ar.source, "scripts/")) continue;
+    lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+    return;
+  }
+  lua_pushliteral(L, "");
+}
+
 int ah__error_raise(lua_State *L, const char *kind, int retryable,
                     const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   error_vpush(L, kind, retryable, fmt, ap);
   va_end(ap);
-  /* Misuse errors carry the caller's position, as luaL_error does. */
-  luaL_where(L, 1);
+  /* Misuse errors carry the caller's position, as luaL_error does, but the
+   * position of the user's code: frames of the library's own Lua wrappers
+   * (scripts/agenthost/) are skipped. */
+  push_where(L);
   lua_getfield(L, -2, "message");
   lua_concat(L, 2);
   lua_setfield(L, -2, "message");
