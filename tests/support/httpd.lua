@@ -8,13 +8,18 @@
 --   srv.base            "http://127.0.0.1:PORT"
 --   srv.url(path)       "http://127.0.0.1:PORT/path" (srv:url(path) works too)
 --   srv.pid             the server's process id
---   srv:stop()          SIGTERM, then waits for the exit (SIGKILL after the
---                       limit); returns the exit status, 0 for a clean exit
+--   srv:stop([limit])   SIGTERM, then waits for the exit (SIGKILL after
+--                       limit seconds, 5 by default); returns the exit
+--                       status, 0 for a clean exit; later calls return it too
 --   srv:stderr()        what the server wrote on stderr
+--   httpd.stop_all()    stops every server not stopped yet (for teardown)
 --
 -- A server also stops when it goes out of scope as a to-be-closed variable
--- (local srv <close> = httpd.start()).  The binary is AGENTHOST_HTTPD, else
--- tests/httpd next to AGENTHOST_BIN, else build/tests/httpd.
+-- (local srv <close> = httpd.start()) and when it is collected.  The binary
+-- is AGENTHOST_HTTPD, else tests/httpd next to AGENTHOST_BIN, else
+-- build/tests/httpd; httpd.start{bin = ..., port = ..., limit = ...}
+-- overrides the binary, asks for a fixed port, and bounds the wait for the
+-- server to listen (5 s by default).
 --
 -- Every wait is bounded and polls files in one shell loop, 10 ms apart.
 
@@ -33,7 +38,7 @@ local function read(path)
 end
 
 local function sh(cmd)
-  local ok, how, code = os.execute(cmd)
+  local _, how, code = os.execute(cmd)
   if how == "exit" then return code end
   return 128 + (code or 0)
 end
@@ -63,17 +68,22 @@ local running = setmetatable({}, { __mode = "k" })
 local Server = {}
 Server.__index = Server
 
+-- The path of one of the server's files (base.out, base.err, ...).
+function Server:file(name)
+  return self.base_path .. "." .. name
+end
+
 function Server:stderr()
-  return self.err or read(self.dir .. "/err") or ""
+  return self.err or read(self:file("err")) or ""
 end
 
 function Server:stop(limit)
-  if self.status ~= nil or self.stopped then return self.status end
+  if self.stopped then return self.status end
   self.stopped = true
   running[self] = nil
-  local rc = q(self.dir .. "/rc")
-  poll("[ -f " .. q(self.dir .. "/pid") .. " ]", 1)
-  local pid = tonumber(read(self.dir .. "/pid") or "")
+  local rc = q(self:file("rc"))
+  poll("[ -f " .. q(self:file("pid")) .. " ]", 1)
+  local pid = tonumber(read(self:file("pid")) or "")
   if pid and not poll("[ -f " .. rc .. " ]", 0.01) then
     sh(string.format("[ -f %s ] || kill -TERM %d 2>/dev/null", rc, pid))
     if not poll("[ -f " .. rc .. " ]", limit or 5) then
@@ -83,10 +93,20 @@ function Server:stop(limit)
   end
   -- The wrapper shell has exited or is about to: closing waits for it.
   self.pipe:close()
-  self.status = tonumber(read(self.dir .. "/rc") or "")
-  self.err = read(self.dir .. "/err") or ""
-  os.execute("rm -rf " .. q(self.dir))
+  self.status = tonumber(read(self:file("rc")) or "")
+  self.err = read(self:file("err")) or ""
+  os.remove(self.base_path)
+  for _, name in ipairs({ "out", "err", "pid", "pid.tmp", "rc", "rc.tmp" }) do
+    os.remove(self:file(name))
+  end
   return self.status
+end
+
+-- A server that is collected (or still running when Lua closes) is stopped
+-- too, so that its files go away; its process would go anyway, at EOF on
+-- its stdin.
+function Server:__gc()
+  self:stop()
 end
 
 -- A to-be-closed server stops with the default limit (the second argument
@@ -95,8 +115,8 @@ function Server:__close()
   self:stop()
 end
 
--- Starts a server.  opts.bin overrides the binary, opts.port asks for a
--- fixed port, opts.limit bounds the wait for it to listen (5 s).
+-- Starts a server (see the top of this file for opts); raises an error
+-- carrying the server's stderr when it does not come up.
 function M.start(opts)
   opts = opts or {}
   local bin = opts.bin or M.bin()
@@ -106,11 +126,9 @@ function M.start(opts)
   end
   f:close()
 
-  local p = io.popen("mktemp -d")
-  local dir = p:read("l")
-  p:close()
-  assert(dir and dir ~= "", "mktemp -d failed")
-  local function at(name) return q(dir .. "/" .. name) end
+  -- The server's files are named after a fresh temporary file.
+  local base = os.tmpname()
+  local function at(name) return q(base .. "." .. name) end
 
   -- The shell keeps the pipe on fd 3 for the server's stdin (an
   -- asynchronous command would otherwise read /dev/null), records the
@@ -122,11 +140,11 @@ function M.start(opts)
     q(bin), args, at("out"), at("err"), at("pid.tmp"), at("pid.tmp"), at("pid"),
     at("rc.tmp"), at("rc.tmp"), at("rc"))
   local pipe = assert(io.popen(cmd, "w"))
-  local self = setmetatable({ dir = dir, pipe = pipe }, Server)
+  local self = setmetatable({ base_path = base, pipe = pipe }, Server)
 
   poll(string.format("{ [ -f %s ] && grep -q '^port=' %s; } || [ -f %s ]",
     at("pid"), at("out"), at("rc")), opts.limit or 5)
-  local port = tonumber((read(dir .. "/out") or ""):match("^port=(%d+)\n"))
+  local port = tonumber((read(self:file("out")) or ""):match("^port=(%d+)\n"))
   if not port then
     local status = self:stop(1)
     error(string.format("httpd: %s did not start listening (exit status %s): %s",
@@ -134,7 +152,7 @@ function M.start(opts)
   end
 
   self.port = port
-  self.pid = tonumber(read(dir .. "/pid") or "")
+  self.pid = tonumber(read(self:file("pid")) or "")
   self.base = "http://127.0.0.1:" .. port
   self.url = function(a, b)
     local path = b
