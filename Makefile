@@ -40,9 +40,10 @@ all: deps build
 build: $(BUILD)/agenthost $(BUILD)/agenthost.so $(BUILD)/libagenthost.a $(CTESTS) \
        $(if $(wildcard tests/support/httpd.c),$(BUILD)/tests/httpd)
 
-# Installs whichever packages are missing; does nothing when all are present.
-deps:
-	@missing=""; for p in $(DEB_PKGS); do \
+# Installs whichever Debian packages of $(1) are missing; nothing when all
+# are present.  apt-get runs through sudo when not root.
+define install_missing
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -51,6 +52,10 @@ deps:
 	  $$sudo apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing >/dev/null || exit 1; \
 	fi
+endef
+
+deps:
+	$(call install_missing,$(DEB_PKGS))
 
 $(BUILD)/obj/%.o: %.c host/host.h host/agenthost.h bindings/bindings.h
 	@mkdir -p $(dir $@)
@@ -88,17 +93,9 @@ asan:
 BENCH_DEB_PKGS := wrk python3-aiohttp
 .PHONY: bench-deps bench-http
 
-# The benchmark peers' packages; installs whichever are missing, like deps.
+# The benchmark peers' packages.
 bench-deps:
-	@missing=""; for p in $(BENCH_DEB_PKGS); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
-	  $$sudo apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing >/dev/null || exit 1; \
-	fi
+	$(call install_missing,$(BENCH_DEB_PKGS))
 
 bench: all bench-deps
 	bench/sched
