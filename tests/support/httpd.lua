@@ -25,32 +25,8 @@
 
 local M = {}
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function sh(cmd)
-  local _, how, code = os.execute(cmd)
-  if how == "exit" then return code end
-  return 128 + (code or 0)
-end
-
--- Polls until the shell test `cond` holds, `limit` seconds at most; returns
--- whether it did.
-local function poll(cond, limit)
-  local n = math.max(1, math.floor(limit * 100))
-  return sh(string.format(
-    "i=0; while [ $i -lt %d ]; do if %s; then exit 0; fi; sleep 0.01; " ..
-    "i=$((i+1)); done; exit 1", n, cond)) == 0
-end
+local proc = require "support.proc"
+local q, read, sh, poll = proc.quote, proc.read, proc.sh, proc.poll
 
 -- The server binary these specs use.
 function M.bin()

@@ -33,10 +33,11 @@ end
 M.write = write
 
 local function sh(cmd)
-  local ok, how, code = os.execute(cmd)
+  local _, how, code = os.execute(cmd)
   if how == "exit" then return code end
   return 128 + (code or 0)
 end
+M.sh = sh
 
 local dirs = {}
 
@@ -121,11 +122,13 @@ end
 -- Polls (every 10 ms, at most `limit` seconds) until the shell test `cond`
 -- holds; returns whether it did.
 local function poll(cond, limit)
-  local n = math.floor((limit or 10) * 100)
+  local n = math.max(1, math.floor((limit or 10) * 100))
   return sh(string.format(
     "i=0; while [ $i -lt %d ]; do if %s; then exit 0; fi; sleep 0.01; " ..
     "i=$((i+1)); done; exit 1", n, cond)) == 0
 end
+
+M.poll = poll
 
 function Bg:out() return read(self.dir .. "/out") or "" end
 function Bg:err() return read(self.dir .. "/err") or "" end
