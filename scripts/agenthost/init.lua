@@ -39,5 +39,6 @@ end
 
 core.reload = require "agenthost.reload"
 core.http = require "agenthost.http"
+core.memory = require "agenthost.memory"
 
 return core
