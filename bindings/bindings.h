@@ -51,6 +51,18 @@ void *ah__task_opdata(ah_task *t);
 int ah__task_timer(ah_sched *S, ah_task *t, double seconds);
 void ah__task_timer_stop(ah_sched *S, ah_task *t);
 
+/* Deferred work: fn runs once at the end of the scheduler's current pass
+ * over the ready tasks, so that everything the tasks of one pass did can
+ * be handed on at once (a store's writes go to its writer together).  When
+ * no pass is running, fn runs at once.  fn must not run Lua code. */
+typedef struct ah_defer {
+  struct ah_defer *next;
+  void (*fn)(struct ah_defer *d);
+  int queued;
+} ah_defer;
+void ah__sched_defer(ah_sched *S, ah_defer *d);
+void ah__sched_undefer(ah_sched *S, ah_defer *d);
+
 /* Starts a detached task running the function below the nargs values on
  * the top of L (all are popped).  For completions that run Lua code. */
 void ah__task_detach(lua_State *L, int nargs);
@@ -75,6 +87,7 @@ void ah__error_open(lua_State *L); /* pushes the ah.error table */
 int ah__open_task(lua_State *L);
 int ah__open_reload(lua_State *L);
 int ah__open_http(lua_State *L);
+int ah__open_store(lua_State *L);
 
 /* Finds the directory holding scripts/agenthost/init.lua for a binary at
  * path (its parent directory, or PREFIX/share/agenthost).  0 when found. */

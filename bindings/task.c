@@ -115,6 +115,7 @@ struct ah_sched {
   int signal;        /* last SIGINT/SIGTERM seen by the CLI */
   int closed;
   char *last_tb;     /* traceback of the last failed main task; owned */
+  ah_defer *deferred; /* to run at the end of this drain pass */
 };
 
 static char SCHED_KEY, TASK_MT, ERROR_MT, EVENT_MT, SEM_MT, QUEUE_MT;
@@ -703,6 +704,13 @@ static void drain(ah_loop *lp) {
     if (S->nreports == 0) break;
     deliver_reports(S);
   }
+  while (S->deferred) {
+    ah_defer *d = S->deferred;
+    S->deferred = d->next;
+    d->next = NULL;
+    d->queued = 0;
+    d->fn(d);
+  }
   if (!link_empty(&S->yielded)) {
     ah_link *first = S->yielded.next, *last = S->yielded.prev;
     first->prev = S->ready.prev;
@@ -715,6 +723,26 @@ static void drain(ah_loop *lp) {
   S->draining = 0;
   if (S->running && S->root && S->root->state >= T_DONE && S->detached == 0)
     uv_stop(lp->uv);
+}
+
+void ah__sched_defer(ah_sched *S, ah_defer *d) {
+  if (d->queued) return;
+  if (!S->draining) {
+    d->fn(d);
+    return;
+  }
+  d->queued = 1;
+  d->next = S->deferred;
+  S->deferred = d;
+}
+
+void ah__sched_undefer(ah_sched *S, ah_defer *d) {
+  ah_defer **pp = &S->deferred;
+  if (!d->queued) return;
+  while (*pp && *pp != d) pp = &(*pp)->next;
+  if (*pp) *pp = d->next;
+  d->queued = 0;
+  d->next = NULL;
 }
 
 /* ---- cancellation ---------------------------------------------------------- */

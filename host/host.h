@@ -226,6 +226,123 @@ int ah__sse_feed(ah_sse *p, const char *s, size_t n,
                  int (*cb)(void *ud, const ah_sse_event *ev), void *ud);
 void ah__sse_free(ah_sse *p);
 
+/* ---- SQLite store ------------------------------------------------------- */
+
+/*
+ * One database file: a writer thread with its own connection that runs every
+ * queued write job of a round in one transaction (group commit), each job in
+ * its own SAVEPOINT so that a failing job rolls back alone; reader threads
+ * with their own connections for queries.  Completions come back to the loop
+ * thread through one uv_async_t and call the job's done callback there.
+ *
+ * A job is one malloc'd block made by ah__store_job_new: its statements,
+ * their parameters and the copied SQL and string values.  The owner fills
+ * it, submits it, and gets it back in done(); then it reads the results and
+ * frees it with ah__store_job_free.  A write job with done == NULL is a
+ * post: the store frees it itself when it succeeds and calls the store's
+ * on_post_error callback when it fails (the owner frees it there).
+ */
+enum { AH_SV_NULL, AH_SV_INT, AH_SV_FLOAT, AH_SV_TEXT, AH_SV_BLOB };
+
+typedef struct ah_store_val {
+  int type;                  /* AH_SV_* */
+  size_t len;                /* TEXT and BLOB */
+  union {
+    int64_t i;
+    double d;
+    const char *s;           /* into the job's block (parameters) */
+    size_t off;              /* into the job's result space (rows) */
+  } u;
+} ah_store_val;
+
+typedef struct ah_store_stmt {
+  const char *sql;
+  size_t sql_len;
+  int nparams;
+  ah_store_val *params;
+} ah_store_stmt;
+
+typedef struct ah_store ah_store;
+typedef struct ah_store_job ah_store_job;
+
+enum { AH_JOB_WRITE, AH_JOB_READ, AH_JOB_FLUSH };
+
+struct ah_store_job {
+  int type;                  /* AH_JOB_* */
+  int first_only;            /* read: stop after the first row */
+  int nstmts;
+  ah_store_stmt *stmts;      /* in this block */
+  void (*done)(ah_store_job *j); /* on the loop thread */
+  void *data;                /* for the owner */
+  void *owner;               /* for the owner */
+  const char *label;         /* for the owner, e.g. the call's name */
+  /* results */
+  int rc;                    /* SQLite's extended result code, 0 on success */
+  const char *kind;          /* NULL on success, else an error kind */
+  char errmsg[384];
+  int failed;                /* index of the failing statement */
+  int64_t changes, rowid;
+  /* read results: ncols names then nrows * ncols values; text in space */
+  int ncols;
+  size_t nrows;
+  ah_store_val *vals;
+  char *space;
+  size_t space_len, space_cap, vals_cap;
+  /* private */
+  ah_store_job *next;
+  ah_store *st;
+  void *conn;                /* the reader running it, for interrupts */
+  int abandoned;
+  char *bytes;               /* free space for ah__store_job_copy */
+};
+
+typedef struct ah_store_opts {
+  int synchronous_full;      /* synchronous=FULL instead of NORMAL */
+  int readers;               /* reader threads; 0: reads go to the writer */
+  int busy_timeout_ms;
+  size_t max_result;         /* bytes of a query's result */
+} ah_store_opts;
+
+/* Completion of ah__store_open (err < 0 and a message when it failed) and
+ * of ah__store_close.  Both run on the loop thread. */
+typedef void (*ah_store_cb)(ah_store *st, int err, const char *msg, void *data);
+
+/* Starts the threads and opens the writer's connection on its thread; cb
+ * follows.  Only a failure to start threads returns an error here. */
+int ah__store_open(ah_store **out, uv_loop_t *loop, const char *path,
+                   const ah_store_opts *o, ah_store_cb opened, void *data);
+/* Called on the loop thread for a post that failed. */
+void ah__store_on_post_error(ah_store *st, void (*cb)(ah_store_job *j));
+/* Lets the threads drain every queued job, closes the connections and
+ * calls cb; the store's memory goes once its handle has closed. */
+void ah__store_close(ah_store *st, ah_store_cb cb, void *data);
+/* Like ah__store_close, but waits for the drain on this thread and calls
+ * no callback: for finalizers at exit.  Completions still queued are freed
+ * without their done callbacks. */
+void ah__store_close_now(ah_store *st);
+ah_store_job *ah__store_job_new(int type, int nstmts, int nparams, size_t bytes);
+/* Copies n bytes (and a NUL) into the job's space; returns the copy. */
+const char *ah__store_job_copy(ah_store_job *j, const char *s, size_t n);
+/* Queues j.  Writes (and everything bound for the writer) collect on the
+ * loop side until ah__store_kick hands them over together, so that the jobs
+ * of one pass of the scheduler commit in one transaction; the return value
+ * is 1 when j is the first job collected since the last kick (the caller
+ * must then arrange a kick), 0 otherwise, or UV_EPIPE once closing. */
+int ah__store_submit(ah_store *st, ah_store_job *j);
+void ah__store_kick(ah_store *st);
+/* Abandons a submitted job: done is still called (to free it) but a
+ * running read is interrupted.  Writes cannot be taken back. */
+void ah__store_abandon(ah_store_job *j);
+void ah__store_job_free(ah_store_job *j);
+const char *ah__store_text(const ah_store_job *j, const ah_store_val *v);
+
+typedef struct ah_store_stats {
+  uint64_t transactions, jobs, failed, reads, posts;
+  uint64_t queued;           /* write jobs waiting for the writer */
+  uint64_t largest_group;    /* most jobs committed in one transaction */
+} ah_store_stats;
+void ah__store_stats(ah_store *st, ah_store_stats *out);
+
 /* ---- small shared helpers --------------------------------------------- */
 
 /* Monotonic clock in seconds. */
