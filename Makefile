@@ -90,8 +90,8 @@ test: all
 asan:
 	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 test
 
-BENCH_DEB_PKGS := wrk python3-aiohttp
-.PHONY: bench-deps bench-http
+BENCH_DEB_PKGS := wrk python3-aiohttp python3-aiosqlite
+.PHONY: bench-deps bench-http bench-store
 
 # The benchmark peers' packages.
 bench-deps:
@@ -102,6 +102,9 @@ bench: all bench-deps
 
 bench-http: all bench-deps
 	bench/http
+
+bench-store: all bench-deps
+	bench/store
 
 clean:
 	rm -rf build
