@@ -41,5 +41,6 @@ core.reload = require "agenthost.reload"
 core.http = require "agenthost.http"
 core.memory = require "agenthost.memory"
 core.tools = require "agenthost.tools"
+core.agent = require "agenthost.agent"
 
 return core
