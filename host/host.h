@@ -152,6 +152,9 @@ struct ah_http_req {
   long timeout_ms, connect_timeout_ms;
   size_t max_body;
   int follow;                      /* follow redirects (at most 5) */
+  int deny_private;                /* refuse loopback, private, link-local
+                                    * and other internal addresses, checked
+                                    * on each address connected to */
   /* Streaming: the body collects in `body` up to high_water bytes, then
    * the transfer pauses until ah__http_resume.  on_headers runs once the
    * final response's headers are in, on_data whenever body grew.  Both run
@@ -169,6 +172,7 @@ struct ah_http_req {
   char errbuf[256];
   ah_buf headers, body;
   int too_large;
+  char blocked[64];                /* the address refused by deny_private */
   int headers_done, paused;
   size_t total;                    /* body bytes received so far */
   /* private */
