@@ -1,5 +1,5 @@
 -- http_fetch: GET a URL and return its text.  The URL comes from a model,
--- so: http and https only, a size cap, a timeout, at most 3 redirects, and
+-- so: http and https only, a size cap, a timeout, at most 5 redirects, and
 -- loopback, private, link-local and other internal addresses refused unless
 -- the tool was made with http_fetch.new{allow_private = true}.  The check is
 -- made on the address actually connected to (after DNS, for every
