@@ -42,6 +42,13 @@ static int m_rusage(lua_State *L) {
   return 1;
 }
 
+/* ah.isatty(fd) -> whether the descriptor is a terminal (0, 1, 2 ...) */
+static int m_isatty(lua_State *L) {
+  lua_Integer fd = luaL_checkinteger(L, 1);
+  lua_pushboolean(L, fd >= 0 && fd <= 1 << 20 && uv_guess_handle((int)fd) == UV_TTY);
+  return 1;
+}
+
 int luaopen_agenthost_core(lua_State *L) {
   lua_createtable(L, 0, 8);
   ah__open_task(L);
@@ -58,6 +65,8 @@ int luaopen_agenthost_core(lua_State *L) {
   lua_setfield(L, -2, "clock");
   lua_pushcfunction(L, m_rusage);
   lua_setfield(L, -2, "rusage");
+  lua_pushcfunction(L, m_isatty);
+  lua_setfield(L, -2, "isatty");
   lua_pushliteral(L, AH_VERSION_STRING);
   lua_setfield(L, -2, "version");
   return 1;
