@@ -38,7 +38,8 @@ DEB_PKGS := liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libsqlite3-dev 
 all: deps build
 
 build: $(BUILD)/agenthost $(BUILD)/agenthost.so $(BUILD)/libagenthost.a $(CTESTS) \
-       $(if $(wildcard tests/support/httpd.c),$(BUILD)/tests/httpd)
+       $(if $(wildcard tests/support/httpd.c),$(BUILD)/tests/httpd) \
+       $(if $(wildcard tests/support/mockllm.c),$(BUILD)/tests/mockllm)
 
 # Installs whichever Debian packages of $(1) are missing; nothing when all
 # are present.  apt-get runs through sudo when not root.
@@ -78,6 +79,11 @@ $(BUILD)/tests/%: tests/c/%.c $(BUILD)/libagenthost.a tests/c/ctest.h
 
 # The local HTTP test server (tests/support): libuv only.
 $(BUILD)/tests/httpd: tests/support/httpd.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) $(shell pkg-config --libs libuv)
+
+# The mock LLM server: httpd.c with more routes (it includes httpd.c).
+$(BUILD)/tests/mockllm: tests/support/mockllm.c tests/support/httpd.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) $(shell pkg-config --libs libuv)
 
