@@ -69,6 +69,21 @@ describe("tools/", function()
     end)
   end)
 
+  it("web_search returns numbered results from a SearxNG-compatible service", function()
+    local mock = require("support.mockllm").start()
+    local res = call(web_search.new { url = mock.url("/search") }, { query = "p99 latency", limit = 3 })
+    mock:stop()
+    assert.is_nil(res.is_error, res.content)
+    local n = 0
+    for num, title, url in res.content:gmatch("(%d+)%. ([^\n]+)\n   (%S+)") do
+      n = n + 1
+      assert.equal(n, tonumber(num))
+      assert.matches("^https?://", url)
+      assert.is_true(#title > 0)
+    end
+    assert.equal(3, n)
+  end)
+
   it("web_search explains a missing search URL and a bad service", function()
     local res = call(web_search, { query = "x" })
     assert.is_true(res.is_error)
