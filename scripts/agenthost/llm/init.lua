@@ -107,21 +107,37 @@ local function ok_status(status)
   return status >= 200 and status <= 299
 end
 
+-- The result of a whole (not streamed) reply body (`decoded` when ah.http
+-- has decoded it already).
+function Provider:decode_reply(text, decoded)
+  local body, why = decoded, nil
+  if body == nil then body, why = common.decode(text) end
+  if type(body) ~= "table" then
+    error(common.protocol_error(self.kind, self.what, "the reply is not a JSON object: " ..
+      tostring(why or text:sub(1, 80))), 0)
+  end
+  local info = self.dialect.error_info(body)
+  if info then common.raise(info, self.kind, self.what) end
+  return self.dialect.decode(body, self.what)
+end
+
 function Provider:request_once(text)
   local res = http.request { method = "POST", url = self.url, headers = self.headers, body = text,
                              timeout = self.timeout, connect_timeout = self.connect_timeout }
   if not ok_status(res.status) then
     error(self:status_error(res.status, res.headers, res.body), 0)
   end
-  local body, why = res.json, nil
-  if body == nil then body, why = common.decode(res.body) end
-  if type(body) ~= "table" then
-    error(common.protocol_error(self.kind, self.what, "the reply is not a JSON object: " ..
-      tostring(why or res.json_error or res.body:sub(1, 80))), 0)
+  return self:decode_reply(res.body, res.json)
+end
+
+local function read_all(stream, limit)
+  local parts, n = {}, 0
+  for chunk in stream do
+    parts[#parts + 1] = chunk
+    n = n + #chunk
+    if limit and n > limit then break end
   end
-  local info = self.dialect.error_info(body)
-  if info then common.raise(info, self.kind, self.what) end
-  return self.dialect.decode(body, self.what)
+  return table.concat(parts)
 end
 
 -- Streams one attempt.  state.started is set once content has arrived
@@ -131,13 +147,18 @@ function Provider:stream_once(text, callback, state)
   local it <close> = http.sse { method = "POST", url = self.url, headers = self.headers, body = text,
                                 timeout = self.timeout, connect_timeout = self.connect_timeout }
   if not ok_status(it.status) then
-    local parts, n = {}, 0
-    for chunk in it.stream do
-      parts[#parts + 1] = chunk
-      n = n + #chunk
-      if n > 65536 then break end
+    error(self:status_error(it.status, it.headers, read_all(it.stream, 65536)), 0)
+  end
+  local ctype = it.headers["content-type"] or ""
+  if ctype:find("json", 1, true) then
+    -- A server that does not stream answered with a whole reply.
+    local res = self:decode_reply(read_all(it.stream))
+    if res.text ~= "" and callback then
+      state.in_callback = true
+      callback(res.text)
+      state.in_callback = false
     end
-    error(self:status_error(it.status, it.headers, table.concat(parts)), 0)
+    return res
   end
   local st = self.dialect.stream(self.what)
   state.stream = st
