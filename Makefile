@@ -38,7 +38,8 @@ DEB_PKGS := liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libsqlite3-dev 
 all: deps build
 
 build: $(BUILD)/agenthost $(BUILD)/agenthost.so $(BUILD)/libagenthost.a $(CTESTS) \
-       $(if $(wildcard tests/support/httpd.c),$(BUILD)/tests/httpd)
+       $(if $(wildcard tests/support/httpd.c),$(BUILD)/tests/httpd) \
+       $(if $(wildcard tests/support/mockllm.c),$(BUILD)/tests/mockllm)
 
 # Installs whichever Debian packages of $(1) are missing; nothing when all
 # are present.  apt-get runs through sudo when not root.
@@ -81,6 +82,11 @@ $(BUILD)/tests/httpd: tests/support/httpd.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) $(shell pkg-config --libs libuv)
 
+# The mock LLM server: httpd.c with more routes (it includes httpd.c).
+$(BUILD)/tests/mockllm: tests/support/mockllm.c tests/support/httpd.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) $(shell pkg-config --libs libuv)
+
 run: all
 	$(BUILD)/agenthost scripts/examples/seed_agent.lua
 
@@ -90,8 +96,8 @@ test: all
 asan:
 	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 test
 
-BENCH_DEB_PKGS := wrk python3-aiohttp
-.PHONY: bench-deps bench-http
+BENCH_DEB_PKGS := wrk python3-aiohttp python3-aiosqlite
+.PHONY: bench-deps bench-http bench-store
 
 # The benchmark peers' packages.
 bench-deps:
@@ -102,6 +108,9 @@ bench: all bench-deps
 
 bench-http: all bench-deps
 	bench/http
+
+bench-store: all bench-deps
+	bench/store
 
 clean:
 	rm -rf build

@@ -286,6 +286,9 @@ static lreq *start(lua_State *L, ah_task *me, int stream) {
   lua_getfield(L, 1, "follow_redirects");
   lr->r.follow = lua_toboolean(L, -1);
   lua_pop(L, 1);
+  lua_getfield(L, 1, "allow_private");
+  lr->r.deny_private = lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1);
+  lua_pop(L, 1);
   lr->r.url = url;
   lr->r.method = lr->method;
   lr->r.body_data = body;

@@ -70,11 +70,11 @@ static void push_job_error(lua_State *L, const ah_store_job *j, const char *what
     memcpy(snip, s->sql, n);
     strcpy(snip + n, s->sql_len > n ? "..." : "");
     ah__error_push(L, j->kind, strcmp(j->kind, "busy") == 0, "%s: %s (in: %s)",
-                   what, j->errmsg, snip);
+                   what, j->errmsg ? j->errmsg : "", snip);
   }
   else
     ah__error_push(L, j->kind, strcmp(j->kind, "busy") == 0, "%s: %s", what,
-                   j->errmsg);
+                   j->errmsg ? j->errmsg : "");
   lua_pushinteger(L, j->rc);
   lua_setfield(L, -2, "code");
   if (s) {
@@ -218,7 +218,8 @@ static void fill_params(lua_State *L, ah_store_job *j, ah_store_val *v, int from
 }
 
 /* A one-statement job from the SQL at 2 and the parameters after it. */
-static ah_store_job *job_from_args(lua_State *L, int type, const char *what) {
+static ah_store_job *job_from_args(lua_State *L, lstore *ls, int type,
+                                   const char *what) {
   int top = lua_gettop(L), np = top - 2;
   size_t sql_len, bytes;
   const char *sql;
@@ -227,7 +228,7 @@ static ah_store_job *job_from_args(lua_State *L, int type, const char *what) {
     ah__error_raise(L, "invalid_argument", 0, "%s: the SQL must be a string", what);
   sql = lua_tolstring(L, 2, &sql_len);
   bytes = sql_len + param_bytes(L, 3, top, what);
-  if (!(j = ah__store_job_new(type, 1, np, bytes))) luaL_error(L, "out of memory");
+  if (!(j = ah__store_job_new(ls->st, type, 1, np, bytes))) luaL_error(L, "out of memory");
   j->label = what;
   j->stmts[0].sql = ah__store_job_copy(j, sql, sql_len);
   j->stmts[0].sql_len = sql_len;
@@ -267,12 +268,12 @@ static int submit_wait(lua_State *L, lstore *ls, ah_task *me, ah_store_job *j) {
 static int db_exec(lua_State *L) {
   lstore *ls = check_db(L, "db:exec");
   ah_task *me = ah__task_require(L, "db:exec");
-  return submit_wait(L, ls, me, job_from_args(L, AH_JOB_WRITE, "db:exec"));
+  return submit_wait(L, ls, me, job_from_args(L, ls, AH_JOB_WRITE, "db:exec"));
 }
 
 static int db_post(lua_State *L) {
   lstore *ls = check_db(L, "db:post");
-  ah_store_job *j = job_from_args(L, AH_JOB_WRITE, "db:post");
+  ah_store_job *j = job_from_args(L, ls, AH_JOB_WRITE, "db:post");
   ah_store_stats s;
   ah_task *me;
   /* Backpressure: past max_queue waiting writes, a poster in a task waits
@@ -282,7 +283,7 @@ static int db_post(lua_State *L) {
     if (s.queued >= (uint64_t)ls->max_queue) {
       j->owner = ls;
       submit(ls, j);
-      if (!(j = ah__store_job_new(AH_JOB_FLUSH, 0, 0, 0))) return luaL_error(L, "out of memory");
+      if (!(j = ah__store_job_new(ls->st, AH_JOB_FLUSH, 0, 0, 0))) return luaL_error(L, "out of memory");
       lua_settop(L, 1);
       return submit_wait(L, ls, me, j);
     }
@@ -335,7 +336,7 @@ static int db_batch(lua_State *L) {
     np += len - 1;
     lua_settop(L, 2);
   }
-  if (!(j = ah__store_job_new(AH_JOB_WRITE, n, np, bytes))) return luaL_error(L, "out of memory");
+  if (!(j = ah__store_job_new(ls->st, AH_JOB_WRITE, n, np, bytes))) return luaL_error(L, "out of memory");
   j->label = "db:batch";
   v = j->stmts[0].params;
   for (i = 1; i <= n; i++) {
@@ -365,7 +366,7 @@ static int db_batch(lua_State *L) {
 static int read_job(lua_State *L, const char *what, int first) {
   lstore *ls = check_db(L, what);
   ah_task *me = ah__task_require(L, what);
-  ah_store_job *j = job_from_args(L, AH_JOB_READ, what);
+  ah_store_job *j = job_from_args(L, ls, AH_JOB_READ, what);
   j->first_only = first;
   return submit_wait(L, ls, me, j);
 }
@@ -376,7 +377,7 @@ static int db_first(lua_State *L) { return read_job(L, "db:first", 1); }
 static int db_flush(lua_State *L) {
   lstore *ls = check_db(L, "db:flush");
   ah_task *me = ah__task_require(L, "db:flush");
-  ah_store_job *j = ah__store_job_new(AH_JOB_FLUSH, 0, 0, 0);
+  ah_store_job *j = ah__store_job_new(ls->st, AH_JOB_FLUSH, 0, 0, 0);
   if (!j) return luaL_error(L, "out of memory");
   lua_settop(L, 1);
   return submit_wait(L, ls, me, j);

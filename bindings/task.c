@@ -828,6 +828,12 @@ static int h_status(lua_State *L) {
   return 1;
 }
 
+/* t:cancelled(): whether t has been cancelled (it may still be unwinding). */
+static int h_cancelled(lua_State *L) {
+  lua_pushboolean(L, (check_task(L, 1)->flags & F_CANCELLED) != 0);
+  return 1;
+}
+
 static int h_done(lua_State *L) {
   lua_pushboolean(L, check_task(L, 1)->state >= T_DONE);
   return 1;
@@ -1454,7 +1460,8 @@ static ah_sched *sched_create(lua_State *L) {
   ah_sched *S;
   static const luaL_Reg task_methods[] = {
       {"join", h_join},     {"result", h_result}, {"cancel", h_cancel},
-      {"status", h_status}, {"done", h_done},     {NULL, NULL}};
+      {"status", h_status}, {"done", h_done},     {"cancelled", h_cancelled},
+      {NULL, NULL}};
   static const luaL_Reg task_meta[] = {
       {"__gc", h_gc}, {"__tostring", h_tostring}, {NULL, NULL}};
   static const luaL_Reg ev_methods[] = {{"set", ev_set},

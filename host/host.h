@@ -152,6 +152,9 @@ struct ah_http_req {
   long timeout_ms, connect_timeout_ms;
   size_t max_body;
   int follow;                      /* follow redirects (at most 5) */
+  int deny_private;                /* refuse loopback, private, link-local
+                                    * and other internal addresses, checked
+                                    * on each address connected to */
   /* Streaming: the body collects in `body` up to high_water bytes, then
    * the transfer pauses until ah__http_resume.  on_headers runs once the
    * final response's headers are in, on_data whenever body grew.  Both run
@@ -169,6 +172,7 @@ struct ah_http_req {
   char errbuf[256];
   ah_buf headers, body;
   int too_large;
+  char blocked[64];                /* the address refused by deny_private */
   int headers_done, paused;
   size_t total;                    /* body bytes received so far */
   /* private */
@@ -279,7 +283,7 @@ struct ah_store_job {
   /* results */
   int rc;                    /* SQLite's extended result code, 0 on success */
   const char *kind;          /* NULL on success, else an error kind */
-  char errmsg[384];
+  char *errmsg;              /* malloc'd; NULL on success */
   int failed;                /* index of the failing statement */
   int64_t changes, rowid;
   /* read results: ncols names then nrows * ncols values; text in space */
@@ -293,6 +297,7 @@ struct ah_store_job {
   ah_store *st;
   void *conn;                /* the reader running it, for interrupts */
   int abandoned;
+  int pooled;                /* a JOB_BLOCK from the store's pool */
   char *bytes;               /* free space for ah__store_job_copy */
 };
 
@@ -320,7 +325,10 @@ void ah__store_close(ah_store *st, ah_store_cb cb, void *data);
  * no callback: for finalizers at exit.  Completions still queued are freed
  * without their done callbacks. */
 void ah__store_close_now(ah_store *st);
-ah_store_job *ah__store_job_new(int type, int nstmts, int nparams, size_t bytes);
+/* A job for st (small ones come from st's pool of blocks, which the writer
+ * refills as jobs finish, so a stream of posts does not churn malloc). */
+ah_store_job *ah__store_job_new(ah_store *st, int type, int nstmts, int nparams,
+                                size_t bytes);
 /* Copies n bytes (and a NUL) into the job's space; returns the copy. */
 const char *ah__store_job_copy(ah_store_job *j, const char *s, size_t n);
 /* Queues j.  Writes (and everything bound for the writer) collect on the
@@ -333,6 +341,7 @@ void ah__store_kick(ah_store *st);
 /* Abandons a submitted job: done is still called (to free it) but a
  * running read is interrupted.  Writes cannot be taken back. */
 void ah__store_abandon(ah_store_job *j);
+/* Frees a job on the loop thread. */
 void ah__store_job_free(ah_store_job *j);
 const char *ah__store_text(const ah_store_job *j, const ah_store_val *v);
 

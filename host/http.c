@@ -29,6 +29,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 typedef struct hsock {
   uv_poll_t poll;
@@ -229,8 +232,56 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
   return len;
 }
 
+/* Is a an address that a URL from untrusted input must not reach: this
+ * host, private networks, link-local, shared, multicast or reserved? */
+static int is_internal_v4(const unsigned char *b) {
+  return b[0] == 0 || b[0] == 10 || b[0] == 127 || b[0] >= 224 ||
+         (b[0] == 100 && (b[1] & 0xc0) == 64) ||         /* 100.64/10 */
+         (b[0] == 169 && b[1] == 254) ||                 /* link-local */
+         (b[0] == 172 && (b[1] & 0xf0) == 16) ||         /* 172.16/12 */
+         (b[0] == 192 && b[1] == 168) ||
+         (b[0] == 192 && b[1] == 0 && b[2] == 0) ||      /* 192.0.0/24 */
+         (b[0] == 198 && (b[1] & 0xfe) == 18);           /* 198.18/15 */
+}
+
+static int is_internal(const struct sockaddr *sa) {
+  if (sa->sa_family == AF_INET)
+    return is_internal_v4((const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr);
+  if (sa->sa_family == AF_INET6) {
+    const unsigned char *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    static const unsigned char nat64[12] = {0, 0x64, 0xff, 0x9b};
+    static const unsigned char zero[15] = {0};
+    if (memcmp(b, mapped, 12) == 0 || memcmp(b, nat64, 12) == 0)
+      return is_internal_v4(b + 12);
+    return memcmp(b, zero, 15) == 0 ||                   /* :: and ::1 */
+           (b[0] & 0xfe) == 0xfc ||                      /* fc00::/7 */
+           (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) ||    /* fe80::/10 */
+           b[0] == 0xff;                                 /* multicast */
+  }
+  return 1;
+}
+
+/* Opens each socket of a request made with deny_private, after checking
+ * the address it is for (after DNS, and again for every redirect). */
+static curl_socket_t open_socket_cb(void *data, curlsocktype purpose,
+                                    struct curl_sockaddr *a) {
+  ah_http_req *r = data;
+  (void)purpose;
+  if (is_internal(&a->addr)) {
+    const void *ip = a->family == AF_INET6
+                         ? (const void *)&((struct sockaddr_in6 *)&a->addr)->sin6_addr
+                         : (const void *)&((struct sockaddr_in *)&a->addr)->sin_addr;
+    if (!inet_ntop(a->family, ip, r->blocked, sizeof r->blocked))
+      snprintf(r->blocked, sizeof r->blocked, "an internal address");
+    return CURL_SOCKET_BAD;
+  }
+  return socket(a->family, a->socktype, a->protocol);
+}
+
 static const char *kind_of(ah_http_req *r, CURLcode rc) {
   if (r->too_large) return "too_large";
+  if (r->blocked[0]) return "forbidden";
   switch (rc) {
   case CURLE_OK: return NULL;
   case CURLE_COULDNT_RESOLVE_HOST:
@@ -280,6 +331,11 @@ static void check_done(ah_http *h) {
     if (r->kind && strcmp(r->kind, "too_large") == 0)
       snprintf(r->errbuf, sizeof r->errbuf,
                "the response is larger than max_body (%zu bytes)", r->max_body);
+    if (r->blocked[0])
+      snprintf(r->errbuf, sizeof r->errbuf,
+               "refused to connect to %s: loopback, private and other internal "
+               "addresses are not allowed for this request",
+               r->blocked);
     r->done(r);
   }
 }
@@ -387,6 +443,14 @@ int ah__http_start(ah_http *h, ah_http_req *r) {
   curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket_cb);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, h);
+  if (r->deny_private) {
+    /* A fresh connection of its own, so that the address check runs and
+     * no connection opened by another request is reused. */
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket_cb);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, r);
+    curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+    curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+  }
   curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->header_list);
   if (r->body_data) {

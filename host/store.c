@@ -32,6 +32,8 @@
 
 #define CACHE_MAX 128      /* prepared statements kept per connection */
 #define GROUP_RETRIES 8    /* reruns of a group whose transaction was lost */
+#define JOB_BLOCK 512      /* size of the pooled job blocks */
+#define POOL_MAX 16384     /* pooled blocks kept per store, at most */
 
 /* ---- connections and their statement caches --------------------------------- */
 
@@ -81,10 +83,14 @@ struct ah_store {
   int open_rc;
   char open_msg[384];
   ah_store_stats stats;
+  ah_store_job *recycled;      /* pooled blocks freed by the threads */
+  int nrecycled;
 
   /* loop thread only */
   ah_store_job *lhead, *ltail; /* collected, not yet handed to the writer */
   uint64_t lcount, lposts;
+  ah_store_job *lfree;         /* pooled blocks ready for ah__store_job_new */
+  int nlfree;
   int open_reported, close_started, close_reported;
   int waiting;                 /* jobs with a done callback in flight */
   ah_store_cb opened_cb, closed_cb;
@@ -256,15 +262,46 @@ fail:
 
 /* ---- jobs ------------------------------------------------------------------ */
 
-ah_store_job *ah__store_job_new(int type, int nstmts, int nparams, size_t bytes) {
+static void free_list(ah_store_job *j) {
+  while (j) {
+    ah_store_job *next = j->next;
+    free(j);
+    j = next;
+  }
+}
+
+ah_store_job *ah__store_job_new(ah_store *st, int type, int nstmts, int nparams,
+                                size_t bytes) {
   size_t head = sizeof(ah_store_job) + (size_t)nstmts * sizeof(ah_store_stmt) +
                 (size_t)nparams * sizeof(ah_store_val);
-  ah_store_job *j;
+  ah_store_job *j = NULL;
+  int pooled = 0;
   if (nstmts < 0 || nparams < 0) return NULL;
   bytes += (size_t)nstmts + (size_t)nparams; /* a NUL after each copy */
-  if (!(j = malloc(head + bytes))) return NULL;
+  if (st && head + bytes <= JOB_BLOCK) {
+    if (!st->lfree && st->recycled) {
+      uv_mutex_lock(&st->mu);
+      st->lfree = st->recycled;
+      st->nlfree = st->nrecycled;
+      st->recycled = NULL;
+      st->nrecycled = 0;
+      uv_mutex_unlock(&st->mu);
+    }
+    if ((j = st->lfree) != NULL) {
+      st->lfree = j->next;
+      st->nlfree--;
+    } else {
+      j = malloc(JOB_BLOCK);
+    }
+    pooled = 1;
+  } else {
+    j = malloc(head + bytes);
+  }
+  if (!j) return NULL;
   memset(j, 0, sizeof *j);
   j->type = type;
+  j->pooled = pooled;
+  j->st = st;
   j->nstmts = nstmts;
   j->stmts = (ah_store_stmt *)(j + 1);
   if (nstmts) j->stmts[0].params = (ah_store_val *)(j->stmts + nstmts);
@@ -280,10 +317,39 @@ const char *ah__store_job_copy(ah_store_job *j, const char *s, size_t n) {
   return d;
 }
 
-void ah__store_job_free(ah_store_job *j) {
-  if (!j) return;
+/* Frees what a job holds besides its block. */
+static void job_clear(ah_store_job *j) {
   free(j->vals);
   free(j->space);
+  free(j->errmsg);
+  j->vals = NULL;
+  j->space = NULL;
+  j->errmsg = NULL;
+}
+
+void ah__store_job_free(ah_store_job *j) {
+  ah_store *st;
+  if (!j) return;
+  job_clear(j);
+  st = j->st;
+  if (j->pooled && st && st->nlfree + st->nrecycled < POOL_MAX) {
+    j->next = st->lfree;
+    st->lfree = j;
+    st->nlfree++;
+    return;
+  }
+  free(j);
+}
+
+/* Frees a job on a worker thread (mu held). */
+static void job_free_locked(ah_store *st, ah_store_job *j) {
+  job_clear(j);
+  if (j->pooled && st->nrecycled < POOL_MAX) {
+    j->next = st->recycled;
+    st->recycled = j;
+    st->nrecycled++;
+    return;
+  }
   free(j);
 }
 
@@ -319,7 +385,8 @@ static void job_fail(ah_store_job *j, int rc, const char *kind, const char *msg,
   j->rc = rc ? rc : SQLITE_ERROR;
   j->kind = kind ? kind : kind_of(j->rc);
   j->failed = index;
-  snprintf(j->errmsg, sizeof j->errmsg, "%s", msg);
+  free(j->errmsg);
+  j->errmsg = strdup(msg ? msg : "");
 }
 
 /* Copies n bytes of text into j's result space and points v at them. */
@@ -505,7 +572,7 @@ static void complete_locked(ah_store *st, ah_store_job *j) {
     st->stats.reads++;
   }
   if (!j->done && !j->kind) {
-    ah__store_job_free(j);
+    job_free_locked(st, j);
     return;
   }
   if (st->dtail) st->dtail->next = j;
@@ -706,6 +773,8 @@ static void update_ref(ah_store *st) {
 
 static void store_free(uv_handle_t *h) {
   ah_store *st = h->data;
+  free_list(st->lfree);
+  free_list(st->recycled);
   uv_mutex_destroy(&st->mu);
   uv_cond_destroy(&st->wcv);
   uv_cond_destroy(&st->rcv);

@@ -41,5 +41,7 @@ core.reload = require "agenthost.reload"
 core.http = require "agenthost.http"
 core.memory = require "agenthost.memory"
 core.llm = require "agenthost.llm"
+core.tools = require "agenthost.tools"
+core.agent = require "agenthost.agent"
 
 return core

@@ -139,6 +139,7 @@ typedef struct {
   uint64_t ticks, tick, ms;
   int delay_sized;
   uint64_t delay_size;
+  void *ext; /* the including file's state (see HTTPD_EXT) */
 } request;
 
 struct conn {
@@ -186,6 +187,24 @@ static char pattern[PIECE + 26];
 static void process(conn *c);
 static void pump(conn *c, sbuf *head);
 static void tick(conn *c);
+
+/* A file that defines HTTPD_EXT and then includes this one (as
+ * tests/support/mockllm.c does) adds routes and options by defining these:
+ * ext_route answers the request in c->r and returns 1, or returns 0 to leave
+ * it to the routes here; ext_clear frees c->r.ext, and runs whenever a
+ * request ends, answered or not; ext_option takes the option at argv[*i]
+ * (advancing *i past a value) and returns 1, 0 when the option is not one
+ * of its own, or -1 when its value is bad.  It also defines HTTPD_USAGE. */
+#ifdef HTTPD_EXT
+static int ext_route(conn *c);
+static void ext_clear(conn *c);
+static int ext_option(int argc, char **argv, int *i);
+#else
+#define ext_route(c) 0
+#define ext_clear(c) ((void)0)
+#define ext_option(argc, argv, i) 0
+#define HTTPD_USAGE "usage: httpd [--port N]\n"
+#endif
 
 /* Memory ---------------------------------------------------------------- */
 
@@ -458,6 +477,7 @@ static void parse_params(conn *c) {
 
 /* Frees what the current request holds and clears it. */
 static void request_clear(conn *c) {
+  ext_clear(c);
   free(c->r.head);
   free(c->r.hdrs);
   free(c->r.qbuf);
@@ -665,6 +685,7 @@ static const char *reason(int code) {
   case 503: return "Service Unavailable";
   case 504: return "Gateway Timeout";
   case 505: return "HTTP Version Not Supported";
+  case 529: return "Site Overloaded";
   default: return "Status";
   }
 }
@@ -925,9 +946,10 @@ static void route_sse(conn *c) {
   start_ticks(c, TICK_SSE, n, ms, "text/event-stream");
 }
 
-static void route_echo(conn *c) {
+/* Appends the request as the JSON that /echo answers. */
+static void echo_json(conn *c, sbuf *b0) {
   request *r = &c->r;
-  sbuf b = {0};
+  sbuf b = *b0;
   size_t i, j;
   int first = 1;
   sb_reserve(&b, r->body.len + 512);
@@ -966,6 +988,12 @@ static void route_echo(conn *c) {
   sb_puts(&b, "},\"body\":");
   sb_json(&b, r->body.p ? r->body.p : "", r->body.len);
   sb_puts(&b, "}");
+  *b0 = b;
+}
+
+static void route_echo(conn *c) {
+  sbuf b = {0};
+  echo_json(c, &b);
   respond(c, 200, "application/json", b.p, b.len, NULL);
   sb_free(&b);
 }
@@ -1025,6 +1053,7 @@ static void dispatch(conn *c) {
   r->chunked_out = r->minor >= 1;
   c->st = ST_HEAD;
   parse_params(c);
+  if (ext_route(c)) return;
   if (path_is(c, "/fixed")) {
     if (num_param(c, "size", 0, NUM_MAX, &size) < 0) respond_text(c, 400, "bad size");
     else route_fixed(c, param_get(c, "size", NULL) != NULL, size);
@@ -1409,7 +1438,7 @@ static void raise_fd_limit(void) {
 }
 
 static int usage(void) {
-  fputs("usage: httpd [--port N]\n", stderr);
+  fputs(HTTPD_USAGE, stderr);
   return 2;
 }
 
@@ -1422,6 +1451,9 @@ int main(int argc, char **argv) {
 
   for (i = 1; i < argc; i++) {
     const char *v = NULL;
+    int ext = ext_option(argc, argv, &i);
+    if (ext < 0) return usage();
+    if (ext > 0) continue;
     if (strcmp(argv[i], "--port") == 0 && i + 1 < argc) v = argv[++i];
     else if (strncmp(argv[i], "--port=", 7) == 0) v = argv[i] + 7;
     else return usage();

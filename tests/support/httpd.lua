@@ -21,6 +21,11 @@
 -- overrides the binary, asks for a fixed port, and bounds the wait for the
 -- server to listen (5 s by default).
 --
+-- Other servers built on httpd.c (tests/support/mockllm.lua) start through
+-- the same code: opts.name names the binary ("httpd" by default; its
+-- variable is AGENTHOST_<NAME>), opts.args lists further arguments, and
+-- opts.files lists files that stop() removes.
+--
 -- Every wait is bounded and polls files in one shell loop, 10 ms apart.
 
 local M = {}
@@ -28,15 +33,16 @@ local M = {}
 local proc = require "support.proc"
 local q, read, sh, poll = proc.quote, proc.read, proc.sh, proc.poll
 
--- The server binary these specs use.
-function M.bin()
-  local env = os.getenv("AGENTHOST_HTTPD")
+-- The server binary these specs use (name: "httpd" by default).
+function M.bin(name)
+  name = name or "httpd"
+  local env = os.getenv("AGENTHOST_" .. name:upper())
   if env and env ~= "" then return env end
   local main = os.getenv("AGENTHOST_BIN")
   if main and main ~= "" then
-    return (main:match("^(.*)/[^/]*$") or ".") .. "/tests/httpd"
+    return (main:match("^(.*)/[^/]*$") or ".") .. "/tests/" .. name
   end
-  return "build/tests/httpd"
+  return "build/tests/" .. name
 end
 
 local running = setmetatable({}, { __mode = "k" })
@@ -75,6 +81,7 @@ function Server:stop(limit)
   for _, name in ipairs({ "out", "err", "pid", "pid.tmp", "rc", "rc.tmp" }) do
     os.remove(self:file(name))
   end
+  for _, path in ipairs(self.files) do os.remove(path) end
   return self.status
 end
 
@@ -95,10 +102,11 @@ end
 -- carrying the server's stderr when it does not come up.
 function M.start(opts)
   opts = opts or {}
-  local bin = opts.bin or M.bin()
+  local name = opts.name or "httpd"
+  local bin = opts.bin or M.bin(name)
   local f = io.open(bin, "rb")
   if not f then
-    error("httpd: no test server at " .. bin .. " (build it with make)", 2)
+    error(name .. ": no test server at " .. bin .. " (build it with make)", 2)
   end
   f:close()
 
@@ -110,21 +118,22 @@ function M.start(opts)
   -- asynchronous command would otherwise read /dev/null), records the
   -- server's pid, and writes its exit status to rc once it has exited.
   local args = opts.port and (" --port " .. math.tointeger(opts.port)) or ""
+  for _, a in ipairs(opts.args or {}) do args = args .. " " .. q(a) end
   local cmd = string.format(
     "exec 3<&0; %s%s <&3 3<&- >%s 2>%s & echo $! >%s; mv %s %s; " ..
     "wait $!; echo $? >%s; mv %s %s",
     q(bin), args, at("out"), at("err"), at("pid.tmp"), at("pid.tmp"), at("pid"),
     at("rc.tmp"), at("rc.tmp"), at("rc"))
   local pipe = assert(io.popen(cmd, "w"))
-  local self = setmetatable({ base_path = base, pipe = pipe }, Server)
+  local self = setmetatable({ base_path = base, pipe = pipe, files = opts.files or {} }, Server)
 
   poll(string.format("{ [ -f %s ] && grep -q '^port=' %s; } || [ -f %s ]",
     at("pid"), at("out"), at("rc")), opts.limit or 5)
   local port = tonumber((read(self:file("out")) or ""):match("^port=(%d+)\n"))
   if not port then
     local status = self:stop(1)
-    error(string.format("httpd: %s did not start listening (exit status %s): %s",
-      bin, tostring(status), self:stderr()), 2)
+    error(string.format("%s: %s did not start listening (exit status %s): %s",
+      name, bin, tostring(status), self:stderr()), 2)
   end
 
   self.port = port

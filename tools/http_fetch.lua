@@ -1,0 +1,75 @@
+-- http_fetch: GET a URL and return its text.  The URL comes from a model,
+-- so: http and https only, a size cap, a timeout, at most 5 redirects, and
+-- loopback, private, link-local and other internal addresses refused unless
+-- the tool was made with http_fetch.new{allow_private = true}.  The check is
+-- made on the address actually connected to (after DNS, for every
+-- redirect), by ah.http's `allow_private = false`.
+
+local ah = require "agenthost"
+
+local M = {
+  name = "http_fetch",
+  description = "Fetch a web page or file over http(s) and return its text " ..
+    "(HTML is reduced to its visible text).",
+  parameters = {
+    type = "object",
+    properties = {
+      url = { type = "string", minLength = 1, maxLength = 2000, description = "An http:// or https:// URL" },
+      max_bytes = { type = "integer", minimum = 1, maximum = 1048576,
+                    description = "Most bytes of text to return (default 65536)" },
+    },
+    required = { "url" },
+    additionalProperties = false,
+  },
+  timeout = 30,
+  max_body = 4 * 1024 * 1024,
+}
+
+local entities = { amp = "&", lt = "<", gt = ">", quot = '"', apos = "'", nbsp = " " }
+
+-- Visible text of an HTML document, roughly: no scripts, styles or tags.
+local function html_text(s)
+  s = s:gsub("<!%-%-.-%-%->", " ")
+  s = s:gsub("<[sS][cC][rR][iI][pP][tT].-</[sS][cC][rR][iI][pP][tT]%s*>", " ")
+  s = s:gsub("<[sS][tT][yY][lL][eE].-</[sS][tT][yY][lL][eE]%s*>", " ")
+  s = s:gsub("<[bB][rR]%s*/?>", "\n"):gsub("</?[pP][^>]*>", "\n"):gsub("<[^>]*>", " ")
+  s = s:gsub("&(%a+);", function(e) return entities[e:lower()] end)
+  s = s:gsub("&#(%d+);", function(d)
+    local n = tonumber(d)
+    return n and n < 0x110000 and utf8.char(n) or nil
+  end)
+  s = s:gsub("[ \t\r]+", " "):gsub(" *\n[ \n]*", "\n")
+  return (s:gsub("^%s+", ""):gsub("%s+$", ""))
+end
+M.html_text = html_text
+
+local function fetch(args, allow_private, max_body)
+  local res = ah.http.request { url = args.url, timeout = 20, connect_timeout = 5,
+    max_body = max_body, follow_redirects = true, allow_private = allow_private }
+  local ctype = res.headers["content-type"] or ""
+  local body = res.body
+  if ctype:find("html", 1, true) then body = html_text(body) end
+  local cap = args.max_bytes or 65536
+  local note = ""
+  if #body > cap then
+    body = body:sub(1, cap)
+    note = string.format("\n[truncated to %d bytes]", cap)
+  end
+  return string.format("HTTP %d %s\n\n%s%s", res.status, ctype, body, note)
+end
+
+function M.run(args)
+  return fetch(args, false, M.max_body)
+end
+
+-- http_fetch.new{allow_private =, max_body =} -> a tool with those settings
+function M.new(opts)
+  local t = {}
+  for k, v in pairs(M) do t[k] = v end
+  t.new = nil
+  local allow, max_body = opts.allow_private and true or false, opts.max_body or M.max_body
+  t.run = function(args) return fetch(args, allow, max_body) end
+  return t
+end
+
+return M
