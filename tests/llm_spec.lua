@@ -2,7 +2,9 @@
 -- streamed) from canned fixtures, retries and their delays, and the shared
 -- limits.  End-to-end cases run against the HTTP test server
 -- (tests/support/httpd.c), which serves a canned stream with /sse?raw= and
--- faults with /status/CODE, /reset and /delay.
+-- faults with /status/CODE, /reset and /delay, and against the mock LLM
+-- server (tests/support/mockllm.c): both dialects, streamed and not, every
+-- fault it injects, and the limits as the server sees them.
 
 local ah = require "agenthost"
 local cjson = require "cjson"
@@ -523,4 +525,328 @@ describe("agenthost.llm.limits", function()
       assert.is_true(waited >= 1 - 1e-3, "waited only " .. waited .. " s")
     end)
   end)
+end)
+
+-- ---- against the mock LLM server (tests/support/mockllm.c, docs/mockllm.md)
+
+describe("agenthost.llm against the mock LLM server", function()
+  local mock = require "support.mockllm"
+  local m
+
+  local REPLY = "Hello from the mock: a reply long enough to come in many small deltas."
+  local ASK = "p99 latency is slow again, like before"
+  local rules = { rules = {
+    { when = "tool", reply = "Results: {{tool_results}}" },
+    { when = "user", match = "slow", tool_calls = {
+      { name = "metrics", arguments = { query = "{{user}}" } },
+      { name = "web_search", arguments = { query = "{{user}}" } },
+      { name = "memory_recall", arguments = { query = "{{user}}" } } } },
+    { reply = REPLY },
+  } }
+
+  setup(function() m = mock.start { chunk = 4, rules = rules } end)
+  teardown(function() if m then m:stop() end end)
+  before_each(function() m:reset() end)
+
+  local function provider(kind, opts)
+    local o = { kind = kind, model = "mock-1", api_key = "k",
+                base_url = kind == "openai" and (m.base .. "/v1") or m.base }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    return llm.provider(o)
+  end
+
+  -- A provider whose requests carry the fault `fault` (x-mock-fault).
+  local function faulty(kind, fault, opts)
+    local o = { headers = { ["x-mock-fault"] = fault } }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    return provider(kind, o)
+  end
+
+  local ops_tools = {
+    { name = "metrics", description = "Reads a metric", parameters = {
+      type = "object", properties = { query = { type = "string" } }, required = { "query" } } },
+    { name = "web_search", description = "Searches the web", parameters = {
+      type = "object", properties = { query = { type = "string" } }, required = { "query" } } },
+    { name = "memory_recall", description = "Recalls notes", parameters = {
+      type = "object", properties = { query = { type = "string" } }, required = { "query" } } },
+  }
+
+
+  -- chat in a task; with stream, also the deltas it saw.
+  local function chat(p, req, stream)
+    return run(function()
+      local deltas = {}
+      if stream then req.stream = function(d) deltas[#deltas + 1] = d end end
+      local r = p:chat(req)
+      return r, deltas
+    end)
+  end
+
+  local function chat_fails(kind, p, req, stream)
+    local deltas = {}
+    if stream then req.stream = function(d) deltas[#deltas + 1] = d end end
+    local err = fails(kind, function() p:chat(req) end)
+    return err, deltas
+  end
+
+  for _, kind in ipairs { "openai", "anthropic" } do
+    for _, stream in ipairs { false, true } do
+      local how = kind .. (stream and ", streamed" or "")
+
+      it("gets text (" .. how .. ")", function()
+        local r, deltas = chat(provider(kind), { messages = { { role = "user", content = "hello" } } }, stream)
+        assert.equal(REPLY, r.text)
+        assert.equal("stop", r.finish)
+        assert.same({}, r.tool_calls)
+        assert.is_true(r.usage.input_tokens > 0 and r.usage.output_tokens > 0)
+        if stream then
+          assert.equal(REPLY, table.concat(deltas))
+          assert.is_true(#deltas > 10, "expected many deltas of 4 bytes, got " .. #deltas)
+        end
+      end)
+
+      it("gets parallel tool calls (" .. how .. ")", function()
+        local r = chat(provider(kind), { system = "You are an ops assistant.",
+          messages = { { role = "user", content = ASK } }, tools = ops_tools }, stream)
+        assert.equal("tool_calls", r.finish)
+        assert.equal(3, #r.tool_calls)
+        local ids = {}
+        for i, name in ipairs { "metrics", "web_search", "memory_recall" } do
+          local c = r.tool_calls[i]
+          assert.equal(name, c.name)
+          assert.same({ query = ASK }, c.arguments)
+          assert.is_nil(c.error)
+          assert.is_string(c.id)
+          assert.is_nil(ids[c.id])
+          ids[c.id] = true
+        end
+      end)
+
+      it("sends tool results back in the dialect's shape (" .. how .. ")", function()
+        local p = provider(kind)
+        local first = chat(p, { messages = { { role = "user", content = ASK } }, tools = ops_tools })
+        local history = { { role = "user", content = ASK },
+                          { role = "assistant", content = first.text, tool_calls = first.tool_calls } }
+        for i, c in ipairs(first.tool_calls) do
+          history[#history + 1] = { role = "tool", tool_call_id = c.id, content = "result " .. i,
+                                    is_error = i == 3 or nil }
+        end
+        local r = chat(p, { messages = history, tools = ops_tools }, stream)
+        assert.equal("stop", r.finish)
+        assert.equal("Results: result 1 | result 2 | result 3", r.text)
+        local last = m:last()
+        assert.equal(kind == "openai" and "/v1/chat/completions" or "/v1/messages", last.path)
+        local body = cjson.decode(last.body)
+        if kind == "openai" then
+          assert.equal("Bearer k", last.headers.authorization)
+          assert.equal(cjson.null, body.messages[2].content)
+          assert.equal("function", body.messages[2].tool_calls[1].type)
+          assert.equal("tool", body.messages[3].role)
+          assert.equal(first.tool_calls[1].id, body.messages[3].tool_call_id)
+          if stream then assert.is_true(body.stream_options.include_usage) end
+        else
+          assert.equal("k", last.headers["x-api-key"])
+          assert.equal("2023-06-01", last.headers["anthropic-version"])
+          assert.equal(1024, body.max_tokens)
+          assert.equal(3, #body.messages)
+          assert.equal("tool_use", body.messages[2].content[1].type)
+          local results = body.messages[3].content
+          assert.equal("user", body.messages[3].role)
+          assert.equal("tool_result", results[1].type)
+          assert.equal(first.tool_calls[1].id, results[1].tool_use_id)
+          assert.is_true(results[3].is_error)
+        end
+      end)
+
+      it("retries a 429 after its retry-after, timed with the loop clock (" .. how .. ")", function()
+        local retries = {}
+        local p = faulty(kind, "429;times=1;retry_after=1", {
+          on_retry = function(e, n, d) retries[#retries + 1] = { e = e, n = n, d = d } end })
+        local t0 = run(ah.clock)
+        local r = chat(p, { messages = { { role = "user", content = "hello" } } }, stream)
+        local elapsed = run(ah.clock) - t0
+        assert.equal(REPLY, r.text)
+        assert.equal(2, r.attempts)
+        assert.equal(1, #retries)
+        assert.is_true(ah.error.is(retries[1].e, "rate_limited"))
+        assert.equal(1, retries[1].d)
+        assert.is_true(elapsed >= 1, "the retry came " .. elapsed .. " s after the first attempt")
+        local s = m:stats()
+        assert.equal(1, s.faults["429"])
+        assert.equal(2, s.requests.total)
+      end)
+
+      it("retries a 500 and a 529 with backoff, and gives up after max_retries (" .. how .. ")", function()
+        local r = chat(faulty(kind, "500;times=1"), { messages = { { role = "user", content = "hello" } } }, stream)
+        assert.equal(REPLY, r.text)
+        assert.equal(2, r.attempts)
+        local r2 = chat(faulty(kind, "529;times=2;retry_after_ms=10"),
+          { messages = { { role = "user", content = "hello" } } }, stream)
+        assert.equal(3, r2.attempts)
+        m:reset()
+        local err = chat_fails("overloaded", faulty(kind, "529", { max_retries = 1 }),
+          { messages = { { role = "user", content = "hello" } } }, stream)
+        assert.equal(529, err.status)
+        assert.equal(2, err.attempts)
+        assert.equal(2, m:stats().requests.total)
+        m:reset()
+        local e3 = chat_fails("http", faulty(kind, "500;should_retry=false"),
+          { messages = { { role = "user", content = "hello" } } }, stream)
+        assert.is_false(e3.retryable)
+        assert.equal(1, e3.attempts)
+        assert.equal(1, m:stats().requests.total)
+      end)
+
+      it("retries a reset connection and a slow first byte (" .. how .. ")", function()
+        -- libcurl itself retries a request whose reused connection was
+        -- reset before any response: a server of its own, whose first
+        -- connection is new, makes the retry the provider's.
+        local fresh <close> = mock.start { rules = rules }
+        local p = llm.provider { kind = kind, model = "mock-1", max_retries = 1,
+          base_url = kind == "openai" and (fresh.base .. "/v1") or fresh.base,
+          headers = { ["x-mock-fault"] = "reset;times=1" } }
+        local r = chat(p, { messages = { { role = "user", content = "hello" } } }, stream)
+        assert.equal(REPLY, r.text)
+        assert.equal(2, r.attempts)
+        assert.equal(1, fresh:stats().faults.reset)
+        local retried
+        local slow = faulty(kind, "slow;ms=3000;times=1", { timeout = 0.3,
+          on_retry = function(e) retried = e end })
+        local r2 = chat(slow, { messages = { { role = "user", content = "hello" } } }, stream)
+        assert.equal(REPLY, r2.text)
+        assert.equal(2, r2.attempts)
+        assert.is_true(ah.error.is(retried, "timeout"))
+      end)
+
+      it("keeps arguments that are not JSON as raw text with an error (" .. how .. ")", function()
+        local r = chat(faulty(kind, "bad_args"), { messages = { { role = "user", content = ASK } }, tools = ops_tools }, stream)
+        assert.is_true(#r.tool_calls >= 1)
+        for _, c in ipairs(r.tool_calls) do
+          assert.is_string(c.error)
+          assert.is_nil(c.arguments)
+          assert.is_true(#c.raw_arguments > 0)
+        end
+      end)
+    end
+
+    it("raises an error mid-stream after the first delta, not retried (" .. kind .. ")", function()
+      local err, deltas = chat_fails(kind == "anthropic" and "overloaded" or "http",
+        faulty(kind, "midstream;after=2"), { messages = { { role = "user", content = "hello" } } }, true)
+      assert.is_true(err.partial)
+      assert.equal(1, err.attempts)
+      assert.equal(2, #deltas)
+      assert.equal(1, m:stats().requests.total)
+    end)
+
+    it("retries an error event that comes before any delta (" .. kind .. ")", function()
+      local r = chat(faulty(kind, "midstream;after=0;times=1"), { messages = { { role = "user", content = "hello" } } }, true)
+      assert.equal(REPLY, r.text)
+      assert.equal(2, r.attempts)
+    end)
+
+    it("raises a reset mid-stream as a partial connect error (" .. kind .. ")", function()
+      local err, deltas = chat_fails("connect", faulty(kind, "reset;after=5", { headers = { ["x-mock-fault"] = "reset;after=5",
+                                                 ["x-mock-stream"] = "delay_ms=5" } }),
+        { messages = { { role = "user", content = "hello" } } }, true)
+      assert.is_true(err.partial)
+      assert.is_true(#deltas >= 1)
+      assert.equal(1, m:stats().requests.total)
+    end)
+
+    it("raises malformed JSON as a protocol error (" .. kind .. ")", function()
+      local err = chat_fails("protocol", faulty(kind, "malformed"), { messages = { { role = "user", content = "hello" } } })
+      assert.is_false(err.retryable)
+      assert.equal(1, err.attempts)
+      local serr, deltas = chat_fails("protocol", faulty(kind, "malformed"),
+        { messages = { { role = "user", content = "hello" } } }, true)
+      assert.is_true(serr.partial)
+      assert.equal(1, #deltas)
+    end)
+
+    it("is refused without the right key, and does not retry that (" .. kind .. ")", function()
+      local locked <close> = mock.start { api_key = "sekrit", rules = rules }
+      local function at_locked(key)
+        return llm.provider { kind = kind, model = "mock-1", api_key = key,
+                              base_url = kind == "openai" and (locked.base .. "/v1") or locked.base }
+      end
+      local r = chat(at_locked("sekrit"), { messages = { { role = "user", content = "hello" } } })
+      assert.equal(REPLY, r.text)
+      local err = fails("http", function() at_locked("wrong"):chat { messages = { { role = "user", content = "hello" } } } end)
+      assert.equal(401, err.status)
+      assert.equal(1, err.attempts)
+      assert.is_false(err.retryable)
+      assert.equal(kind == "openai" and "invalid_api_key" or "authentication_error", err.code or err.type)
+    end)
+
+    it("keeps N agents sharing a provider to k requests in flight (" .. kind .. ")", function()
+      local p = provider(kind, { max_concurrency = 4, headers = { ["x-mock-stream"] = "delay_ms=2" } })
+      local results = run(function()
+        local agents = {}
+        for i = 1, 40 do agents[i] = i end
+        return task.map(agents, function(i)
+          return p:chat { messages = { { role = "user", content = i % 2 == 0 and "hello" or ASK } },
+                          tools = ops_tools, stream = i % 3 == 0 }
+        end)
+      end)
+      assert.equal(40, #results)
+      local s = m:stats()
+      assert.equal(40, s.requests.total)
+      assert.is_true(s.max_in_flight <= 4, "the mock saw " .. s.max_in_flight .. " requests in flight")
+      assert.equal(4, p:stats().max_in_flight)
+      assert.equal(0, p:stats().in_flight)
+    end)
+
+    it("keeps requests_per_minute (" .. kind .. ")", function()
+      -- A bucket of 120 refilled at 2 a second: 124 requests take at least 2 s.
+      local p = provider(kind, { requests_per_minute = 120 })
+      local elapsed = run(function()
+        local t0 = ah.clock()
+        local items = {}
+        for i = 1, 124 do items[i] = i end
+        task.map(items, function() return p:chat { messages = { { role = "user", content = "hello" } } } end, { limit = 16 })
+        return ah.clock() - t0
+      end)
+      assert.equal(124, m:stats().requests.total)
+      assert.is_true(elapsed >= 2 - 1e-3, "124 requests at 120 a minute took only " .. elapsed .. " s")
+    end)
+
+    it("keeps tokens_per_minute, counting the usage the server reports (" .. kind .. ")", function()
+      local msgs = { { role = "user", content = "hello" } }
+      local one = chat(provider(kind), { messages = msgs })
+      local u = one.usage.input_tokens + one.usage.output_tokens
+      -- A bucket of 60 requests' tokens refills one request's worth a second.
+      local limit = 60 * u
+      local p = provider(kind, { tokens_per_minute = limit })
+      local elapsed, used = run(function()
+        local t0, used = ah.clock(), 0
+        for _ = 1, 63 do
+          local r = p:chat { messages = msgs }
+          used = used + r.usage.input_tokens + r.usage.output_tokens
+        end
+        return ah.clock() - t0, used
+      end)
+      -- At most limit + rate * elapsed can pass, give or take the last
+      -- request's output, charged only once it is known.
+      local floor = (used - limit - u) / (limit / 60)
+      assert.is_true(floor >= 1.9)
+      assert.is_true(elapsed >= floor - 1e-3, used .. " tokens at " .. limit .. " a minute took only " .. elapsed .. " s")
+    end)
+
+    it("aborts a stream when its task is cancelled (" .. kind .. ")", function()
+      run(function()
+        local p = provider(kind, { headers = { ["x-mock-stream"] = "delay_ms=50" } })
+        local got = task.event()
+        local h = task.spawn(function()
+          return p:chat { messages = { { role = "user", content = "hello" } }, stream = function() got:set() end }
+        end)
+        got:wait()
+        h:cancel()
+        local ok, err = h:result()
+        assert.is_false(ok)
+        assert.is_true(ah.error.is(err, "cancelled"))
+        assert.equal(0, p:stats().in_flight)
+        assert.is_true(require("support.spec").eventually(function() return m:stats().in_flight == 0 end))
+      end)
+    end)
+  end
 end)
