@@ -70,6 +70,8 @@ describe("agenthost.llm requests", function()
     assert.equal("http://h/v1/chat/completions", p.url)
     assert.equal("Bearer sk-1", p.headers.authorization)
     assert.equal("application/json", p.headers["content-type"])
+    assert.is_nil(llm.provider { kind = "openai", api_key = "" }.headers.authorization)
+    assert.is_nil(llm.provider { kind = "anthropic", api_key = "" }.headers["x-api-key"])
     local body = llm.dialects.openai.request(p, { system = "Top.", messages = history, tools = tools,
       tool_choice = { name = "metrics" }, temperature = 0.5, max_tokens = 99, stream = true })
     local wire = cjson.decode(cjson.encode(body))
