@@ -731,6 +731,22 @@ describe("agenthost.llm against the mock LLM server", function()
       end)
     end
 
+    it("sends extra fields as they are, and tool_choice only with tools (" .. kind .. ")", function()
+      local p = provider(kind)
+      chat(p, { messages = { { role = "user", content = "hello" } }, tool_choice = "auto",
+                extra = { seed = 7, metadata = { user_id = "u1" } } })
+      local body = cjson.decode(m:last().body)
+      assert.equal(7, body.seed)
+      assert.same({ user_id = "u1" }, body.metadata)
+      assert.is_nil(body.tool_choice)
+      assert.is_nil(body.tools)
+      chat(p, { messages = { { role = "user", content = "hello" } }, tools = ops_tools, tool_choice = "auto" })
+      local with = cjson.decode(m:last().body)
+      assert.same(kind == "openai" and "auto" or { type = "auto" }, with.tool_choice)
+      local err = fails("invalid_argument", function() p:chat { messages = { { role = "user", content = "x" } }, extra = 1 } end)
+      assert.matches("extra must be a table", err.message)
+    end)
+
     it("raises an error mid-stream after the first delta, not retried (" .. kind .. ")", function()
       local err, deltas = chat_fails(kind == "anthropic" and "overloaded" or "http",
         faulty(kind, "midstream;after=2"), { messages = { { role = "user", content = "hello" } } }, true)

@@ -112,8 +112,9 @@ function M.request(p, req)
       body.tools[k] = { name = t.name, description = t.description, input_schema = common.schema(t.parameters) }
     end
     body.tool_choice = tool_choice(req.tool_choice, req.parallel_tool_calls)
-  elseif req.tool_choice ~= nil then
-    body.tool_choice = tool_choice(req.tool_choice)
+  else
+    -- Checked, but not sent: the API refuses tool_choice without tools.
+    tool_choice(req.tool_choice)
   end
   if req.stream then body.stream = true end
   return body

@@ -214,7 +214,7 @@ local function check_request(req)
 end
 
 -- chat{messages, tools, tool_choice, system, temperature, max_tokens,
---      stop, model, stream, parallel_tool_calls}
+--      stop, model, stream, parallel_tool_calls, extra}
 -- -> {text, tool_calls, finish, finish_reason, usage, raw, attempts}
 function Provider:chat(req)
   local problem = check_request(req)
@@ -223,6 +223,10 @@ function Provider:chat(req)
   if not ok then
     if type(body) == "table" and body.invalid then invalid("chat: " .. body.invalid, 2) end
     error(body, 0)
+  end
+  if req.extra ~= nil then
+    if type(req.extra) ~= "table" then invalid("chat: extra must be a table of request fields", 2) end
+    for k, v in pairs(req.extra) do body[k] = v end
   end
   if type(body.model) ~= "string" then invalid("chat: no model (give one to llm.provider or to chat)", 2) end
   local encoded, text = pcall(common.encode, body)

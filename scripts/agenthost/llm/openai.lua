@@ -78,9 +78,12 @@ function M.request(p, req)
     temperature = req.temperature,
     max_tokens = req.max_tokens or p.max_tokens,
     stop = req.stop,
-    tool_choice = tool_choice(req.tool_choice),
   }
+  -- tool_choice is checked always, but sent only with tools: the API
+  -- refuses it alone.
+  local choice = tool_choice(req.tool_choice)
   if req.tools and #req.tools > 0 then
+    body.tool_choice = choice
     body.tools = {}
     for k, t in ipairs(req.tools) do
       body.tools[k] = { type = "function", ["function"] = {
