@@ -499,6 +499,32 @@ describe("agenthost.llm.limits", function()
     assert.equal(3, peak)
   end)
 
+  it("gives back what a cancelled waiter held, permits and the bucket's queue", function()
+    run(function()
+      local l = limits.new { max_concurrency = 1, requests_per_minute = 60 }
+      local first = l:acquire(1)
+      local waiting = task.spawn(function() local p <close> = l:acquire(1) end)
+      task.yield()
+      waiting:cancel()
+      assert.is_true(ah.error.is(select(2, waiting:result()), "cancelled"))
+      getmetatable(first).__close(first)
+      assert.equal(0, l.in_flight)
+      assert.equal(1, l.sem:available())
+      -- A waiter for the empty bucket (60 a minute: one a second) is
+      -- cancelled while it sleeps; the next one still gets its turn.
+      l.rpm.level, l.rpm.stamp = 0, ah.clock()
+      local emptied = l.rpm.stamp
+      local sleeper = task.spawn(function() local p <close> = l:acquire(1) end)
+      task.sleep(0.01)
+      sleeper:cancel()
+      assert.is_false((sleeper:result()))
+      assert.equal(1, l.sem:available())
+      assert.equal(1, l.rpm.lock:available())
+      local p <close> = l:acquire(1)
+      assert.is_true(ah.clock() - emptied >= 1 - 1e-3)
+    end)
+  end)
+
   it("spaces requests to requests_per_minute once the bucket is empty", function()
     run(function()
       local l = limits.new { requests_per_minute = 600 } -- 10 a second, 600 at once
