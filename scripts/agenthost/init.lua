@@ -40,6 +40,7 @@ end
 core.reload = require "agenthost.reload"
 core.http = require "agenthost.http"
 core.memory = require "agenthost.memory"
+core.llm = require "agenthost.llm"
 core.tools = require "agenthost.tools"
 core.agent = require "agenthost.agent"
 
