@@ -252,6 +252,61 @@ describe("agenthost.agent", function()
     assert.equal(2, runs.slow) -- it never finished the first time
   end)
 
+  it("runs against a real provider and the mock model, tools concurrently", function()
+    local mock = require("support.mockllm").start { delay_ms = 1 }
+    task.run(function()
+      for _, kind in ipairs { "openai", "anthropic" } do
+        local p = ah.llm.provider { kind = kind, model = "mock-1", api_key = "k",
+          base_url = kind == "openai" and mock.base .. "/v1" or mock.base }
+        local started, running, overlap = {}, 0, 0
+        local function slow(name)
+          return { name = name, run = function()
+            running = running + 1
+            overlap = math.max(overlap, running)
+            task.sleep(0.02)
+            running = running - 1
+            return name .. ": p99 latency 840 ms on db-2"
+          end }
+        end
+        local a = agent.new { name = "ops-" .. kind, provider = p,
+          tools = { slow "metrics", slow "web_search" },
+          on_event = function(ev) if ev.type == "tool_start" then started[#started + 1] = ev.call.name end end }
+        local r = a:run("Analyze system performance anomalies")
+        assert.equal(2, r.turns)
+        table.sort(started)
+        assert.same({ "metrics", "web_search" }, started)
+        assert.equal(2, overlap)
+        assert.matches("840 ms", r.text) -- the answer quotes the tool results
+        assert.is_true(r.usage.input_tokens > 0 and r.usage.output_tokens > 0)
+      end
+    end)
+    mock:stop()
+  end)
+
+  it("cancelling mid-turn leaves no request in flight at the mock", function()
+    local mock = require("support.mockllm").start { first_byte_ms = 5000 }
+    task.run(function()
+      local p = ah.llm.provider { kind = "openai", model = "mock-1", api_key = "k", base_url = mock.base .. "/v1" }
+      local a = agent.new { name = "c", provider = p }
+      local t = task.spawn(a.run, a, "Analyze system performance anomalies", { stream = function() end })
+      for _ = 1, 400 do
+        if mock:stats().in_flight == 1 then break end
+        task.sleep(0.005)
+      end
+      assert.equal(1, mock:stats().in_flight)
+      t:cancel()
+      local ok, err = t:result()
+      assert.is_false(ok)
+      assert.is_true(ah.error.is(err, "cancelled"), tostring(err))
+      for _ = 1, 400 do
+        if mock:stats().in_flight == 0 then break end
+        task.sleep(0.005)
+      end
+      assert.equal(0, mock:stats().in_flight)
+    end)
+    mock:stop()
+  end)
+
   it("refuses bad settings", function()
     for _, cfg in ipairs {
       {}, { name = "x" }, { name = "x", provider = {}, max_turns = 0 },

@@ -140,7 +140,7 @@ end
 
 -- Waits until stdout contains the plain string s; returns whether it did.
 function Bg:wait_output(s, limit)
-  return poll(string.format("grep -qF -- %s %s", q(s), q(self.dir .. "/out")), limit)
+  return poll(string.format("grep -qsF -- %s %s", q(s), q(self.dir .. "/out")), limit)
 end
 
 function Bg:signal(name)
