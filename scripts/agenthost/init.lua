@@ -40,5 +40,7 @@ end
 core.reload = require "agenthost.reload"
 core.http = require "agenthost.http"
 core.memory = require "agenthost.memory"
+core.channel = require("agenthost.channel").channel
+core.host = core.host or {}
 
 return core
