@@ -121,7 +121,7 @@ VERSION := $(shell sed -n 's/^\#define AH_VERSION_STRING "\(.*\)"/\1/p' host/age
 EX_PREFIX := $(abspath $(BUILD))/examples/prefix
 EXAMPLES  := game_loop automation_host
 
-.PHONY: lib install examples valgrind
+.PHONY: lib install examples valgrind bench-embed
 
 # Writes the pkg-config file for prefix $(1) to $(2).  The library is
 # static, so everything it links against is in Requires and Libs.
@@ -178,3 +178,9 @@ valgrind: all
 	  [ $$rc -eq 0 ] || { echo "valgrind: $$t failed ($$rc)"; exit 1; }; \
 	done; echo "valgrind: clean"
 
+$(BUILD)/bench/embed_step: bench/embed_step.c $(BUILD)/libagenthost.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libagenthost.a $(PKG_LIBS) -lm -ldl
+
+bench-embed: all examples $(BUILD)/bench/embed_step
+	bench/embed
