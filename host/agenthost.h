@@ -20,7 +20,9 @@
 
 #include <stddef.h>
 #include <lua.h>
-#include <uv.h>
+
+/* libuv's loop (uv_loop_t); the header does not need <uv.h>. */
+struct uv_loop_s;
 
 #define AH_VERSION_MAJOR 0
 #define AH_VERSION_MINOR 1
@@ -67,7 +69,7 @@ typedef void (*ah_error_fn)(void *ud, const char *msg, const char *traceback);
  */
 typedef struct ah_config {
   unsigned version;          /* AH_VERSION_NUM; set by ah_config_init */
-  uv_loop_t *loop;           /* a loop to borrow, or NULL to own one */
+  struct uv_loop_s *loop;    /* a uv_loop_t to borrow, or NULL to own one */
   /* Directories searched by require, ';'-separated, before the agenthost
    * scripts (which are found beside the executable or under the install
    * prefix unless a directory named here holds agenthost/init.lua). */
@@ -141,7 +143,7 @@ ah_host *ah_host_of(lua_State *L);
 /* ---- escape hatches ---------------------------------------------------- */
 
 lua_State *ah_lua(ah_host *h);
-uv_loop_t *ah_loop(ah_host *h);
+struct uv_loop_s *ah_loop(ah_host *h); /* the uv_loop_t in use */
 
 /* The message of the host's last failed call ("" when none). */
 const char *ah_errmsg(const ah_host *h);

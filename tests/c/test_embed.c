@@ -10,6 +10,8 @@
 #include "../../host/agenthost.h"
 #include "ctest.h"
 
+#include <uv.h>
+
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
