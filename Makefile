@@ -6,6 +6,12 @@
 #   make test       build and run every test
 #   make asan       the same suite under AddressSanitizer + UBSan
 #   make bench      benchmarks (bench/sched), results in docs/benchmarks.md
+#   make lib        build/libagenthost.a and build/agenthost.pc
+#   make install    header, library, agenthost.pc, the Lua module, the
+#                   command, scripts and tools under PREFIX (/usr/local)
+#   make examples   the C examples, built from a PREFIX under build/ with
+#                   only the installed header and pkg-config's flags
+#   make valgrind   the C tests under valgrind
 
 BUILD   ?= build
 CC      ?= cc
@@ -25,7 +31,9 @@ CFLAGS  += $(OPT) $(WARN) -fPIC -D_POSIX_C_SOURCE=200809L $(SANFLAGS) $(PKG_CFLA
 LDFLAGS += $(SANFLAGS)
 
 HOST_SRC := host/loop.c host/timer.c host/watch.c host/http.c host/sse.c host/store.c
+HOST_SRC += host/post.c
 BIND_SRC := bindings/task.c bindings/reload.c bindings/http.c bindings/store.c bindings/agenthost.c
+BIND_SRC += bindings/embed.c
 CORE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(HOST_SRC) $(BIND_SRC))
 MAIN_OBJ := $(BUILD)/obj/bindings/main.o
 CTESTS   := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
@@ -114,3 +122,74 @@ bench-store: all bench-deps
 
 clean:
 	rm -rf build
+
+# ---- the library for embedders -------------------------------------------
+
+PREFIX  ?= /usr/local
+VERSION := $(shell sed -n 's/^\#define AH_VERSION_STRING "\(.*\)"/\1/p' host/agenthost.h)
+EX_PREFIX := $(abspath $(BUILD))/examples/prefix
+EXAMPLES  := game_loop automation_host
+
+.PHONY: lib install examples valgrind bench-embed
+
+# Writes the pkg-config file for prefix $(1) to $(2).  The library is
+# static, so everything it links against is in Requires and Libs.
+define write_pc
+	@mkdir -p $(dir $(2))
+	@printf '%s\n' 'prefix=$(1)' 'libdir=$${prefix}/lib' \
+	  'includedir=$${prefix}/include' \
+	  'scriptdir=$${prefix}/share/agenthost/scripts' '' \
+	  'Name: agenthost' \
+	  'Description: Lua 5.4 agent host: tasks with non-blocking timers, HTTP and SQLite' \
+	  'Version: $(VERSION)' 'Requires: lua5.4 libuv libcurl sqlite3' \
+	  'Cflags: -I$${includedir}' 'Libs: -L$${libdir} -lagenthost -lm -ldl -lpthread' > $(2)
+endef
+
+lib: $(BUILD)/libagenthost.a $(BUILD)/agenthost.pc
+
+$(BUILD)/agenthost.pc: Makefile host/agenthost.h
+	$(call write_pc,$(PREFIX),$@)
+
+install: $(BUILD)/agenthost $(BUILD)/agenthost.so $(BUILD)/libagenthost.a
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/include \
+	  $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/lib/lua/5.4 \
+	  $(DESTDIR)$(PREFIX)/share/agenthost
+	install -m 755 $(BUILD)/agenthost $(DESTDIR)$(PREFIX)/bin/agenthost
+	install -m 644 host/agenthost.h $(DESTDIR)$(PREFIX)/include/agenthost.h
+	install -m 644 $(BUILD)/libagenthost.a $(DESTDIR)$(PREFIX)/lib/libagenthost.a
+	install -m 755 $(BUILD)/agenthost.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/agenthost.so
+	rm -rf $(DESTDIR)$(PREFIX)/share/agenthost/scripts $(DESTDIR)$(PREFIX)/share/agenthost/tools
+	cp -R scripts $(DESTDIR)$(PREFIX)/share/agenthost/scripts
+	if [ -d tools ]; then cp -R tools $(DESTDIR)$(PREFIX)/share/agenthost/tools; fi
+	$(call write_pc,$(PREFIX),$(DESTDIR)$(PREFIX)/lib/pkgconfig/agenthost.pc)
+
+# The examples see only what an embedder sees: the installed header and
+# library, through pkg-config.
+examples:
+	@$(MAKE) --no-print-directory install PREFIX=$(EX_PREFIX) >/dev/null
+	@for ex in $(EXAMPLES); do \
+	  echo "cc examples/$$ex.c (pkg-config agenthost from $(EX_PREFIX))"; \
+	  PKG_CONFIG_PATH=$(EX_PREFIX)/lib/pkgconfig; export PKG_CONFIG_PATH; \
+	  $(CC) $(OPT) $(WARN) $(SANFLAGS) $$(pkg-config --cflags agenthost) \
+	    -DAH_SCRIPT_DIR="\"$$(pkg-config --variable=scriptdir agenthost)\"" \
+	    -o $(BUILD)/examples/$$ex examples/$$ex.c $$(pkg-config --libs agenthost) || exit 1; \
+	done
+
+# The C tests under valgrind (fewer open/close rounds: valgrind is slow).
+valgrind: all
+	$(call install_missing,valgrind)
+	@for t in $(CTESTS); do \
+	  echo "# valgrind $$t"; \
+	  AH_TEST_OPENS=50 valgrind -q --error-exitcode=99 --leak-check=full \
+	    --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect \
+	    $$t > $(BUILD)/valgrind.out 2>&1; rc=$$?; \
+	  grep -v '^ok ' $(BUILD)/valgrind.out; \
+	  [ $$rc -eq 0 ] || { echo "valgrind: $$t failed ($$rc)"; exit 1; }; \
+	done; echo "valgrind: clean"
+
+$(BUILD)/bench/embed_step: bench/embed_step.c $(BUILD)/libagenthost.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libagenthost.a $(PKG_LIBS) -lm -ldl
+
+bench-embed: all examples $(BUILD)/bench/embed_step
+	bench/embed

@@ -49,8 +49,80 @@ static int m_isatty(lua_State *L) {
   return 1;
 }
 
+/* ---- logging ---------------------------------------------------------------- */
+
+/* Where ah.log goes: a light userdata to this record in the registry, set
+ * by the embedding host; none means stderr. */
+typedef struct log_sink {
+  void (*fn)(void *ud, int level, const char *msg);
+  void *ud;
+} log_sink;
+
+static char LOG_KEY;
+static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
+
+void ah__log_sink(lua_State *L, void (*fn)(void *ud, int level, const char *msg),
+                  void *ud) {
+  log_sink *s = NULL;
+  if (fn) {
+    s = lua_newuserdatauv(L, sizeof *s, 0);
+    s->fn = fn;
+    s->ud = ud;
+  } else {
+    lua_pushnil(L);
+  }
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &LOG_KEY);
+}
+
+/* ah.log(level, ...): the values as print shows them, joined by spaces. */
+static int m_log(lua_State *L) {
+  int level = luaL_checkoption(L, 1, NULL, log_levels);
+  int i, n = lua_gettop(L);
+  luaL_Buffer b;
+  log_sink *s;
+  luaL_buffinit(L, &b);
+  for (i = 2; i <= n; i++) {
+    if (i > 2) luaL_addchar(&b, ' ');
+    luaL_tolstring(L, i, NULL);
+    luaL_addvalue(&b);
+  }
+  luaL_pushresult(&b);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &LOG_KEY);
+  s = lua_touserdata(L, -1);
+  if (s) {
+    s->fn(s->ud, level, lua_tostring(L, -2));
+  } else {
+    fprintf(stderr, "agenthost: %s: %s\n", log_levels[level], lua_tostring(L, -2));
+    fflush(stderr);
+  }
+  return 0;
+}
+
+/* ah.step([budget_seconds]) -> true while tasks are live.  For a Lua host
+ * that owns its frame loop: runs ready tasks for at most the budget (at
+ * least one; default 0.001 s), then turns the loop once without blocking. */
+static int m_step(lua_State *L) {
+  double s = luaL_optnumber(L, 1, 0.001);
+  ah_sched *S = ah__sched_get(L);
+  int rc;
+  if (!(s >= 0) || s > 3600)
+    return ah__error_raise(L, "invalid_argument", 0,
+                           "ah.step(budget): budget must be 0 to 3600 seconds");
+  if (ah__task_current(L))
+    return ah__error_raise(L, "invalid_argument", 0,
+                           "ah.step cannot be called inside a task: it is for "
+                           "the host's frame loop");
+  rc = ah__sched_step(S, L, (uint64_t)(s * 1e9));
+  if (rc < 0)
+    return ah__error_raise(L, "invalid_argument", 0,
+                           "ah.step: the loop is already running (task.run "
+                           "or another step)");
+  lua_pushboolean(L, rc > 0);
+  return 1;
+}
+
 int luaopen_agenthost_core(lua_State *L) {
-  lua_createtable(L, 0, 8);
+  lua_createtable(L, 0, 12);
   ah__open_task(L);
   lua_setfield(L, -2, "task");
   ah__error_open(L);
@@ -67,6 +139,10 @@ int luaopen_agenthost_core(lua_State *L) {
   lua_setfield(L, -2, "rusage");
   lua_pushcfunction(L, m_isatty);
   lua_setfield(L, -2, "isatty");
+  lua_pushcfunction(L, m_log);
+  lua_setfield(L, -2, "log");
+  lua_pushcfunction(L, m_step);
+  lua_setfield(L, -2, "step");
   lua_pushliteral(L, AH_VERSION_STRING);
   lua_setfield(L, -2, "version");
   return 1;
@@ -78,8 +154,9 @@ static int is_file(const char *path) {
 }
 
 /* Writes into out the directory holding scripts/agenthost/init.lua for a
- * binary at path (bin/ or build/ beside scripts/, or PREFIX/bin with
- * PREFIX/share/agenthost).  Returns 0 when found. */
+ * binary at path (bin/ or build/ beside scripts/, PREFIX/bin or the module
+ * in PREFIX/lib/lua/5.4 with PREFIX/share/agenthost).  Returns 0 when
+ * found. */
 int ah__find_root(const char *path, char *out, size_t size) {
   char dir[4096], probe[4200];
   char *slash;
@@ -88,8 +165,8 @@ int ah__find_root(const char *path, char *out, size_t size) {
   strcpy(dir, path);
   /* Walk up from the binary's directory: build/agenthost and
    * build/asan/agenthost sit below the source tree; PREFIX/bin/agenthost
-   * has PREFIX/share/agenthost. */
-  for (up = 0; up < 3; up++) {
+   * has PREFIX/share/agenthost, and so has PREFIX/lib/lua/5.4/agenthost.so. */
+  for (up = 0; up < 4; up++) {
     if (!(slash = strrchr(dir, '/'))) return -1;
     *slash = '\0';
     if (!*dir) return -1;

@@ -39,7 +39,7 @@ typedef struct ah_op {
 
 ah_sched *ah__sched_get(lua_State *L);
 uv_loop_t *ah__sched_uv(ah_sched *S);
-ah_loop *ah__sched_loop(ah_sched *S);
+ah_evloop *ah__sched_loop(ah_sched *S);
 
 /* The task whose coroutine L is, or NULL. */
 ah_task *ah__task_current(lua_State *L);
@@ -89,11 +89,48 @@ int ah__open_reload(lua_State *L);
 int ah__open_http(lua_State *L);
 int ah__open_store(lua_State *L);
 
+/* The database ah.store.open() opens when given no path (NULL: none). */
+void ah__store_default_path(lua_State *L, const char *path);
+/* Where ah.log goes: fn(ud, level, msg); NULL restores stderr. */
+void ah__log_sink(lua_State *L, void (*fn)(void *ud, int level, const char *msg),
+                  void *ud);
+/* Makes the scheduler, when it is created, borrow loop instead of owning
+ * one.  Call before the agenthost module is first required. */
+void ah__sched_borrow(lua_State *L, uv_loop_t *loop);
+
 /* Finds the directory holding scripts/agenthost/init.lua for a binary at
  * path (its parent directory, or PREFIX/share/agenthost).  0 when found. */
 int ah__find_root(const char *path, char *out, size_t size);
 /* Prepends ROOT/scripts and ROOT/tools to package.path. */
 void ah__add_paths(lua_State *L, const char *root);
+
+/* Stepping, for hosts that own the frame loop.  ah__sched_step runs ready
+ * tasks until budget_ns have passed (at least one task when any is ready),
+ * turns the loop once without blocking, and returns ah__sched_busy(S), or
+ * UV_EBUSY when the loop is already being driven (task.run, a step).
+ * ah__sched_run runs the loop until no task is live: 0, UV_EBUSY, or
+ * UV_EAGAIN when every task waits and nothing can wake them.  from is the
+ * thread driving the loop (the main thread for C callers). */
+int ah__sched_step(ah_sched *S, lua_State *from, uint64_t budget_ns);
+int ah__sched_run(ah_sched *S, lua_State *from);
+/* 2 when tasks are ready to run now, 1 when tasks are live but waiting,
+ * 0 when no task is live. */
+int ah__sched_busy(const ah_sched *S);
+size_t ah__sched_live(const ah_sched *S);
+unsigned long long ah__sched_resumes(const ah_sched *S);
+/* A task that runs this many VM instructions without waiting is made to
+ * yield (0: no budget). */
+void ah__sched_budget(ah_sched *S, int instructions);
+/* Cancels every top-level task and so every task; again: also the ones
+ * cancelled before that caught it and wait again. */
+void ah__sched_cancel_all(ah_sched *S, int again);
+
+/* Queues: ah__queue_new pushes a task.queue of the capacity given;
+ * ah__queue_offer queues the value on the top of L without waiting (to the
+ * first waiting popper, or into the ring): pops it and returns 1, or leaves
+ * it and returns 0 when the queue is full. */
+void ah__queue_new(lua_State *L, lua_Integer cap);
+int ah__queue_offer(lua_State *L, int qidx);
 
 /* For the CLI: run the main task to completion, with signals handled. */
 int ah__sched_signals(lua_State *L);

@@ -16,7 +16,6 @@
 #include "bindings.h"
 #include "../host/agenthost.h"
 
-#include <lualib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,8 +65,8 @@ static int report_failure(lua_State *L) {
 
 int main(int argc, char **argv) {
   lua_State *L;
-  char exe[4096], root[4096];
-  size_t exelen = sizeof exe;
+  ah_config cfg;
+  ah_host *h = NULL;
   int script = 0, i, status, code = 0, nargs;
   const char *watch = NULL;
   char watchdir[4096];
@@ -104,29 +103,18 @@ int main(int argc, char **argv) {
     return 2;
   }
 
-  L = luaL_newstate();
-  if (!L) {
-    fprintf(stderr, "%s: cannot create a Lua state (out of memory)\n", progname);
+  /* The CLI is a user of the embedding API: the host finds scripts/ from
+   * the executable, loads the module, and closes everything at the end. */
+  ah_config_init(&cfg);
+  if (ah_open(&cfg, &h) != AH_OK) {
+    fprintf(stderr, "%s: cannot load the agenthost module\n", progname);
     return 1;
   }
-  luaL_openlibs(L);
-  if (uv_exepath(exe, &exelen) == 0 &&
-      ah__find_root(exe, root, sizeof root) == 0)
-    ah__add_paths(L, root);
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  lua_pushcfunction(L, luaopen_agenthost_core);
-  lua_setfield(L, -2, "agenthost.core");
-  lua_pop(L, 1);
-
-  /* ah = require "agenthost" */
+  L = ah_lua(h);
+  /* ah = require "agenthost" (already loaded by ah_open) */
   lua_getglobal(L, "require");
   lua_pushliteral(L, "agenthost");
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-    fprintf(stderr, "%s: cannot load the agenthost module: %s\n", progname,
-            lua_tostring(L, -1));
-    lua_close(L);
-    return 1;
-  }
+  lua_call(L, 1, 1);
   set_arg(L, argc, argv, script);
   if (watch) {
     const char *slash;
@@ -152,7 +140,7 @@ int main(int argc, char **argv) {
     }
     if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
       fprintf(stderr, "%s: --watch: %s\n", progname, luaL_tolstring(L, -1, NULL));
-      lua_close(L);
+      ah_close(h);
       return 2;
     }
     lua_pop(L, 1);
@@ -165,7 +153,7 @@ int main(int argc, char **argv) {
     const char *msg = lua_tostring(L, -1);
     fprintf(stderr, "%s: %s\n", progname, msg ? msg : "cannot load the script");
     code = (status == LUA_ERRFILE) ? 2 : 1;
-    lua_close(L);
+    ah_close(h);
     return code;
   }
   nargs = argc - script - 1;
@@ -182,6 +170,6 @@ int main(int argc, char **argv) {
     code = 128 + ah__sched_signal_seen(L);
   }
   fflush(stdout);
-  lua_close(L);
+  ah_close(h);
   return code;
 }

@@ -34,6 +34,15 @@
 #define SQL_IN_MESSAGE 160
 
 static char ANCHOR_KEY;
+static char DEFAULT_PATH_KEY; /* the path ah.store.open() opens, if any */
+
+void ah__store_default_path(lua_State *L, const char *path) {
+  if (path)
+    lua_pushstring(L, path);
+  else
+    lua_pushnil(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &DEFAULT_PATH_KEY);
+}
 
 /* The userdata behind a db value. */
 typedef struct lstore {
@@ -536,7 +545,8 @@ static int open_after(lua_State *L, ah_task *t, int nargs) {
 
 static const ah_op open_op = {"store open", open_cancel, NULL, open_after};
 
-/* ah.store.open(path [, opts]) -> db, once the database is ready */
+/* ah.store.open([path [, opts]]) -> db, once the database is ready; no
+ * path means the embedding host's database */
 static int s_open(lua_State *L) {
   ah_task *me = ah__task_require(L, "ah.store.open");
   ah_store_opts o;
@@ -545,6 +555,15 @@ static int s_open(lua_State *L) {
   lstore *ls;
   int rc;
   memset(&o, 0, sizeof o);
+  if (lua_isnoneornil(L, 1)) { /* the embedding host's database */
+    lua_settop(L, 2);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &DEFAULT_PATH_KEY);
+    if (lua_isnil(L, -1))
+      return ah__error_raise(L, "invalid_argument", 0,
+                             "ah.store.open: no path given, and the host "
+                             "configured no database (ah_config.db_path)");
+    lua_replace(L, 1);
+  }
   if (lua_type(L, 1) != LUA_TSTRING)
     return ah__error_raise(L, "invalid_argument", 0,
                            "ah.store.open: the path must be a string");

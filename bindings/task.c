@@ -94,7 +94,7 @@ struct ah_task {
 };
 
 struct ah_sched {
-  ah_loop loop;
+  ah_evloop loop;
   lua_State *L;      /* the main thread */
   lua_State *from;   /* the thread driving the loop */
   ah_link ready;
@@ -105,7 +105,11 @@ struct ah_sched {
   size_t live, detached, sleeping;
   unsigned long long spawned, resumes;
   ah_task *root;
-  int running;       /* inside task.run */
+  int running;       /* inside task.run, ah__sched_step or ah__sched_run */
+  int until_idle;    /* ah__sched_run: stop the loop once nothing is live */
+  uint64_t deadline; /* ah__sched_step: hrtime after which drain stops */
+  unsigned long long step_runs; /* resumes in the current step */
+  int hook_count;    /* instruction budget per resume, 0 for none */
   int draining;
   int on_error;      /* registry ref of the error handler, or LUA_NOREF */
   int reports;       /* registry ref of the table of reports to deliver */
@@ -118,7 +122,7 @@ struct ah_sched {
   ah_defer *deferred; /* to run at the end of this drain pass */
 };
 
-static char SCHED_KEY, TASK_MT, ERROR_MT, EVENT_MT, SEM_MT, QUEUE_MT;
+static char SCHED_KEY, BORROW_KEY, TASK_MT, ERROR_MT, EVENT_MT, SEM_MT, QUEUE_MT;
 
 static ah_sched *sched_of(lua_State *L) {
   return lua_touserdata(L, lua_upvalueindex(1));
@@ -133,7 +137,7 @@ ah_sched *ah__sched_get(lua_State *L) {
 }
 
 uv_loop_t *ah__sched_uv(ah_sched *S) { return S->loop.uv; }
-ah_loop *ah__sched_loop(ah_sched *S) { return &S->loop; }
+ah_evloop *ah__sched_loop(ah_sched *S) { return &S->loop; }
 lua_State *ah__task_thread(ah_task *t) { return t->co; }
 void *ah__task_opdata(ah_task *t) { return t->opdata; }
 
@@ -309,7 +313,7 @@ static int resume_k(lua_State *L, int status, lua_KContext ctx) {
 
 static void on_timer(ah_timers *ts, ah_timer *tm) {
   ah_task *t = container_of(tm, ah_task, timer);
-  ah_sched *S = ((ah_loop *)ts->data)->data;
+  ah_sched *S = ((ah_evloop *)ts->data)->data;
   if (t->op && t->op->timeout) t->op->timeout(S, t);
 }
 
@@ -418,11 +422,12 @@ static ah_task *task_new(lua_State *L, ah_sched *S, int fidx, ah_task *parent,
   return t;
 }
 
-/* task.spawn(fn, ...) -> handle */
+/* task.spawn(fn, ...) -> handle.  Inside a task the new task is its
+ * child; outside any task it is a top-level task that the next task.run,
+ * step or ah_step drives (cancelled only by its handle, or at close). */
 static int t_spawn(lua_State *L) {
   ah_sched *S = sched_of(L);
-  ah_task *me = ah__task_require(L, "task.spawn");
-  task_new(L, S, 1, me, 0);
+  task_new(L, S, 1, ah__task_current(L), 0);
   return 1;
 }
 
@@ -596,6 +601,16 @@ static void body_done(ah_sched *S, ah_task *t, int status, int nres) {
   complete(S, t);
 }
 
+/* The count hook of the instruction budget: a task that ran its budget of
+ * VM instructions without waiting yields as task.yield does, so that it
+ * continues after the loop has polled.  Plain coroutines inside a task, and
+ * code that cannot yield (inside a metamethod called from C), run on to
+ * the next count. */
+static void budget_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  if (ah__task_current(L) && lua_isyieldable(L)) lua_yield(L, 0);
+}
+
 static void run_task(ah_sched *S, ah_task *t) {
   int nres = 0, status;
   if (t->state == T_NEW && (t->flags & F_CANCEL)) {
@@ -609,6 +624,9 @@ static void run_task(ah_sched *S, ah_task *t) {
   }
   t->state = T_RUNNING;
   S->resumes++;
+  S->step_runs++;
+  /* Setting the hook also restarts its count: the budget is per resume. */
+  if (S->hook_count) lua_sethook(t->co, budget_hook, LUA_MASKCOUNT, S->hook_count);
   status = lua_resume(t->co, S->from, t->nargs, &nres);
   if (status == LUA_YIELD) {
     if (t->state == T_READY) return;  /* woken before it even yielded */
@@ -690,14 +708,17 @@ static void report_unobserved(ah_sched *S) {
  * the loop polls I/O once before the rest; tasks that yield go after the
  * poll too. */
 #define DRAIN_BUDGET 65536
-static void drain(ah_loop *lp) {
+static void drain(ah_evloop *lp) {
   ah_sched *S = lp->data;
   int budget = DRAIN_BUDGET;
   if (S->draining || S->closed) return;
   S->draining = 1;
   for (;;) {
     while (!link_empty(&S->ready) && budget-- > 0) {
-      ah_task *t = container_of(S->ready.next, ah_task, link);
+      ah_task *t;
+      /* A step runs at least one task, then stops at its deadline. */
+      if (S->deadline && S->step_runs > 0 && uv_hrtime() >= S->deadline) break;
+      t = container_of(S->ready.next, ah_task, link);
       link_remove(&t->link);
       run_task(S, t);
     }
@@ -723,6 +744,7 @@ static void drain(ah_loop *lp) {
   S->draining = 0;
   if (S->running && S->root && S->root->state >= T_DONE && S->detached == 0)
     uv_stop(lp->uv);
+  if (S->until_idle && S->live == 0) uv_stop(lp->uv);
 }
 
 void ah__sched_defer(ah_sched *S, ah_defer *d) {
@@ -1188,17 +1210,11 @@ static int sem_available(lua_State *L) {
 
 static int t_queue(lua_State *L) {
   lua_Integer cap = luaL_checkinteger(L, 1);
-  ah_queue *q;
   if (cap < 1 || cap > (1 << 26))
     return ah__error_raise(L, "invalid_argument", 0,
                            "task.queue(capacity): capacity must be an integer "
                            "between 1 and 67108864");
-  q = new_obj(L, sizeof(ah_queue), 1, &QUEUE_MT);
-  link_init(&q->poppers);
-  link_init(&q->pushers);
-  q->cap = cap;
-  lua_createtable(L, cap < 1024 ? (int)cap : 1024, 0);
-  lua_setiuservalue(L, -2, 1);
+  ah__queue_new(L, cap);
   return 1;
 }
 
@@ -1208,29 +1224,60 @@ static void ring_put(lua_State *L, ah_queue *q, int ring) {
   q->len++;
 }
 
-static int q_push(lua_State *L) {
-  ah_queue *q = luaL_checkudata(L, 1, "agenthost.queue");
-  ah_task *w, *me;
-  luaL_checkany(L, 2);
-  if (lua_isnil(L, 2))
-    return ah__error_raise(L, "invalid_argument", 0,
-                           "queue:push: nil cannot be queued; wrap it in a table");
-  lua_settop(L, 2);
+int ah__queue_offer(lua_State *L, int qidx) {
+  ah_queue *q = luaL_checkudata(L, qidx, "agenthost.queue");
+  ah_task *w;
+  qidx = lua_absindex(L, qidx);
   if ((w = first_waiter(&q->poppers))) { /* hand it over */
     link_remove(&w->link);
     lua_xmove(L, w->co, 1);
     ah__task_wake(ah__sched_get(L), w, 1, 0);
-    return 0;
+    return 1;
   }
   if (q->len < q->cap) {
-    lua_getiuservalue(L, 1, 1);
-    lua_insert(L, 2);
-    ring_put(L, q, 2);
-    return 0;
+    lua_getiuservalue(L, qidx, 1);
+    lua_insert(L, -2);
+    ring_put(L, q, -2);
+    lua_pop(L, 1);
+    return 1;
   }
+  return 0;
+}
+
+void ah__queue_new(lua_State *L, lua_Integer cap) {
+  ah_queue *q = new_obj(L, sizeof(ah_queue), 1, &QUEUE_MT);
+  link_init(&q->poppers);
+  link_init(&q->pushers);
+  q->cap = cap;
+  lua_createtable(L, cap < 1024 ? (int)cap : 1024, 0);
+  lua_setiuservalue(L, -2, 1);
+}
+
+static void check_item(lua_State *L, const char *what) {
+  luaL_checkany(L, 2);
+  if (lua_isnil(L, 2))
+    ah__error_raise(L, "invalid_argument", 0,
+                    "%s: nil cannot be queued; wrap it in a table", what);
+  lua_settop(L, 2);
+}
+
+static int q_push(lua_State *L) {
+  ah_task *me;
+  check_item(L, "queue:push");
+  if (ah__queue_offer(L, 1)) return 0;
   me = ah__task_require(L, "queue:push (on a full queue)");
-  link_append(&q->pushers, &me->link);
-  return ah__task_suspend(L, me, &push_op, q); /* the item stays at 2 */
+  {
+    ah_queue *q = lua_touserdata(L, 1);
+    link_append(&q->pushers, &me->link);
+    return ah__task_suspend(L, me, &push_op, q); /* the item stays at 2 */
+  }
+}
+
+/* queue:try_push(v) -> true, or false when the queue is full */
+static int q_try_push(lua_State *L) {
+  check_item(L, "queue:try_push");
+  lua_pushboolean(L, ah__queue_offer(L, 1));
+  return 1;
 }
 
 static int q_pop_now(lua_State *L, ah_queue *q) {
@@ -1349,6 +1396,78 @@ static int t_run(lua_State *L) {
   }
 }
 
+/* ---- stepping: for hosts that own the frame loop --------------------------- */
+
+int ah__sched_step(ah_sched *S, lua_State *from, uint64_t budget_ns) {
+  if (S->running || S->closed) return UV_EBUSY;
+  S->running = 1;
+  S->from = from;
+  S->step_runs = 0;
+  S->deadline = uv_hrtime() + budget_ns;
+  if (S->deadline < budget_ns) S->deadline = UINT64_MAX; /* no wrap-around */
+  if (S->deadline == 0) S->deadline = 1;
+  /* Ready work first, then one non-blocking turn of the loop: due timers,
+   * I/O callbacks, and the drains around the poll (which stop at the
+   * deadline too, leaving the rest for the next step). */
+  drain(&S->loop);
+  uv_run(S->loop.uv, UV_RUN_NOWAIT);
+  S->deadline = 0;
+  S->from = S->L;
+  S->running = 0;
+  return ah__sched_busy(S);
+}
+
+int ah__sched_run(ah_sched *S, lua_State *from) {
+  int rc = 0;
+  if (S->running || S->closed) return UV_EBUSY;
+  S->running = 1;
+  S->until_idle = 1;
+  S->from = from;
+  while (ah__sched_busy(S)) {
+    int alive = uv_run(S->loop.uv, UV_RUN_ONCE);
+    if (!alive && link_empty(&S->ready) && S->nreports == 0 && S->live > 0) {
+      rc = UV_EAGAIN; /* every task waits and nothing can wake them */
+      break;
+    }
+  }
+  S->until_idle = 0;
+  S->from = S->L;
+  S->running = 0;
+  return rc;
+}
+
+int ah__sched_busy(const ah_sched *S) {
+  if (!link_empty(&S->ready) || S->nreports > 0) return 2;
+  return S->live > 0;
+}
+
+size_t ah__sched_live(const ah_sched *S) { return S->live; }
+
+unsigned long long ah__sched_resumes(const ah_sched *S) { return S->resumes; }
+
+void ah__sched_budget(ah_sched *S, int instructions) {
+  S->hook_count = instructions > 0 ? instructions : 0;
+}
+
+/* Clears the cancelled mark of t and its children, so that a task that
+ * caught its cancellation and waits again can be cancelled again. */
+static void uncancel(ah_task *t) {
+  ah_link *l;
+  t->flags &= ~F_CANCELLED;
+  for (l = t->children.next; l != &t->children; l = l->next)
+    uncancel(container_of(l, ah_task, sibling));
+}
+
+void ah__sched_cancel_all(ah_sched *S, int again) {
+  ah_link *l, *next;
+  for (l = S->orphans.next; l != &S->orphans; l = next) {
+    ah_task *t = container_of(l, ah_task, sibling);
+    next = l->next;
+    if (again) uncancel(t);
+    cancel_task(S, t);
+  }
+}
+
 const char *ah__last_traceback(lua_State *L) {
   ah_sched *S = ah__sched_get(L);
   return S ? S->last_tb : NULL;
@@ -1415,7 +1534,7 @@ static int t_stats(lua_State *L) {
 
 /* ---- signals (CLI only) ---------------------------------------------------------- */
 
-static void on_signal(ah_loop *lp, int signum) {
+static void on_signal(ah_evloop *lp, int signum) {
   ah_sched *S = lp->data;
   if (S->signal) _Exit(128 + signum); /* a second signal: leave now */
   S->signal = signum;
@@ -1456,8 +1575,14 @@ static void new_metatable(lua_State *L, const void *key, const char *name,
   lua_pop(L, 1);
 }
 
+void ah__sched_borrow(lua_State *L, uv_loop_t *loop) {
+  lua_pushlightuserdata(L, loop);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &BORROW_KEY);
+}
+
 static ah_sched *sched_create(lua_State *L) {
   ah_sched *S;
+  uv_loop_t *borrow;
   static const luaL_Reg task_methods[] = {
       {"join", h_join},     {"result", h_result}, {"cancel", h_cancel},
       {"status", h_status}, {"done", h_done},     {"cancelled", h_cancelled},
@@ -1475,6 +1600,7 @@ static ah_sched *sched_create(lua_State *L) {
                                          {"available", sem_available},
                                          {NULL, NULL}};
   static const luaL_Reg q_methods[] = {{"push", q_push},
+                                       {"try_push", q_try_push},
                                        {"pop", q_pop},
                                        {"try_pop", q_try_pop},
                                        {"len", q_len},
@@ -1518,7 +1644,10 @@ static ah_sched *sched_create(lua_State *L) {
   S->reports = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_createtable(L, 64, 0);
   S->pool = luaL_ref(L, LUA_REGISTRYINDEX);
-  if (ah__loop_init(&S->loop, NULL, drain, on_timer) != 0)
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &BORROW_KEY);
+  borrow = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (ah__loop_init(&S->loop, borrow, drain, on_timer) != 0)
     luaL_error(L, "agenthost: cannot create the event loop");
   S->loop.data = S;
   lua_createtable(L, 0, 1);

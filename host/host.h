@@ -67,11 +67,11 @@ void ah__timers_close(ah_timers *ts, uv_close_cb close_cb);
  * phase (uv_prepare and uv_check), which is where ready work is run; both
  * handles are unreferenced so they never keep the loop alive by themselves.
  */
-typedef struct ah_loop ah_loop;
-typedef void (*ah_loop_drain_cb)(ah_loop *lp);
-typedef void (*ah_loop_signal_cb)(ah_loop *lp, int signum);
+typedef struct ah_evloop ah_evloop;
+typedef void (*ah_loop_drain_cb)(ah_evloop *lp);
+typedef void (*ah_loop_signal_cb)(ah_evloop *lp, int signum);
 
-struct ah_loop {
+struct ah_evloop {
   uv_loop_t *uv;
   uv_loop_t own;
   int owned;
@@ -89,17 +89,17 @@ struct ah_loop {
 };
 
 /* borrow may be NULL to own a loop.  fire is the timer callback. */
-int ah__loop_init(ah_loop *lp, uv_loop_t *borrow, ah_loop_drain_cb drain,
+int ah__loop_init(ah_evloop *lp, uv_loop_t *borrow, ah_loop_drain_cb drain,
                   ah_timer_fire_cb fire);
 /* Keeps the next poll from blocking, because work is waiting. */
-void ah__loop_pending(ah_loop *lp, int pending);
+void ah__loop_pending(ah_evloop *lp, int pending);
 /* Delivers SIGINT and SIGTERM to cb instead of the default action. */
-int ah__loop_signals(ah_loop *lp, ah_loop_signal_cb cb);
-void ah__loop_signals_off(ah_loop *lp);
+int ah__loop_signals(ah_evloop *lp, ah_loop_signal_cb cb);
+void ah__loop_signals_off(ah_evloop *lp);
 /* Closes our handles, runs the loop until they are closed, and closes an
  * owned loop.  Returns 0, or UV_EBUSY when other handles are still open on
  * an owned loop (they are walked and closed first, so this is a report). */
-int ah__loop_close(ah_loop *lp);
+int ah__loop_close(ah_evloop *lp);
 
 /* ---- file watching ---------------------------------------------------- */
 
@@ -351,6 +351,57 @@ typedef struct ah_store_stats {
   uint64_t largest_group;    /* most jobs committed in one transaction */
 } ah_store_stats;
 void ah__store_stats(ah_store *st, ah_store_stats *out);
+
+/* ---- posts from other threads ------------------------------------------ */
+
+/*
+ * Messages for the loop thread from any thread: ah__posts_push copies the
+ * channel name and the JSON text and wakes the loop, whose deliver callback
+ * takes the list with ah__posts_take, frees each message, and reports with
+ * ah__posts_done how many have left the bound (delivered or dropped).
+ */
+typedef struct ah_postmsg {
+  struct ah_postmsg *next;
+  char *channel;             /* into this block, NUL-terminated */
+  char *json;                /* into this block, NUL-terminated */
+  size_t channel_len, json_len;
+} ah_postmsg;
+
+typedef struct ah_posts ah_posts;
+
+/* Owned by whoever embeds it; closed with ah__posts_close, then (once the
+ * close callback ran) ah__posts_free. */
+struct ah_posts {
+  uv_mutex_t mu;
+  uv_async_t async;          /* freed only in the close callback */
+  ah_postmsg *head, **tail;     /* guarded by mu; the messages are owned */
+  size_t pending;            /* guarded: pushed and not yet done */
+  size_t max;                /* bound on pending; 0: none */
+  unsigned long long posted; /* guarded: every message accepted */
+  int closed;                /* guarded */
+  void (*deliver)(ah_posts *p); /* on the loop thread */
+  void *data;                /* for the owner */
+};
+
+int ah__posts_init(ah_posts *p, uv_loop_t *loop, size_t max,
+                   void (*deliver)(ah_posts *p));
+/* Any thread.  0, UV_EAGAIN when max messages are pending, UV_EPIPE once
+ * closing, UV_ENOMEM. */
+int ah__posts_push(ah_posts *p, const char *channel, size_t clen,
+                   const char *json, size_t jlen);
+/* Loop thread: the messages in the order they were pushed (caller frees
+ * each with free()). */
+ah_postmsg *ah__posts_take(ah_posts *p);
+void ah__posts_done(ah_posts *p, size_t n);
+size_t ah__posts_pending(ah_posts *p);
+/* Refuses further pushes, frees what was not taken, closes the handle. */
+void ah__posts_close(ah_posts *p, uv_close_cb cb);
+void ah__posts_free(ah_posts *p);
+
+/* 0 when s[0..len) is one JSON value (RFC 8259: UTF-8, nesting at most
+ * AH_JSON_MAX_DEPTH, which is what lua-cjson decodes by default). */
+#define AH_JSON_MAX_DEPTH 1000
+int ah__json_check(const char *s, size_t len);
 
 /* ---- small shared helpers --------------------------------------------- */
 

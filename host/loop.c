@@ -12,22 +12,22 @@
 #include <signal.h>
 #include <string.h>
 
-static ah_loop *loop_of(uv_handle_t *h) { return h->data; }
+static ah_evloop *loop_of(uv_handle_t *h) { return h->data; }
 
 static void on_prepare(uv_prepare_t *h) {
-  ah_loop *lp = loop_of((uv_handle_t *)h);
+  ah_evloop *lp = loop_of((uv_handle_t *)h);
   if (lp->drain) lp->drain(lp);
 }
 
 static void on_check(uv_check_t *h) {
-  ah_loop *lp = loop_of((uv_handle_t *)h);
+  ah_evloop *lp = loop_of((uv_handle_t *)h);
   if (lp->drain) lp->drain(lp);
 }
 
 static void on_idle(uv_idle_t *h) { (void)h; }
 
 static void on_signal(uv_signal_t *h, int signum) {
-  ah_loop *lp = loop_of((uv_handle_t *)h);
+  ah_evloop *lp = loop_of((uv_handle_t *)h);
   if (lp->on_signal) lp->on_signal(lp, signum);
 }
 
@@ -35,10 +35,10 @@ static void on_closed(uv_handle_t *h) { loop_of(h)->open_handles--; }
 
 /* The timer heap's handle points at the heap, whose data is the loop. */
 static void on_timers_closed(uv_handle_t *h) {
-  ((ah_loop *)((ah_timers *)h->data)->data)->open_handles--;
+  ((ah_evloop *)((ah_timers *)h->data)->data)->open_handles--;
 }
 
-int ah__loop_init(ah_loop *lp, uv_loop_t *borrow, ah_loop_drain_cb drain,
+int ah__loop_init(ah_evloop *lp, uv_loop_t *borrow, ah_loop_drain_cb drain,
                   ah_timer_fire_cb fire) {
   int rc;
   memset(lp, 0, sizeof *lp);
@@ -66,14 +66,14 @@ int ah__loop_init(ah_loop *lp, uv_loop_t *borrow, ah_loop_drain_cb drain,
   return 0;
 }
 
-void ah__loop_pending(ah_loop *lp, int pending) {
+void ah__loop_pending(ah_evloop *lp, int pending) {
   if (pending && !uv_is_active((uv_handle_t *)&lp->idle))
     uv_idle_start(&lp->idle, on_idle);
   else if (!pending && uv_is_active((uv_handle_t *)&lp->idle))
     uv_idle_stop(&lp->idle);
 }
 
-int ah__loop_signals(ah_loop *lp, ah_loop_signal_cb cb) {
+int ah__loop_signals(ah_evloop *lp, ah_loop_signal_cb cb) {
   int rc;
   lp->on_signal = cb;
   if (lp->signals_on) return 0;
@@ -94,7 +94,7 @@ int ah__loop_signals(ah_loop *lp, ah_loop_signal_cb cb) {
   return 0;
 }
 
-void ah__loop_signals_off(ah_loop *lp) {
+void ah__loop_signals_off(ah_evloop *lp) {
   if (!lp->signals_on) return;
   lp->signals_on = 0;
   uv_close((uv_handle_t *)&lp->sigint, on_closed);
@@ -106,7 +106,7 @@ static void close_stray(uv_handle_t *h, void *arg) {
   if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
-int ah__loop_close(ah_loop *lp) {
+int ah__loop_close(ah_evloop *lp) {
   int rc = 0;
   if (lp->closing) return 0;
   lp->closing = 1;

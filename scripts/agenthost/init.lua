@@ -43,5 +43,7 @@ core.memory = require "agenthost.memory"
 core.llm = require "agenthost.llm"
 core.tools = require "agenthost.tools"
 core.agent = require "agenthost.agent"
+core.channel = require("agenthost.channel").channel
+core.host = core.host or {}
 
 return core

@@ -14,7 +14,7 @@
 static int drains, fired, drains_after_fire;
 static int last_signal;
 
-static void drain(ah_loop *lp) {
+static void drain(ah_evloop *lp) {
   (void)lp;
   drains++;
   if (fired) drains_after_fire++;
@@ -26,7 +26,7 @@ static void fire(ah_timers *ts, ah_timer *t) {
   fired++;
 }
 
-static void on_signal(ah_loop *lp, int signum) {
+static void on_signal(ah_evloop *lp, int signum) {
   (void)lp;
   last_signal = signum;
 }
@@ -37,7 +37,7 @@ static void reset(void) {
 }
 
 static void test_owned(void) {
-  ah_loop lp;
+  ah_evloop lp;
   reset();
   CHECK(ah__loop_init(&lp, NULL, drain, fire) == 0, "init with an owned loop");
   CHECK(lp.owned && lp.uv == &lp.own, "the loop is owned");
@@ -49,7 +49,7 @@ static void test_owned(void) {
 }
 
 static void test_drain(void) {
-  ah_loop lp;
+  ah_evloop lp;
   ah_timer t;
   reset();
   ah__loop_init(&lp, NULL, drain, fire);
@@ -69,7 +69,7 @@ static void test_drain(void) {
 }
 
 static void test_pending(void) {
-  ah_loop lp;
+  ah_evloop lp;
   ah_timer t;
   reset();
   ah__loop_init(&lp, NULL, drain, fire);
@@ -99,7 +99,7 @@ static void stray_cb(uv_timer_t *h) {
 }
 
 static void test_stray_handles(void) {
-  ah_loop lp;
+  ah_evloop lp;
   uv_timer_t stray;
   uv_idle_t idle;
   reset();
@@ -118,7 +118,7 @@ static void test_stray_handles(void) {
 static void test_borrowed(void) {
   uv_loop_t mine;
   uv_timer_t host_timer;
-  ah_loop lp;
+  ah_evloop lp;
   reset();
   uv_loop_init(&mine);
   uv_timer_init(&mine, &host_timer);
@@ -136,7 +136,7 @@ static void test_borrowed(void) {
 }
 
 static void test_signals(void) {
-  ah_loop lp;
+  ah_evloop lp;
   int i;
   reset();
   ah__loop_init(&lp, NULL, drain, fire);
