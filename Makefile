@@ -24,8 +24,10 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CFLAGS  += $(OPT) $(WARN) -fPIC -D_POSIX_C_SOURCE=200809L $(SANFLAGS) $(PKG_CFLAGS)
 LDFLAGS += $(SANFLAGS)
 
-HOST_SRC := host/loop.c host/timer.c host/watch.c host/http.c host/sse.c host/store.c
-BIND_SRC := bindings/task.c bindings/reload.c bindings/http.c bindings/store.c bindings/agenthost.c
+HOST_SRC := host/loop.c host/timer.c host/watch.c host/http.c host/sse.c host/store.c \
+            host/proc.c
+BIND_SRC := bindings/task.c bindings/reload.c bindings/http.c bindings/store.c bindings/agenthost.c \
+            bindings/proc.c
 CORE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(HOST_SRC) $(BIND_SRC))
 MAIN_OBJ := $(BUILD)/obj/bindings/main.o
 CTESTS   := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))

@@ -88,6 +88,7 @@ int ah__open_task(lua_State *L);
 int ah__open_reload(lua_State *L);
 int ah__open_http(lua_State *L);
 int ah__open_store(lua_State *L);
+int ah__open_proc(lua_State *L);
 
 /* Finds the directory holding scripts/agenthost/init.lua for a binary at
  * path (its parent directory, or PREFIX/share/agenthost).  0 when found. */

@@ -40,5 +40,6 @@ end
 core.reload = require "agenthost.reload"
 core.http = require "agenthost.http"
 core.memory = require "agenthost.memory"
+core.proc = require "agenthost.proc"
 
 return core
