@@ -293,6 +293,7 @@ int ah__proc_write(ah_proc *p, const char *data, size_t len,
   uv_buf_t b;
   int rc;
   if (!p->in_open || priv(p)->in_closing) return UV_EPIPE;
+  if (len > 0x7fffffffu) return UV_E2BIG; /* a uv_buf_t holds an unsigned int */
   if (!(w = malloc(offsetof(ah_proc_write, bytes) + len + 1))) return UV_ENOMEM;
   memcpy(w->bytes, data, len);
   w->p = p;
@@ -335,8 +336,9 @@ static void on_exit_cb(uv_process_t *h, int64_t status, int signum) {
   p->exit_status = status;
   p->term_signal = signum;
   if (p->ps) p->ps->running--;
-  /* A job being ended loses its stragglers with its leader. */
-  if (p->terminating) signal_job(p, SIGKILL);
+  /* A job being ended loses its stragglers with its leader.  Only the
+   * group: the leader's pid alone may already name another process. */
+  if (p->terminating) kill(-p->pid, SIGKILL);
   close_process(p);
   close_timer(p);
   close_in(p);
