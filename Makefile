@@ -34,12 +34,16 @@ HOST_SRC := host/loop.c host/timer.c host/watch.c host/http.c host/sse.c host/st
 HOST_SRC += host/post.c
 BIND_SRC := bindings/task.c bindings/reload.c bindings/http.c bindings/store.c bindings/agenthost.c
 BIND_SRC += bindings/embed.c
+HOST_SRC += host/proc.c
+BIND_SRC += bindings/proc.c
 CORE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(HOST_SRC) $(BIND_SRC))
 MAIN_OBJ := $(BUILD)/obj/bindings/main.o
 CTESTS   := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
 
 DEB_PKGS := liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libsqlite3-dev \
             pkg-config lua-cjson lua-busted
+# The MCP fixture's Streamable HTTP mode (tests/support/mcp_server.lua).
+DEB_PKGS += lua-socket
 
 .PHONY: all deps build run test asan bench clean ctests
 

@@ -133,6 +133,8 @@ int luaopen_agenthost_core(lua_State *L) {
   lua_setfield(L, -2, "_http");
   ah__open_store(L);
   lua_setfield(L, -2, "store");
+  ah__open_proc(L);
+  lua_setfield(L, -2, "_proc");
   lua_pushcfunction(L, m_clock);
   lua_setfield(L, -2, "clock");
   lua_pushcfunction(L, m_rusage);

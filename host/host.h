@@ -403,6 +403,124 @@ void ah__posts_free(ah_posts *p);
 #define AH_JSON_MAX_DEPTH 1000
 int ah__json_check(const char *s, size_t len);
 
+/* ---- subprocesses ------------------------------------------------------ */
+
+/*
+ * Child processes with pipes, for tools and MCP servers.  Every process is
+ * started in a session of its own (setsid), so that a signal sent to it
+ * reaches the whole job, grandchildren included.  A process record is
+ * allocated by ah__proc_new and owned by the host: the owner holds it until
+ * ah__proc_release, after which no callback runs and the record goes once
+ * the process has been reaped and every handle has closed.  A released
+ * process that still runs is terminated (SIGTERM to its group, SIGKILL
+ * after its grace period).
+ */
+enum { AH_PROC_PIPE, AH_PROC_NULL, AH_PROC_INHERIT }; /* stdio wiring */
+
+enum {
+  AH_OUT_COLLECT, /* keep up to max bytes: then too_large, or truncate */
+  AH_OUT_TAIL,    /* keep the last max bytes */
+  AH_OUT_STREAM   /* the owner takes the data; reading pauses at max */
+};
+
+typedef struct ah_procs ah_procs;
+typedef struct ah_proc ah_proc;
+typedef struct ah_proc_write ah_proc_write;
+
+/* One output of a process (stdout or stderr). */
+typedef struct ah_proc_out {
+  int wiring;          /* AH_PROC_*; set before spawn */
+  int policy;          /* AH_OUT_*; set before spawn */
+  size_t max;          /* see the policies; set before spawn */
+  int truncate;        /* collect: drop the excess instead of too_large */
+  ah_buf buf;          /* what was read and not taken */
+  size_t total;        /* bytes read so far */
+  int eof;             /* no more data will come (EOF, error, not piped) */
+  int err;             /* a read error (negative), or 0 */
+  int truncated;       /* collect or tail dropped bytes */
+  int too_large;       /* collect went past max: reading stopped */
+  /* private */
+  uv_pipe_t pipe;
+  int open, reading, want;
+  ah_proc *p;
+} ah_proc_out;
+
+typedef struct ah_proc_opts {
+  const char *file;    /* looked up in PATH unless it has a slash */
+  char **args;         /* NULL-terminated; args[0] is the program name */
+  char **env;          /* NULL-terminated NAME=value list, NULL: inherit */
+  const char *cwd;     /* NULL: the host's */
+  int in;              /* AH_PROC_PIPE, AH_PROC_NULL or AH_PROC_INHERIT */
+} ah_proc_opts;
+
+struct ah_proc {
+  ah_proc_out out, err;
+  uint64_t grace_ms;   /* between SIGTERM and SIGKILL */
+  /* Callbacks on the loop thread, never after release.  on_output runs
+   * when o got data, reached its end or went past its cap; on_exit once
+   * the process has exited (its outputs may still hold data). */
+  void (*on_output)(ah_proc *p, ah_proc_out *o);
+  void (*on_exit)(ah_proc *p);
+  void *data;          /* for the owner */
+  /* results */
+  int pid;
+  int exited;
+  int64_t exit_status;
+  int term_signal;
+  const char *failed;  /* after a failed spawn: "command" or "cwd" */
+  /* private */
+  uv_process_t proc;
+  uv_pipe_t in;
+  uv_timer_t kill_timer;
+  ah_procs *ps;
+  ah_proc *next, *prev;
+  int handles, released, terminating, in_open, spawned, writes;
+};
+
+/* A pending write; done(w, status) runs once it is over, unless the owner
+ * let go of it with ah__proc_write_forget.  The host frees it. */
+struct ah_proc_write {
+  uv_write_t req;
+  ah_proc *p;
+  void (*done)(ah_proc_write *w, int status);
+  void *data;          /* for the owner */
+  size_t len;
+  char bytes[1];
+};
+
+int ah__procs_open(ah_procs **out, uv_loop_t *loop);
+/* Kills (SIGKILL) and reaps every process still running, waiting for it
+ * on this thread, and closes every handle; for the end of a run.  Records
+ * not released yet stay valid (without callbacks) until released; the
+ * context is freed at once, and the records once their handles have
+ * closed. */
+void ah__procs_close(ah_procs *ps);
+/* Processes not yet reaped and freed, and those still running. */
+void ah__procs_count(const ah_procs *ps, int *live, int *running);
+
+ah_proc *ah__proc_new(ah_procs *ps);
+/* Starts the process.  On failure returns a negative error (with
+ * p->failed naming what was wrong) and no callback will run; the owner
+ * still releases p. */
+int ah__proc_spawn(ah_proc *p, const ah_proc_opts *o);
+/* Queues a copy of data for the process's stdin.  UV_EPIPE once stdin is
+ * closed. */
+int ah__proc_write(ah_proc *p, const char *data, size_t len,
+                   void (*done)(ah_proc_write *w, int status), void *wdata,
+                   ah_proc_write **out);
+void ah__proc_write_forget(ah_proc_write *w);
+/* Closes stdin once the queued writes are out. */
+void ah__proc_close_stdin(ah_proc *p);
+/* Sends signum to the process's group; 0, or a negative error. */
+int ah__proc_kill(ah_proc *p, int signum);
+/* SIGTERM to the group now, SIGKILL after grace_ms if it still runs. */
+void ah__proc_terminate(ah_proc *p);
+/* Streams: reads past the pause mark until the next data arrives. */
+void ah__proc_want(ah_proc_out *o);
+/* Streams: drops the first n bytes of o's buffer (the owner took them). */
+void ah__proc_consume(ah_proc_out *o, size_t n);
+void ah__proc_release(ah_proc *p);
+
 /* ---- small shared helpers --------------------------------------------- */
 
 /* Monotonic clock in seconds. */

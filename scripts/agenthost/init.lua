@@ -45,5 +45,7 @@ core.tools = require "agenthost.tools"
 core.agent = require "agenthost.agent"
 core.channel = require("agenthost.channel").channel
 core.host = core.host or {}
+core.proc = require "agenthost.proc"
+core.config = require "agenthost.config"
 
 return core

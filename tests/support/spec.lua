@@ -1,5 +1,6 @@
 -- Helpers shared by the task specs: <close> objects, waiting for a
--- condition that ready tasks establish, and capturing reported errors.
+-- condition that ready tasks establish, expecting a failure of a kind, and
+-- capturing reported errors.
 
 local ah = require "agenthost"
 local task = ah.task
@@ -28,6 +29,15 @@ function M.eventually(cond)
     task.sleep(0.005)
   end
   return cond()
+end
+
+-- Runs fn as a main task that must fail with an error of this kind;
+-- returns the error.
+function M.fails(kind, fn)
+  local ok, err = pcall(task.run, fn)
+  assert(not ok, "expected a " .. kind .. " error")
+  assert(ah.error.is(err, kind), "expected kind " .. kind .. ", got " .. tostring(err))
+  return err
 end
 
 -- Routes uncaught task errors into the returned list (undo with

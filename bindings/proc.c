@@ -1,0 +1,883 @@
+/*
+ * ah.proc's C part: subprocesses for tasks, without a shell.
+ *
+ *   run{cmd, args, stdin, env, inherit_env, cwd, timeout, max_output,
+ *       truncate, kill_grace} -> {code, signal, stdout, stderr, truncated}
+ *   spawn{cmd, args, env, inherit_env, cwd, stdin, stdout, stderr,
+ *         max_line, max_stderr, kill_grace} -> a process object
+ *
+ * run suspends the calling task until the process has exited and both of
+ * its outputs have ended.  Its cancellation, its timeout and an output past
+ * max_output end the process (SIGTERM to its group, SIGKILL after
+ * kill_grace) and resume the task at once; the host reaps the process in
+ * the background.  A process object's calls (read_line, read, write, wait)
+ * each suspend only their caller; cancelling one of them abandons that call
+ * and leaves the process running.  The process ends with p:close(), when
+ * the object is collected, or when the state closes (SIGKILL, reaped before
+ * the close returns).
+ *
+ * Errors are structured: invalid_argument (bad options, a command that is
+ * not found or not executable, a cwd that is not a directory), timeout,
+ * too_large, cancelled, io.  Relies on host/proc.c and the scheduler.
+ */
+#include "bindings.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern char **environ;
+
+#define DEFAULT_MAX_OUTPUT (16u << 20)
+#define DEFAULT_MAX_STDERR (64u << 10)
+#define STREAM_MARK (64u << 10)
+#define DEFAULT_GRACE 2.0
+#define NAME_MAX_SHOWN 120
+
+static char PROCS_KEY;
+
+/* The loop's process context, in a registry userdata whose __gc closes it.
+ * It is created after the scheduler, so it is finalised before it, and
+ * before it the process objects, which are created after it. */
+typedef struct pbox {
+  ah_procs *ps;
+} pbox;
+
+static int pbox_gc(lua_State *L) {
+  pbox *b = lua_touserdata(L, 1);
+  if (b->ps) ah__procs_close(b->ps);
+  b->ps = NULL;
+  return 0;
+}
+
+static ah_procs *get_procs(lua_State *L) {
+  pbox *b;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &PROCS_KEY);
+  b = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (b) return b->ps;
+  b = lua_newuserdatauv(L, sizeof *b, 0);
+  b->ps = NULL;
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, pbox_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  if (ah__procs_open(&b->ps, ah__sched_uv(ah__sched_get(L))) != 0)
+    luaL_error(L, "ah.proc: out of memory");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &PROCS_KEY);
+  return b->ps;
+}
+
+/* ---- options -------------------------------------------------------------- */
+
+/* What a call parsed from its options table; the strings and arrays point
+ * into values kept on the Lua stack until the spawn is done. */
+typedef struct spec {
+  const char *what;        /* "ah.proc.run" or "ah.proc.spawn" */
+  ah_proc_opts o;
+  char name[NAME_MAX_SHOWN + 8]; /* the command, for messages */
+} spec;
+
+static const char *check_string(lua_State *L, int idx, const char *what,
+                                const char *field, size_t *lenp) {
+  size_t len;
+  const char *s;
+  if (lua_type(L, idx) != LUA_TSTRING && lua_type(L, idx) != LUA_TNUMBER)
+    ah__error_raise(L, "invalid_argument", 0, "%s: %s must be a string", what,
+                    field);
+  s = lua_tolstring(L, idx, &len);
+  if (strlen(s) != len)
+    ah__error_raise(L, "invalid_argument", 0, "%s: %s contains a NUL byte",
+                    what, field);
+  if (lenp) *lenp = len;
+  return s;
+}
+
+static double opt_seconds(lua_State *L, const char *what, const char *k,
+                          double def) {
+  double v;
+  lua_getfield(L, 1, k);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return def;
+  }
+  if (!lua_isnumber(L, -1))
+    ah__error_raise(L, "invalid_argument", 0, "%s: %s must be a number of seconds",
+                    what, k);
+  v = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  if (!(v >= 0) || v > 1e9)
+    ah__error_raise(L, "invalid_argument", 0, "%s: %s must be >= 0", what, k);
+  return v;
+}
+
+static size_t opt_size(lua_State *L, const char *what, const char *k, size_t def) {
+  lua_Integer v;
+  int isnum;
+  lua_getfield(L, 1, k);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return def;
+  }
+  v = lua_tointegerx(L, -1, &isnum);
+  lua_pop(L, 1);
+  if (!isnum || v < 1)
+    ah__error_raise(L, "invalid_argument", 0, "%s: %s must be an integer >= 1 (bytes)",
+                    what, k);
+  return (size_t)v;
+}
+
+/* One of the words in `words` (NULL-terminated); returns its index. */
+static int opt_word(lua_State *L, const char *what, const char *k,
+                    const char *const words[], int def) {
+  const char *s;
+  int i;
+  lua_getfield(L, 1, k);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return def;
+  }
+  s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+  for (i = 0; words[i]; i++)
+    if (strcmp(s, words[i]) == 0) break;
+  lua_pop(L, 1);
+  if (!words[i])
+    ah__error_raise(L, "invalid_argument", 0, "%s: %s must be \"%s\", \"%s\" or \"%s\"",
+                    what, k, words[0], words[1], words[2]);
+  return i;
+}
+
+static int env_name_ok(const char *s, size_t len) {
+  return len > 0 && !memchr(s, '=', len) && strlen(s) == len;
+}
+
+/* Builds the environment: the host's (unless inherit_env is false) with
+ * the env table's entries on top (false removes a variable).  sp->o.env
+ * stays NULL when the host's environment is passed unchanged.  Pushes the
+ * array and a table anchoring the strings made for it. */
+static void build_env(lua_State *L, spec *sp) {
+  int env_idx, anchor, inherit, n = 0, cap = 1, i;
+  char **v;
+  lua_getfield(L, 1, "inherit_env");
+  inherit = lua_isnil(L, -1) || lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "env");
+  env_idx = lua_gettop(L);
+  if (lua_isnil(L, env_idx) && inherit) return;
+  if (!lua_isnil(L, env_idx) && !lua_istable(L, env_idx))
+    ah__error_raise(L, "invalid_argument", 0,
+                    "%s: env must be a table of NAME = value", sp->what);
+  if (inherit)
+    for (i = 0; environ[i]; i++) cap++;
+  if (!lua_isnil(L, env_idx)) {
+    lua_pushnil(L);
+    while (lua_next(L, env_idx)) {
+      cap++;
+      lua_pop(L, 1);
+    }
+  }
+  v = lua_newuserdatauv(L, (size_t)cap * sizeof *v, 0);
+  lua_newtable(L);
+  anchor = lua_gettop(L);
+  if (!lua_isnil(L, env_idx)) {
+    lua_pushnil(L);
+    while (lua_next(L, env_idx)) {
+      if (lua_type(L, -2) != LUA_TSTRING ||
+          !env_name_ok(lua_tostring(L, -2), lua_rawlen(L, -2)))
+        ah__error_raise(L, "invalid_argument", 0,
+                        "%s: env names must be non-empty strings without '=' "
+                        "or NUL", sp->what);
+      if (!(lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1))) {
+        if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
+          ah__error_raise(L, "invalid_argument", 0,
+                          "%s: env.%s must be a string (or false to remove it)",
+                          sp->what, lua_tostring(L, -2));
+        lua_pushvalue(L, -1); /* converting a number must not touch the table */
+        check_string(L, -1, sp->what, "an env value", NULL);
+        lua_pushfstring(L, "%s=%s", lua_tostring(L, -3), lua_tostring(L, -1));
+        v[n++] = (char *)lua_tostring(L, -1);
+        lua_rawseti(L, anchor, n);
+        lua_pop(L, 1);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  if (inherit) {
+    for (i = 0; environ[i]; i++) {
+      const char *eq = strchr(environ[i], '=');
+      int overridden = 0;
+      if (eq && !lua_isnil(L, env_idx)) {
+        lua_pushlstring(L, environ[i], (size_t)(eq - environ[i]));
+        lua_rawget(L, env_idx);
+        overridden = !lua_isnil(L, -1);
+        lua_pop(L, 1);
+      }
+      if (!overridden) v[n++] = environ[i];
+    }
+  }
+  v[n] = NULL;
+  sp->o.env = v;
+}
+
+/* Reads cmd, args, env, inherit_env and cwd from the table at 1; pushes
+ * what must stay alive during the spawn. */
+static void parse_command(lua_State *L, spec *sp) {
+  const char *cmd;
+  size_t len, nargs, i;
+  char **argv;
+  int args_idx;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_getfield(L, 1, "cmd");
+  if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+    ah__error_raise(L, "invalid_argument", 0,
+                    "%s: cmd must be a non-empty string (the program; its "
+                    "arguments go in args = {...})", sp->what);
+  cmd = check_string(L, -1, sp->what, "cmd", &len);
+  if (len > NAME_MAX_SHOWN)
+    snprintf(sp->name, sizeof sp->name, "%.*s...", NAME_MAX_SHOWN, cmd);
+  else
+    snprintf(sp->name, sizeof sp->name, "%s", cmd);
+  lua_getfield(L, 1, "args");
+  args_idx = lua_gettop(L);
+  if (!lua_isnil(L, args_idx) && !lua_istable(L, args_idx))
+    ah__error_raise(L, "invalid_argument", 0,
+                    "%s: args must be a list of strings (no shell is involved)",
+                    sp->what);
+  nargs = lua_isnil(L, args_idx) ? 0 : lua_rawlen(L, args_idx);
+  argv = lua_newuserdatauv(L, (nargs + 2) * sizeof *argv, 0);
+  argv[0] = (char *)cmd;
+  for (i = 1; i <= nargs; i++) {
+    char field[32];
+    lua_rawgeti(L, args_idx, (lua_Integer)i);
+    snprintf(field, sizeof field, "args[%u]", (unsigned)i);
+    check_string(L, -1, sp->what, field, NULL);
+    lua_tostring(L, -1); /* a number becomes a string in place */
+    lua_rawseti(L, args_idx, (lua_Integer)i);
+    lua_rawgeti(L, args_idx, (lua_Integer)i);
+    argv[i] = (char *)lua_tostring(L, -1);
+    lua_pop(L, 1); /* the args table keeps it */
+  }
+  argv[nargs + 1] = NULL;
+  sp->o.file = cmd;
+  sp->o.args = argv;
+  lua_getfield(L, 1, "cwd");
+  sp->o.cwd = lua_isnil(L, -1) ? NULL : check_string(L, -1, sp->what, "cwd", NULL);
+  build_env(L, sp);
+}
+
+/* Raises the error of a failed spawn. */
+static int spawn_error(lua_State *L, const spec *sp, const char *failed, int rc) {
+  if (failed && strcmp(failed, "cwd") == 0)
+    return ah__error_raise(L, "invalid_argument", 0, "%s: cwd '%s': %s", sp->what,
+                           sp->o.cwd, uv_strerror(rc));
+  if (rc == UV_ENOENT)
+    return ah__error_raise(L, "invalid_argument", 0,
+                           strchr(sp->o.file, '/')
+                               ? "%s: command '%s' not found (no such file)"
+                               : "%s: command '%s' not found (not in PATH)",
+                           sp->what, sp->name);
+  if (rc == UV_EACCES || rc == UV_EISDIR || rc == UV_ENOTDIR)
+    return ah__error_raise(L, "invalid_argument", 0,
+                           "%s: command '%s' cannot be run: %s", sp->what,
+                           sp->name, uv_strerror(rc));
+  return ah__error_raise(L, "io", 1, "%s: cannot start '%s': %s", sp->what,
+                         sp->name, uv_strerror(rc));
+}
+
+static void push_status(lua_State *L, const ah_proc *p) {
+  lua_createtable(L, 0, 5);
+  if (p->term_signal) {
+    lua_pushinteger(L, p->term_signal);
+    lua_setfield(L, -2, "signal");
+  } else {
+    lua_pushinteger(L, (lua_Integer)p->exit_status);
+    lua_setfield(L, -2, "code");
+  }
+}
+
+/* ---- run ------------------------------------------------------------------- */
+
+/* One run; a userdata kept on the waiting task's stack.  p is released at
+ * one place, finish(), or by __gc when the state goes first. */
+typedef struct lrun {
+  ah_proc *p;
+  ah_task *t;
+  ah_sched *S;
+  double timeout;
+  char name[NAME_MAX_SHOWN + 8];
+} lrun;
+
+static void finish(lrun *lr) {
+  if (!lr->p) return;
+  ah__task_timer_stop(lr->S, lr->t);
+  ah__proc_release(lr->p);
+  lr->p = NULL;
+}
+
+static int lrun_gc(lua_State *L) {
+  lrun *lr = lua_touserdata(L, 1);
+  if (lr->p) ah__proc_release(lr->p);
+  lr->p = NULL;
+  return 0;
+}
+
+static void run_check(lrun *lr) {
+  ah_proc *p = lr->p;
+  lua_State *co = ah__task_thread(lr->t);
+  ah_task *t = lr->t;
+  ah_sched *S = lr->S;
+  if (p->out.too_large || p->err.too_large) {
+    ah__error_push(co, "too_large", 0,
+                   "ah.proc.run: '%s' wrote more than max_output (%d bytes) "
+                   "on %s; it was terminated (pass truncate = true to keep "
+                   "the first max_output bytes instead)",
+                   lr->name, (int)p->out.max,
+                   p->out.too_large ? "stdout" : "stderr");
+    finish(lr);
+    ah__task_wake(S, t, 1, 1);
+    return;
+  }
+  if (!(p->exited && p->out.eof && p->err.eof)) return;
+  if (p->out.err || p->err.err) {
+    ah__error_push(co, "io", 0, "ah.proc.run: reading the output of '%s': %s",
+                   lr->name, uv_strerror(p->out.err ? p->out.err : p->err.err));
+    finish(lr);
+    ah__task_wake(S, t, 1, 1);
+    return;
+  }
+  push_status(co, p);
+  lua_pushlstring(co, p->out.buf.data ? p->out.buf.data : "", p->out.buf.len);
+  lua_setfield(co, -2, "stdout");
+  lua_pushlstring(co, p->err.buf.data ? p->err.buf.data : "", p->err.buf.len);
+  lua_setfield(co, -2, "stderr");
+  lua_pushboolean(co, p->out.truncated || p->err.truncated);
+  lua_setfield(co, -2, "truncated");
+  finish(lr);
+  ah__task_wake(S, t, 1, 0);
+}
+
+static void run_output(ah_proc *p, ah_proc_out *o) {
+  (void)o;
+  run_check(p->data);
+}
+
+static void run_exit(ah_proc *p) { run_check(p->data); }
+
+static void run_cancel(ah_sched *S, ah_task *t) {
+  (void)S;
+  finish(ah__task_opdata(t));
+}
+
+static void run_timeout(ah_sched *S, ah_task *t) {
+  lrun *lr = ah__task_opdata(t);
+  char secs[32];
+  snprintf(secs, sizeof secs, "%g", lr->timeout); /* pushfstring has no %g */
+  ah__error_push(ah__task_thread(t), "timeout", 1,
+                 "ah.proc.run: '%s' did not finish within %s s; it was "
+                 "terminated", lr->name, secs);
+  finish(lr);
+  ah__task_wake(S, t, 1, 1);
+}
+
+static const ah_op run_op = {"process", run_cancel, run_timeout, NULL};
+
+static const char *const stdio_words[] = {"pipe", "null", "inherit", NULL};
+
+/* core.proc.run{...} */
+static int p_run(lua_State *L) {
+  ah_task *me = ah__task_require(L, "ah.proc.run");
+  ah_sched *S = ah__sched_get(L);
+  spec sp;
+  lrun *lr;
+  ah_proc *p;
+  const char *in = NULL;
+  size_t in_len = 0, max_output;
+  double timeout, grace;
+  int truncate, rc;
+
+  memset(&sp, 0, sizeof sp);
+  sp.what = "ah.proc.run";
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  lua_getfield(L, 1, "stdin"); /* 2 */
+  if (!lua_isnil(L, 2)) in = check_string(L, 2, sp.what, "stdin", &in_len);
+  timeout = opt_seconds(L, sp.what, "timeout", 0);
+  grace = opt_seconds(L, sp.what, "kill_grace", DEFAULT_GRACE);
+  max_output = opt_size(L, sp.what, "max_output", DEFAULT_MAX_OUTPUT);
+  lua_getfield(L, 1, "truncate");
+  truncate = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  lr = lua_newuserdatauv(L, sizeof *lr, 0); /* 3 */
+  memset(lr, 0, sizeof *lr);
+  luaL_setmetatable(L, "agenthost.proc_run");
+  parse_command(L, &sp);
+
+  p = ah__proc_new(get_procs(L));
+  if (!p) return luaL_error(L, "ah.proc.run: out of memory");
+  lr->p = p;
+  lr->t = me;
+  lr->S = S;
+  lr->timeout = timeout;
+  memcpy(lr->name, sp.name, sizeof lr->name);
+  sp.o.in = in ? AH_PROC_PIPE : AH_PROC_NULL;
+  p->out.policy = p->err.policy = AH_OUT_COLLECT;
+  p->out.max = p->err.max = max_output;
+  p->out.truncate = p->err.truncate = truncate;
+  p->grace_ms = (uint64_t)(grace * 1000 + 0.5);
+  p->on_output = run_output;
+  p->on_exit = run_exit;
+  p->data = lr;
+  if ((rc = ah__proc_spawn(p, &sp.o)) != 0) {
+    const char *failed = p->failed;
+    finish(lr);
+    return spawn_error(L, &sp, failed, rc);
+  }
+  if (in) {
+    if (in_len > 0 && ah__proc_write(p, in, in_len, NULL, NULL, NULL) != 0) {
+      /* Only memory can fail here; the process is ended with the run. */
+      finish(lr);
+      return luaL_error(L, "ah.proc.run: out of memory");
+    }
+    ah__proc_close_stdin(p);
+  }
+  if (timeout > 0 && ah__task_timer(S, me, timeout) != 0) {
+    finish(lr);
+    return luaL_error(L, "ah.proc.run: out of memory");
+  }
+  lua_settop(L, 3); /* the run record stays on this stack while it waits */
+  return ah__task_suspend(L, me, &run_op, lr);
+}
+
+/* ---- spawn: process objects -------------------------------------------------- */
+
+/* A spawned process; a userdata.  p is released at one place, the __gc. */
+typedef struct lproc {
+  ah_proc *p;
+  ah_sched *S;
+  ah_task *reader;   /* waiting in read_line or read */
+  ah_task *waiter;   /* waiting in wait */
+  size_t scanned;    /* stdout bytes known to hold no newline */
+  size_t max_line;
+  int pid;
+  char name[NAME_MAX_SHOWN + 8];
+} lproc;
+
+static lproc *check_proc(lua_State *L) {
+  return luaL_checkudata(L, 1, "agenthost.proc");
+}
+
+static void proc_output(ah_proc *p, ah_proc_out *o) {
+  lproc *lp = p->data;
+  ah_task *t = lp->reader;
+  if (o != &p->out || !t) return;
+  lp->reader = NULL;
+  ah__task_wake(lp->S, t, 0, 0);
+}
+
+static void proc_exit(ah_proc *p) {
+  lproc *lp = p->data;
+  ah_task *t = lp->waiter;
+  if (!t) return;
+  lp->waiter = NULL;
+  ah__task_wake(lp->S, t, 0, 0);
+}
+
+static void reader_cancel(ah_sched *S, ah_task *t) {
+  lproc *lp = ah__task_opdata(t);
+  (void)S;
+  lp->reader = NULL;
+}
+
+static void waiter_cancel(ah_sched *S, ah_task *t) {
+  lproc *lp = ah__task_opdata(t);
+  (void)S;
+  lp->waiter = NULL;
+}
+
+static int read_line_after(lua_State *L, ah_task *t, int nargs);
+static int read_after(lua_State *L, ah_task *t, int nargs);
+static int wait_after(lua_State *L, ah_task *t, int nargs);
+static const ah_op read_line_op = {"process read_line", reader_cancel, NULL,
+                                   read_line_after};
+static const ah_op read_op = {"process read", reader_cancel, NULL, read_after};
+static const ah_op wait_op = {"process wait", waiter_cancel, NULL, wait_after};
+
+/* Suspends the caller until stdout has more data or ends. */
+static int wait_for_output(lua_State *L, lproc *lp, const char *what,
+                           const ah_op *op) {
+  ah_task *me = ah__task_require(L, what);
+  if (lp->reader)
+    return ah__error_raise(L, "invalid_argument", 0,
+                           "%s: another task is already reading this process's "
+                           "stdout", what);
+  lp->reader = me;
+  ah__proc_want(&lp->p->out);
+  lua_settop(L, 2);
+  return ah__task_suspend(L, me, op, lp);
+}
+
+static int not_running(lua_State *L, const char *what) {
+  return ah__error_raise(L, "invalid_argument", 0,
+                         "%s: the process object has been released", what);
+}
+
+static int stdout_error(lua_State *L, lproc *lp, const char *what) {
+  ah_proc_out *o = &lp->p->out;
+  if (o->wiring != AH_PROC_PIPE)
+    return ah__error_raise(L, "invalid_argument", 0,
+                           "%s: stdout of '%s' is not a pipe (spawn it with "
+                           "stdout = \"pipe\")", what, lp->name);
+  return ah__error_raise(L, "io", 0, "%s: reading the stdout of '%s': %s", what,
+                         lp->name, uv_strerror(o->err));
+}
+
+/* p:read_line() -> the next line without its "\n", or nil at the end.  A
+ * last line without a newline is returned too. */
+static int pr_read_line(lua_State *L) {
+  lproc *lp = check_proc(L);
+  ah_proc_out *o;
+  const char *nl;
+  if (!lp->p) return not_running(L, "process:read_line");
+  o = &lp->p->out;
+  if (o->wiring != AH_PROC_PIPE || (o->eof && o->err && o->buf.len == 0))
+    return stdout_error(L, lp, "process:read_line");
+  nl = lp->scanned < o->buf.len
+           ? memchr(o->buf.data + lp->scanned, '\n', o->buf.len - lp->scanned)
+           : NULL;
+  if (nl) {
+    size_t n = (size_t)(nl - o->buf.data);
+    lua_pushlstring(L, o->buf.data, n);
+    ah__proc_consume(o, n + 1);
+    lp->scanned = 0;
+    return 1;
+  }
+  lp->scanned = o->buf.len;
+  if (o->buf.len > lp->max_line)
+    return ah__error_raise(L, "too_large", 0,
+                           "process:read_line: '%s' wrote a line longer than "
+                           "max_line (%d bytes)", lp->name, (int)lp->max_line);
+  if (o->eof) {
+    if (o->buf.len == 0) return 0;
+    lua_pushlstring(L, o->buf.data, o->buf.len);
+    ah__proc_consume(o, o->buf.len);
+    lp->scanned = 0;
+    return 1;
+  }
+  return wait_for_output(L, lp, "process:read_line", &read_line_op);
+}
+
+static int read_line_after(lua_State *L, ah_task *t, int nargs) {
+  (void)t;
+  lua_pop(L, nargs);
+  return pr_read_line(L);
+}
+
+/* p:read([n]) -> up to n bytes (64 KiB by default) as soon as any are
+ * there, or nil at the end. */
+static int pr_read(lua_State *L) {
+  lproc *lp = check_proc(L);
+  lua_Integer n = luaL_optinteger(L, 2, 65536);
+  ah_proc_out *o;
+  size_t take;
+  if (!lp->p) return not_running(L, "process:read");
+  if (n < 1)
+    return ah__error_raise(L, "invalid_argument", 0,
+                           "process:read: n must be an integer >= 1");
+  o = &lp->p->out;
+  if (o->wiring != AH_PROC_PIPE) return stdout_error(L, lp, "process:read");
+  if (o->buf.len > 0) {
+    take = (size_t)n < o->buf.len ? (size_t)n : o->buf.len;
+    lua_pushlstring(L, o->buf.data, take);
+    ah__proc_consume(o, take);
+    lp->scanned = 0;
+    return 1;
+  }
+  if (o->eof) {
+    if (o->err) return stdout_error(L, lp, "process:read");
+    return 0;
+  }
+  return wait_for_output(L, lp, "process:read", &read_op);
+}
+
+static int read_after(lua_State *L, ah_task *t, int nargs) {
+  (void)t;
+  lua_pop(L, nargs);
+  return pr_read(L);
+}
+
+static void write_done(ah_proc_write *w, int status) {
+  ah_task *t = w->data;
+  lproc *lp = w->p->data;
+  if (status < 0) {
+    ah__error_push(ah__task_thread(t), "io", 0,
+                   "process:write: '%s' does not take input: %s", lp->name,
+                   status == UV_EPIPE || status == UV_ECANCELED
+                       ? "its stdin is closed"
+                       : uv_strerror(status));
+    ah__task_wake(lp->S, t, 1, 1);
+    return;
+  }
+  ah__task_wake(lp->S, t, 0, 0);
+}
+
+static void write_cancel(ah_sched *S, ah_task *t) {
+  (void)S;
+  ah__proc_write_forget(ah__task_opdata(t)); /* the bytes still go out */
+}
+
+static const ah_op write_op = {"process write", write_cancel, NULL, NULL};
+
+/* p:write(s): waits until s has been handed to the process's stdin. */
+static int pr_write(lua_State *L) {
+  lproc *lp = check_proc(L);
+  ah_task *me = ah__task_require(L, "process:write");
+  size_t len;
+  const char *s = luaL_checklstring(L, 2, &len);
+  ah_proc_write *w;
+  int rc;
+  if (!lp->p) return not_running(L, "process:write");
+  if (len == 0) return 0;
+  rc = ah__proc_write(lp->p, s, len, write_done, me, &w);
+  if (rc == UV_EPIPE)
+    return ah__error_raise(L, "io", 0,
+                           "process:write: the stdin of '%s' is closed", lp->name);
+  if (rc != 0)
+    return ah__error_raise(L, "io", 0, "process:write: '%s': %s", lp->name,
+                           uv_strerror(rc));
+  lua_settop(L, 1);
+  return ah__task_suspend(L, me, &write_op, w);
+}
+
+static int pr_close_stdin(lua_State *L) {
+  lproc *lp = check_proc(L);
+  if (lp->p) ah__proc_close_stdin(lp->p);
+  return 0;
+}
+
+static void push_wait_result(lua_State *L, lproc *lp) {
+  ah_proc_out *e = &lp->p->err;
+  push_status(L, lp->p);
+  if (e->policy == AH_OUT_TAIL && e->wiring == AH_PROC_PIPE) {
+    lua_pushlstring(L, e->buf.data ? e->buf.data : "", e->buf.len);
+    lua_setfield(L, -2, "stderr");
+  }
+}
+
+/* p:wait() -> {code, signal, stderr} once the process has exited. */
+static int pr_wait(lua_State *L) {
+  lproc *lp = check_proc(L);
+  ah_task *me;
+  if (!lp->p) return not_running(L, "process:wait");
+  if (lp->p->exited) {
+    push_wait_result(L, lp);
+    return 1;
+  }
+  me = ah__task_require(L, "process:wait");
+  if (lp->waiter)
+    return ah__error_raise(L, "invalid_argument", 0,
+                           "process:wait: another task is already waiting for "
+                           "this process");
+  lp->waiter = me;
+  lua_settop(L, 1);
+  return ah__task_suspend(L, me, &wait_op, lp);
+}
+
+static int wait_after(lua_State *L, ah_task *t, int nargs) {
+  (void)t;
+  lua_pop(L, nargs);
+  return pr_wait(L);
+}
+
+static const struct {
+  const char *name;
+  int num;
+} signals[] = {{"TERM", SIGTERM}, {"KILL", SIGKILL}, {"INT", SIGINT},
+               {"HUP", SIGHUP},   {"QUIT", SIGQUIT}, {"USR1", SIGUSR1},
+               {"USR2", SIGUSR2}, {"STOP", SIGSTOP}, {"CONT", SIGCONT},
+               {"PIPE", SIGPIPE}, {"ALRM", SIGALRM}, {NULL, 0}};
+
+/* p:kill([sig]) -> true, or false when the process has already exited.
+ * sig is a name ("TERM", "SIGKILL", ...) or a number; TERM by default.
+ * The signal goes to the process's whole group. */
+static int pr_kill(lua_State *L) {
+  lproc *lp = check_proc(L);
+  int sig = SIGTERM, i, rc;
+  if (lua_type(L, 2) == LUA_TNUMBER) {
+    sig = (int)luaL_checkinteger(L, 2);
+  } else if (!lua_isnoneornil(L, 2)) {
+    const char *s = luaL_checkstring(L, 2);
+    if (strncmp(s, "SIG", 3) == 0) s += 3;
+    for (i = 0; signals[i].name; i++)
+      if (strcmp(s, signals[i].name) == 0) break;
+    if (!signals[i].name)
+      return ah__error_raise(L, "invalid_argument", 0,
+                             "process:kill: unknown signal '%s' (use TERM, "
+                             "KILL, INT, HUP, QUIT, USR1, USR2, STOP, CONT or a "
+                             "number)", lua_tostring(L, 2));
+    sig = signals[i].num;
+  }
+  if (!lp->p) return not_running(L, "process:kill");
+  rc = ah__proc_kill(lp->p, sig);
+  if (rc == UV_EINVAL)
+    return ah__error_raise(L, "invalid_argument", 0,
+                           "process:kill: invalid signal %d", sig);
+  lua_pushboolean(L, rc == 0);
+  return 1;
+}
+
+/* p:close(): closes stdin and ends the process (SIGTERM to its group, then
+ * SIGKILL after kill_grace).  Does not wait: p:wait() does. */
+static int pr_close(lua_State *L) {
+  lproc *lp = check_proc(L);
+  if (!lp->p) return 0;
+  ah__proc_close_stdin(lp->p);
+  ah__proc_terminate(lp->p);
+  return 0;
+}
+
+static int pr_gc(lua_State *L) {
+  lproc *lp = lua_touserdata(L, 1);
+  if (lp->p) ah__proc_release(lp->p);
+  lp->p = NULL;
+  return 0;
+}
+
+/* p:status() -> "running" or "exited" */
+static int pr_status(lua_State *L) {
+  lproc *lp = check_proc(L);
+  lua_pushstring(L, lp->p && !lp->p->exited ? "running" : "exited");
+  return 1;
+}
+
+/* p:stderr() -> what the process wrote on stderr (the last max_stderr
+ * bytes) so far */
+static int pr_stderr(lua_State *L) {
+  lproc *lp = check_proc(L);
+  ah_proc_out *e;
+  if (!lp->p) return not_running(L, "process:stderr");
+  e = &lp->p->err;
+  lua_pushlstring(L, e->buf.data ? e->buf.data : "", e->buf.len);
+  return 1;
+}
+
+/* p.pid, else the methods (the upvalue). */
+static int pr_index(lua_State *L) {
+  lproc *lp = check_proc(L);
+  const char *k = lua_tostring(L, 2);
+  if (k && strcmp(k, "pid") == 0) {
+    lua_pushinteger(L, lp->pid);
+    return 1;
+  }
+  lua_pushvalue(L, 2);
+  lua_rawget(L, lua_upvalueindex(1));
+  return 1;
+}
+
+static int pr_tostring(lua_State *L) {
+  lproc *lp = check_proc(L);
+  lua_pushfstring(L, "process %d (%s)", lp->pid, lp->name);
+  return 1;
+}
+
+/* core.proc.spawn{...} -> process */
+static int p_spawn(lua_State *L) {
+  spec sp;
+  lproc *lp;
+  ah_proc *p;
+  double grace;
+  size_t max_line, max_stderr;
+  int in, out, err, rc;
+
+  memset(&sp, 0, sizeof sp);
+  sp.what = "ah.proc.spawn";
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  in = opt_word(L, sp.what, "stdin", stdio_words, AH_PROC_PIPE);
+  out = opt_word(L, sp.what, "stdout", stdio_words, AH_PROC_PIPE);
+  err = opt_word(L, sp.what, "stderr", stdio_words, AH_PROC_PIPE);
+  grace = opt_seconds(L, sp.what, "kill_grace", DEFAULT_GRACE);
+  max_line = opt_size(L, sp.what, "max_line", DEFAULT_MAX_OUTPUT);
+  max_stderr = opt_size(L, sp.what, "max_stderr", DEFAULT_MAX_STDERR);
+  lp = lua_newuserdatauv(L, sizeof *lp, 0); /* 2 */
+  memset(lp, 0, sizeof *lp);
+  luaL_setmetatable(L, "agenthost.proc");
+  parse_command(L, &sp);
+
+  p = ah__proc_new(get_procs(L));
+  if (!p) return luaL_error(L, "ah.proc.spawn: out of memory");
+  lp->p = p;
+  lp->S = ah__sched_get(L);
+  lp->max_line = max_line;
+  memcpy(lp->name, sp.name, sizeof lp->name);
+  sp.o.in = in;
+  p->out.wiring = out;
+  p->err.wiring = err;
+  p->out.policy = AH_OUT_STREAM;
+  p->out.max = STREAM_MARK;
+  p->err.policy = AH_OUT_TAIL;
+  p->err.max = max_stderr;
+  p->grace_ms = (uint64_t)(grace * 1000 + 0.5);
+  p->on_output = proc_output;
+  p->on_exit = proc_exit;
+  p->data = lp;
+  if ((rc = ah__proc_spawn(p, &sp.o)) != 0) return spawn_error(L, &sp, p->failed, rc);
+  lp->pid = p->pid;
+  lua_settop(L, 2);
+  return 1;
+}
+
+/* core.proc.stats() -> {live, running}: records not yet freed, and
+ * processes not yet reaped. */
+static int p_stats(lua_State *L) {
+  int live, running;
+  ah_procs *ps = NULL;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &PROCS_KEY);
+  if (lua_touserdata(L, -1)) ps = ((pbox *)lua_touserdata(L, -1))->ps;
+  lua_pop(L, 1);
+  ah__procs_count(ps, &live, &running);
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, live);
+  lua_setfield(L, -2, "live");
+  lua_pushinteger(L, running);
+  lua_setfield(L, -2, "running");
+  return 1;
+}
+
+int ah__open_proc(lua_State *L) {
+  static const luaL_Reg fns[] = {{"run", p_run},
+                                 {"spawn", p_spawn},
+                                 {"stats", p_stats},
+                                 {NULL, NULL}};
+  static const luaL_Reg methods[] = {{"read_line", pr_read_line},
+                                     {"read", pr_read},
+                                     {"write", pr_write},
+                                     {"close_stdin", pr_close_stdin},
+                                     {"wait", pr_wait},
+                                     {"kill", pr_kill},
+                                     {"close", pr_close},
+                                     {"status", pr_status},
+                                     {"stderr", pr_stderr},
+                                     {NULL, NULL}};
+  if (luaL_newmetatable(L, "agenthost.proc_run")) {
+    lua_pushcfunction(L, lrun_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, "agenthost.proc")) {
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_pushcclosure(L, pr_index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, pr_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, pr_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, pr_tostring);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+  lua_newtable(L);
+  luaL_setfuncs(L, fns, 0);
+  return 1;
+}

@@ -1,0 +1,639 @@
+-- agenthost.mcp: a Model Context Protocol client; see docs/mcp.md.
+--
+--   local mcp = require "agenthost.mcp"
+--   local c = mcp.stdio { cmd = "npx", args = { "-y", "@modelcontextprotocol/server-everything" } }
+--   local c = mcp.http { url = "http://127.0.0.1:3001/mcp", headers = { authorization = "Bearer ..." } }
+--   c:list_tools()                       -- every tool, following nextCursor
+--   c:call_tool("echo", { message = "hi" }) -- {content, isError, structuredContent}
+--   local tools = mcp.tools(c)           -- agent tools {name, description, parameters, run}
+--   c:close()
+--
+-- JSON-RPC 2.0 over two transports: stdio (one message a line, on a process
+-- started with ah.proc.spawn) and Streamable HTTP (each message POSTed; a
+-- request is answered with one JSON body or with a stream of server-sent
+-- events that may carry the server's notifications and requests first).
+--
+-- There is no background task.  Over stdio, whichever caller is waiting
+-- for an answer reads the server's output and hands each message to its
+-- owner; when it has its own answer it passes the reading on to another
+-- waiting caller.  So a client holds nothing that outlives its calls, and
+-- the server's notifications and requests (ping) are handled while a call
+-- is in progress.  Over HTTP each call reads its own response.
+--
+-- Errors are structured: kind "mcp" for a JSON-RPC error answer (with
+-- code and data), "timeout", "cancelled", "too_large", "io" when the
+-- server went away or spoke something that is not JSON-RPC, "http" for an
+-- HTTP status that is not a success, "invalid_argument" for misuse.  When a
+-- call is cancelled or times out the server is sent notifications/cancelled.
+
+local ah = require "agenthost"
+local cjson = require("cjson").new()
+local task = ah.task
+
+local M = {}
+
+M.PROTOCOL_VERSION = "2025-11-25"
+-- Revisions this client accepts from a server, newest first.
+M.SUPPORTED_VERSIONS = { "2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05" }
+
+local DEFAULT_TIMEOUT = 60
+local DEFAULT_MAX_LINE = 16 << 20
+
+local function err(kind, message, fields)
+  return ah.error.new(kind, message, fields)
+end
+
+local function misuse(message)
+  error(err("invalid_argument", message), 3)
+end
+
+local function excerpt(s, n)
+  n = n or 200
+  s = tostring(s)
+  if #s > n then s = s:sub(1, n) .. "..." end
+  return (s:gsub("[%c]", " "))
+end
+
+local function supported(v)
+  for _, s in ipairs(M.SUPPORTED_VERSIONS) do
+    if s == v then return true end
+  end
+  return false
+end
+
+-- cjson decodes an empty JSON array as an empty table, which encodes back
+-- as an object.  In a schema handed on to a model provider that matters
+-- for `required`, where an empty list means the same as none: drop it.
+local function tidy_schema(s)
+  if type(s) ~= "table" then return s end
+  for k, v in pairs(s) do
+    if type(v) == "table" then
+      if k == "required" and next(v) == nil then
+        s[k] = nil
+      else
+        tidy_schema(v)
+      end
+    end
+  end
+  return s
+end
+
+local Client = {}
+Client.__index = Client
+
+-- Sends one message (a table) without waiting for an answer.
+function Client:_send(msg)
+  return self._transport.send(self, cjson.encode(msg))
+end
+
+-- Marks the client broken: every call waiting and every later call fails
+-- with e.
+function Client:_fail(e)
+  if self._dead then return end
+  self._dead = e
+  for _, slot in pairs(self._pending) do slot.ev:set() end
+  if self._transport.broken then self._transport.broken(self) end
+end
+
+-- What the server sent that was not JSON-RPC since `since` (a count of
+-- such lines), for error messages.
+function Client:_ignored_note(since)
+  local n = self._ignored - (since or 0)
+  if n <= 0 then return "" end
+  return string.format("; %d line%s from the server %s not JSON-RPC (last: '%s')",
+    n, n == 1 and "" or "s", n == 1 and "was" or "were", excerpt(self._last_ignored, 80))
+end
+
+-- Answers a request from the server.  ping is answered; roots/list when
+-- the client was given roots; anything else gets "method not found".
+function Client:_answer(msg)
+  local reply = { jsonrpc = "2.0", id = msg.id }
+  if msg.method == "ping" then
+    reply.result = {}
+  elseif msg.method == "roots/list" and self._roots then
+    reply.result = { roots = self._roots }
+  else
+    reply.error = { code = -32601, message = "method not supported by this client: " .. tostring(msg.method) }
+  end
+  local ok, e = pcall(self._send, self, reply)
+  if not ok and ah.error.is(e, "cancelled") then error(e, 0) end
+end
+
+-- Hands one decoded message (or batch) to whoever it is for; returns
+-- false for what is not JSON-RPC.
+function Client:_dispatch(msg)
+  if type(msg) ~= "table" then return false end
+  if msg[1] ~= nil then -- a batch (2025-03-26)
+    local any = false
+    for _, m in ipairs(msg) do any = self:_dispatch(m) or any end
+    return any
+  end
+  if msg.jsonrpc ~= "2.0" then return false end
+  if type(msg.method) == "string" then
+    if msg.id ~= nil and msg.id ~= cjson.null then
+      self:_answer(msg)
+    else
+      if msg.method == "notifications/tools/list_changed" then self.tools_changed = true end
+      local p = type(msg.params) == "table" and msg.params or nil
+      if msg.method == "notifications/progress" and p and p.progressToken ~= nil then
+        local slot = self._pending[p.progressToken]
+        if slot and slot.on_progress then
+          local ok, e = pcall(slot.on_progress, p.progress, p.total, p.message)
+          if not ok then io.stderr:write("mcp: on_progress failed: ", tostring(e), "\n") end
+        end
+      end
+      if self._on_notification then
+        local ok, e = pcall(self._on_notification, msg.method, msg.params, self)
+        if not ok then io.stderr:write("mcp: on_notification failed: ", tostring(e), "\n") end
+      end
+    end
+    return true
+  end
+  if msg.id ~= nil and (msg.result ~= nil or msg.error ~= nil) then
+    local slot = self._pending[msg.id]
+    if slot and not slot.msg then
+      slot.msg = msg
+      slot.ev:set()
+    end
+    return true -- without a slot: a late answer to a call given up on
+  end
+  return false
+end
+
+-- Decodes one raw message and dispatches it.
+function Client:_receive(raw)
+  local ok, msg = pcall(cjson.decode, raw)
+  if not (ok and self:_dispatch(msg)) then
+    self._ignored = self._ignored + 1
+    self._last_ignored = raw
+  end
+end
+
+-- request(method, params [, {timeout = s, on_progress = fn}]) -> result;
+-- raises a structured error (kind "mcp" for an error answer).  With
+-- on_progress the request carries a progress token and fn(progress, total,
+-- message) is called for each notifications/progress about it.
+function Client:request(method, params, opts)
+  if type(method) ~= "string" then misuse("mcp: request: method must be a string") end
+  opts = opts or {}
+  if self._dead then error(self._dead, 2) end
+  local id = self._next_id
+  self._next_id = id + 1
+  local slot = { ev = task.event(), id = id, ignored = self._ignored }
+  if opts.on_progress ~= nil then
+    if type(opts.on_progress) ~= "function" then
+      misuse("mcp: on_progress must be a function(progress, total, message)")
+    end
+    local p = {}
+    for k, v in pairs(params or {}) do p[k] = v end
+    local meta = {}
+    for k, v in pairs(p._meta or {}) do meta[k] = v end
+    meta.progressToken = id
+    p._meta, params = meta, p
+    slot.on_progress = opts.on_progress
+  end
+  self._pending[id] = slot
+  local msg = { jsonrpc = "2.0", id = id, method = method }
+  if params ~= nil then msg.params = params end
+  local timeout = opts.timeout or self.timeout
+  local ok, res = pcall(task.timeout, timeout, self._transport.roundtrip, self, msg, slot)
+  self._pending[id] = nil
+  if not ok then
+    local e = res
+    local given_up = ah.error.is(e, "cancelled") or ah.error.is(e, "timeout")
+    if given_up and slot.sent and method ~= "initialize" and not self._dead then
+      -- Tell the server to stop; a cancelled task may still wait briefly.
+      pcall(task.timeout, 5, self._send, self, {
+        jsonrpc = "2.0", method = "notifications/cancelled",
+        params = { requestId = id, reason = ah.error.is(e, "timeout") and "timeout" or "cancelled" },
+      })
+    end
+    if ah.error.is(e, "timeout") and not slot.msg then
+      e = err("timeout", string.format("mcp %s: '%s' got no answer within %g s%s",
+        self.name, method, timeout, self:_ignored_note(slot.ignored)), { retryable = true })
+    end
+    error(e, 0)
+  end
+  res = slot.msg or res
+  if res.error ~= nil then
+    local e = type(res.error) == "table" and res.error or {}
+    local code = math.tointeger(e.code) or e.code
+    error(err("mcp", string.format("mcp %s: '%s' failed: %s (code %s)", self.name, method,
+      tostring(e.message), tostring(code)), { code = code, data = e.data }), 0)
+  end
+  return res.result
+end
+
+-- notify(method, params): sends a notification.
+function Client:notify(method, params)
+  if self._dead then error(self._dead, 2) end
+  local msg = { jsonrpc = "2.0", method = method }
+  if params ~= nil then msg.params = params end
+  self:_send(msg)
+end
+
+function Client:ping(opts)
+  return self:request("ping", nil, opts)
+end
+
+-- list_tools([opts]) -> every tool the server has, page after page.
+function Client:list_tools(opts)
+  local tools, cursor, pages = {}, nil, 0
+  repeat
+    local r = self:request("tools/list", cursor and { cursor = cursor } or nil, opts)
+    for _, t in ipairs(type(r) == "table" and r.tools or {}) do
+      tidy_schema(t.inputSchema)
+      tools[#tools + 1] = t
+    end
+    cursor = type(r) == "table" and type(r.nextCursor) == "string" and r.nextCursor or nil
+    pages = pages + 1
+    if pages > 1000 then
+      error(err("io", "mcp " .. self.name .. ": tools/list did not end after 1000 pages"), 2)
+    end
+  until not cursor
+  self.tools_changed = false
+  return tools
+end
+
+-- call_tool(name, args [, {timeout = s, on_progress = fn}]) -> {content, isError,
+-- structuredContent}.  A tool that failed is a result with isError = true,
+-- not an error.
+function Client:call_tool(name, args, opts)
+  if type(name) ~= "string" then misuse("mcp: call_tool: name must be a string") end
+  if args ~= nil and type(args) ~= "table" then misuse("mcp: call_tool: args must be a table") end
+  local r = self:request("tools/call", { name = name, arguments = args or {} }, opts)
+  if type(r) ~= "table" then
+    error(err("io", "mcp " .. self.name .. ": tools/call answered with something that is not a result"), 2)
+  end
+  r.content = r.content or {}
+  r.isError = r.isError == true
+  return r
+end
+
+-- close(): ends the session (stdio: closes the server's stdin, then
+-- SIGTERM and SIGKILL if it does not exit; HTTP: DELETE).  Idempotent.
+function Client:close()
+  if self._closed then return end
+  self._closed = true
+  if not self._dead then self._dead = err("io", "mcp " .. self.name .. ": the client is closed") end
+  for _, slot in pairs(self._pending) do slot.ev:set() end
+  self._transport.close(self)
+end
+
+-- As a <close> variable: close, or while an error unwinds the task (when
+-- nothing may wait), end the session without waiting.
+function Client:__close(e)
+  if e == nil then return self:close() end
+  if self._closed then return end
+  self._closed = true
+  if not self._dead then self._dead = err("io", "mcp " .. self.name .. ": the client is closed") end
+  if self._transport.broken then self._transport.broken(self) end
+end
+
+-- The initialize handshake, then notifications/initialized.
+local function initialize(c, opts)
+  local info = opts.client_info or { name = "agenthost", version = ah.version }
+  local capabilities = {}
+  if opts.roots then capabilities.roots = { listChanged = false } end
+  local r = c:request("initialize", {
+    protocolVersion = M.PROTOCOL_VERSION,
+    capabilities = capabilities,
+    clientInfo = info,
+  }, { timeout = opts.init_timeout or c.timeout })
+  if type(r) ~= "table" or type(r.protocolVersion) ~= "string" then
+    c:close()
+    error(err("io", "mcp " .. c.name .. ": the initialize answer has no protocolVersion"), 0)
+  end
+  if not supported(r.protocolVersion) then
+    c:close()
+    error(err("io", string.format("mcp %s: the server speaks protocol %s, which this client does not (it speaks %s)",
+      c.name, r.protocolVersion, table.concat(M.SUPPORTED_VERSIONS, ", "))), 0)
+  end
+  c.protocol_version = r.protocolVersion
+  c.server_info = r.serverInfo or {}
+  c.capabilities = r.capabilities or {}
+  c.instructions = r.instructions
+  c:notify("notifications/initialized")
+  return c
+end
+
+local function new_client(name, opts, transport)
+  if opts.timeout ~= nil and not (type(opts.timeout) == "number" and opts.timeout > 0) then
+    misuse("mcp: timeout must be a number of seconds > 0")
+  end
+  if opts.on_notification ~= nil and type(opts.on_notification) ~= "function" then
+    misuse("mcp: on_notification must be a function(method, params, client)")
+  end
+  return setmetatable({
+    name = name,
+    timeout = opts.timeout or DEFAULT_TIMEOUT,
+    tools_changed = false,
+    _transport = transport,
+    _pending = {},
+    _next_id = 1,
+    _ignored = 0,
+    _on_notification = opts.on_notification,
+    _roots = opts.roots,
+  }, Client)
+end
+
+-- Connects with opts.connect_timeout (or the client's timeout) and runs
+-- the handshake; a failure closes what was opened.
+local function start(c, opts)
+  local ok, e = pcall(initialize, c, opts)
+  if not ok then
+    pcall(c.close, c)
+    error(e, 0)
+  end
+  return c
+end
+
+-- stdio ------------------------------------------------------------------------
+
+local stdio = {}
+
+function stdio.send(c, data)
+  local ok, e = pcall(c._proc.write, c._proc, data .. "\n")
+  if not ok then
+    if ah.error.is(e, "io") then
+      e = err("io", string.format("mcp %s: cannot write to the server: %s%s",
+        c.name, e.message, stdio.exit_note(c)))
+      c:_fail(e)
+    end
+    error(e, 0)
+  end
+end
+
+-- ", it exited with code N; its stderr ends: ..." when that is known.
+function stdio.exit_note(c)
+  local p = c._proc
+  local note = ""
+  if p:status() == "exited" then
+    local st = p:wait()
+    note = st.signal and (" (it was killed by signal " .. st.signal .. ")")
+      or (" (it exited with code " .. tostring(st.code) .. ")")
+  end
+  local tail = p:stderr():gsub("%s+$", "")
+  if tail ~= "" then note = note .. "; its stderr ends: " .. excerpt(tail:sub(-300), 300) end
+  return note
+end
+
+-- Reads and dispatches one line; raises a transport failure.
+function stdio.read_one(c)
+  local ok, line = pcall(c._proc.read_line, c._proc)
+  if not ok then
+    local e = line
+    if ah.error.is(e, "too_large") then
+      c:_fail(err("too_large", string.format("mcp %s: the server wrote a line longer than max_line (%d bytes)",
+        c.name, c._max_line)))
+      return
+    end
+    if ah.error.is(e, "cancelled") then error(e, 0) end
+    c:_fail(err("io", "mcp " .. c.name .. ": reading from the server: " .. tostring(e)))
+    return
+  end
+  if line == nil then
+    -- The output ended: the server has exited or is about to.
+    if c._proc:status() ~= "exited" then
+      -- Give it a moment to be reaped so the message can say how it ended.
+      pcall(task.timeout, 1, c._proc.wait, c._proc)
+    end
+    c:_fail(err("io", string.format("mcp %s: the server closed its output%s",
+      c.name, stdio.exit_note(c))))
+    return
+  end
+  if line:sub(-1) == "\r" then line = line:sub(1, -2) end
+  if line == "" then return end
+  c:_receive(line)
+end
+
+-- Wakes a waiting caller to take over the reading.
+local function hand_off(c)
+  for _, slot in pairs(c._pending) do
+    if not slot.msg then
+      slot.ev:set()
+      return
+    end
+  end
+end
+
+function stdio.roundtrip(c, msg, slot)
+  c:_send(msg)
+  slot.sent = true
+  while not slot.msg do
+    if c._dead then error(c._dead, 0) end
+    if not c._reading then
+      c._reading = true
+      local ok, e = pcall(stdio.read_one, c)
+      c._reading = false
+      if not ok then
+        hand_off(c)
+        error(e, 0)
+      end
+    else
+      slot.ev:wait()
+      slot.ev:clear()
+    end
+  end
+  hand_off(c)
+  return slot.msg
+end
+
+function stdio.broken(c)
+  c._proc:close()
+end
+
+function stdio.close(c)
+  local p = c._proc
+  p:close_stdin()
+  -- The server should exit once its input ends; if not, end it.
+  if not pcall(task.timeout, c._exit_grace, p.wait, p) then
+    p:close()
+    pcall(p.wait, p)
+  end
+end
+
+-- mcp.stdio{cmd, args, env, cwd, timeout, init_timeout, max_line,
+--           exit_grace, kill_grace, client_info, roots, on_notification}
+function M.stdio(opts)
+  if type(opts) ~= "table" or type(opts.cmd) ~= "string" then
+    misuse("mcp.stdio: expected {cmd = \"program\", args = {...}}")
+  end
+  local words = { opts.cmd }
+  for i, a in ipairs(opts.args or {}) do words[i + 1] = tostring(a) end
+  local c = new_client(opts.name or excerpt(table.concat(words, " "), 60), opts, stdio)
+  c._max_line = opts.max_line or DEFAULT_MAX_LINE
+  c._exit_grace = opts.exit_grace or 2
+  c._proc = ah.proc.spawn {
+    cmd = opts.cmd, args = opts.args, env = opts.env, cwd = opts.cwd,
+    max_line = c._max_line, kill_grace = opts.kill_grace,
+  }
+  return start(c, opts)
+end
+
+-- Streamable HTTP -------------------------------------------------------------
+
+local http = {}
+
+function http.headers(c)
+  local h = {}
+  for k, v in pairs(c._headers) do h[k] = v end
+  h["content-type"] = "application/json"
+  h["accept"] = "application/json, text/event-stream"
+  if c.session_id then h["mcp-session-id"] = c.session_id end
+  if c.protocol_version then h["mcp-protocol-version"] = c.protocol_version end
+  return h
+end
+
+-- POSTs one message and hands every message of the answer to dispatch;
+-- returns when the answer is read (or, with `until_slot`, once that slot
+-- has its message).
+function http.post(c, body, until_slot)
+  local ok, s = pcall(ah.http.stream, {
+    method = "POST", url = c._url, headers = http.headers(c), body = body,
+    timeout = c._http_timeout, max_body = c._max_line,
+  })
+  if not ok then
+    local e = s
+    if ah.error.is(e, "cancelled") or ah.error.is(e, "timeout") then error(e, 0) end
+    error(err(e.kind or "io", "mcp " .. c.name .. ": " .. tostring(e.message or e), { retryable = e.retryable }), 0)
+  end
+  local stream <close> = s
+  local status = s.status
+  local sid = s.headers["mcp-session-id"]
+  if sid and sid ~= "" and not c.session_id then c.session_id = sid end
+  if status == 202 or status == 204 then return end
+  if status == 404 and c.session_id then
+    local e = err("io", "mcp " .. c.name .. ": the server ended the session (HTTP 404); connect again")
+    c:_fail(e)
+    error(e, 0)
+  end
+  if status < 200 or status > 299 then
+    local chunk = s:read() or ""
+    error(err("http", string.format("mcp %s: HTTP %d from %s: %s", c.name, status, c._url, excerpt(chunk)),
+      { status = status, retryable = status == 429 or status >= 500 }), 0)
+  end
+  local ctype = (s.headers["content-type"] or ""):lower()
+  if ctype:find("text/event-stream", 1, true) then
+    local parser = ah.http.sse_parser(c._max_line)
+    while not (until_slot and until_slot.msg) do
+      local chunk = s:read()
+      if not chunk then break end
+      local okf, events = pcall(parser.feed, parser, chunk)
+      if not okf then
+        error(err("too_large", "mcp " .. c.name .. ": an event from the server is larger than max_line"), 0)
+      end
+      for _, ev in ipairs(events) do
+        if (ev.event == "message" or ev.event == "") and ev.data ~= "" then c:_receive(ev.data) end
+      end
+    end
+  elseif ctype:find("json", 1, true) then
+    local parts = {}
+    for chunk in s do parts[#parts + 1] = chunk end
+    c:_receive(table.concat(parts))
+  elseif body ~= nil and until_slot then
+    local chunk = s:read() or ""
+    error(err("io", string.format("mcp %s: the server answered with content-type '%s': %s",
+      c.name, ctype, excerpt(chunk))), 0)
+  end
+end
+
+function http.send(c, data)
+  http.post(c, data, nil)
+end
+
+function http.roundtrip(c, msg, slot)
+  slot.sent = true
+  http.post(c, cjson.encode(msg), slot)
+  if not slot.msg then
+    error(err("io", string.format("mcp %s: the server's answer to '%s' had no JSON-RPC response%s",
+      c.name, msg.method, c:_ignored_note(slot.ignored))), 0)
+  end
+  return slot.msg
+end
+
+function http.close(c)
+  if not c.session_id then return end
+  local h = http.headers(c)
+  h["content-type"] = nil
+  pcall(task.timeout, 5, ah.http.request, {
+    method = "DELETE", url = c._url, headers = h, timeout = 5,
+  })
+end
+
+-- mcp.http{url, headers, timeout, init_timeout, max_line, client_info,
+--          roots, on_notification}
+function M.http(opts)
+  if type(opts) ~= "table" or type(opts.url) ~= "string" then
+    misuse("mcp.http: expected {url = \"http://host:port/mcp\"}")
+  end
+  if opts.headers ~= nil and type(opts.headers) ~= "table" then
+    misuse("mcp.http: headers must be a table of name = value")
+  end
+  local c = new_client(opts.name or opts.url, opts, http)
+  c._url = opts.url
+  c._headers = opts.headers or {}
+  c._max_line = opts.max_line or DEFAULT_MAX_LINE
+  c._http_timeout = (opts.timeout or DEFAULT_TIMEOUT) + 5
+  return start(c, opts)
+end
+
+-- Agent tools ---------------------------------------------------------------------
+
+-- The text of a tool result for a model: the text parts, and a note for
+-- each part of another kind.
+function M.result_text(r)
+  local parts = {}
+  for _, p in ipairs(r.content or {}) do
+    if p.type == "text" then
+      parts[#parts + 1] = tostring(p.text)
+    elseif p.type == "resource" and type(p.resource) == "table" and p.resource.text then
+      parts[#parts + 1] = tostring(p.resource.text)
+    else
+      parts[#parts + 1] = string.format("[%s%s]", tostring(p.type),
+        p.mimeType and (" " .. p.mimeType) or (p.uri and (" " .. p.uri) or ""))
+    end
+  end
+  if #parts == 0 and r.structuredContent ~= nil then
+    return cjson.encode(r.structuredContent)
+  end
+  return table.concat(parts, "\n")
+end
+
+-- tools(c [, {prefix = "fs_", timeout = s, only = {names...}}]) -> a list
+-- of agent tools {name, description, parameters, timeout, run}.  run(args)
+-- returns the result's text (and the whole result); a result with isError
+-- raises an error of kind "tool" carrying that text, so the agent can give
+-- it back to the model.
+function M.tools(c, opts)
+  opts = opts or {}
+  local only
+  if opts.only then
+    only = {}
+    for _, n in ipairs(opts.only) do only[n] = true end
+  end
+  local list = {}
+  for _, t in ipairs(c:list_tools()) do
+    if not only or only[t.name] then
+      local name = t.name
+      list[#list + 1] = {
+        name = (opts.prefix or "") .. name,
+        description = t.description or t.title or name,
+        parameters = t.inputSchema or { type = "object" },
+        timeout = opts.timeout,
+        mcp = { client = c, tool = t },
+        run = function(args)
+          local r = c:call_tool(name, args or {}, opts.timeout and { timeout = opts.timeout } or nil)
+          local text = M.result_text(r)
+          if r.isError then
+            error(err("tool", text ~= "" and text or ("tool " .. name .. " failed"), { result = r }), 0)
+          end
+          return text, r
+        end,
+      }
+    end
+  end
+  return list
+end
+
+return M
