@@ -100,7 +100,7 @@ $(BUILD)/tests/mockllm: tests/support/mockllm.c tests/support/httpd.c
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) $(shell pkg-config --libs libuv)
 
 run: all
-	$(BUILD)/agenthost scripts/examples/seed_agent.lua
+	$(BUILD)/agenthost scripts/examples/ops_agent.lua
 
 test: all
 	@BUILD=$(BUILD) SAN=$(SAN) sh tests/run
