@@ -8,10 +8,10 @@
  * N NPCs (1000) live in a C world; each is a Lua task that looks at its
  * position through a host function, decides where to go, moves through
  * another, and thinks again a moment later.  Every K-th NPC (10) also asks
- * a language model before it moves: with --llm URL that is an HTTP request
- * to URL/delay?ms=150..350 (any server that answers it, such as the
- * project's test server build/tests/httpd standing in for a mock LLM);
- * without it, a 150..350 ms sleep.  Each frame runs the world, then
+ * a language model before it moves: with --llm URL that is a chat
+ * completion from the OpenAI-compatible server at URL (the project's mock
+ * model, build/tests/mockllm, started with --first-byte-ms to pace it like
+ * a model; or a real local server); without it, a 150..350 ms sleep.  Each frame runs the world, then
  * ah_step with a budget of B us (2000), then sleeps until the next frame
  * at H Hz (60) unless --no-sleep.  At the end it prints the percentiles of
  * the time ah_step took and of the whole frame's work, over the frames
@@ -96,11 +96,15 @@ static const char *brain =
     "local ah = require 'agenthost'\n"
     "local task, host = ah.task, ah.host\n"
     "local n, llm, every = host.params()\n"
+    "local model = llm ~= '' and ah.llm.provider { kind = 'openai', base_url = llm .. '/v1',\n"
+    "  model = 'mock-1', api_key = 'mock', max_concurrency = 64, timeout = 10 }\n"
     "local function think(id)\n"
     "  local ms = 150 + (id * 37) % 200\n"
-    "  if llm == '' then task.sleep(ms / 1000) return true end\n"
-    "  local ok, res = pcall(ah.http.request, { url = llm .. '/delay?ms=' .. ms, timeout = 10 })\n"
-    "  return ok and res.status == 200\n"
+    "  if not model then task.sleep(ms / 1000) return true end\n"
+    "  local ok, res = pcall(model.chat, model, {\n"
+    "    messages = { { role = 'user', content = 'NPC ' .. id .. ' wonders where to go next.' } },\n"
+    "    max_tokens = 32 })\n"
+    "  return ok and res.text ~= nil\n"
     "end\n"
     "local function npc(id)\n"
     "  local goal_x, goal_y = math.random(0, 999), math.random(0, 999)\n"
