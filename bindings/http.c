@@ -61,7 +61,7 @@ static ah_http *get_http(lua_State *L) {
   lua_pushcfunction(L, hbox_gc);
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
-  if (ah__http_open(&b->h, ah__sched_uv(ah__sched_get(L)), 256, 0) != 0)
+  if (ah__http_open(&b->h, ah__sched_uv(ah__sched_get(L)), 0, 0) != 0)
     luaL_error(L, "ah.http: cannot initialise libcurl");
   lua_rawsetp(L, LUA_REGISTRYINDEX, &HTTP_KEY);
   return b->h;
@@ -485,19 +485,32 @@ static int h_sse_parser(lua_State *L) {
   return 1;
 }
 
+/* Reads the limit k of the table at 1: -1 when absent, else 0..100000. */
+static long opt_limit(lua_State *L, const char *k) {
+  lua_Integer v;
+  int isnum;
+  lua_getfield(L, 1, k);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return -1;
+  }
+  v = lua_tointegerx(L, -1, &isnum);
+  lua_pop(L, 1);
+  if (!isnum || v < 0 || v > 100000)
+    ah__error_raise(L, "invalid_argument", 0,
+                    "ah.http.configure: max_connections must be 0..100000 "
+                    "(0: automatic) and max_host_connections 0..100000 "
+                    "(0: no limit)");
+  return (long)v;
+}
+
 /* core.http.configure{max_connections =, max_host_connections =} */
 static int h_configure(lua_State *L) {
-  lua_Integer mc = -1, mh = -1;
+  long mc, mh;
   luaL_checktype(L, 1, LUA_TTABLE);
-  lua_getfield(L, 1, "max_connections");
-  if (!lua_isnil(L, -1)) mc = luaL_checkinteger(L, -1);
-  lua_getfield(L, 1, "max_host_connections");
-  if (!lua_isnil(L, -1)) mh = luaL_checkinteger(L, -1);
-  if ((mc != -1 && (mc < 1 || mc > 100000)) || (mh != -1 && (mh < 0 || mh > 100000)))
-    return ah__error_raise(L, "invalid_argument", 0,
-                           "ah.http.configure: max_connections must be 1..100000 "
-                           "and max_host_connections 0..100000 (0: no limit)");
-  ah__http_limits(get_http(L), (long)mc, (long)mh);
+  mc = opt_limit(L, "max_connections");
+  mh = opt_limit(L, "max_host_connections");
+  ah__http_limits(get_http(L), mc, mh);
   return 0;
 }
 

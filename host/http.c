@@ -28,7 +28,16 @@
 #include <strings.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
+
+/* The automatic bound of the connection cache: four connections per
+ * transfer in flight (curl's own rule for a multi handle), at least
+ * AUTO_CONNECTS_MIN and at most half the descriptors this process may open
+ * (capped at AUTO_CONNECTS_MAX), so that idle connections never starve
+ * files, pipes and databases of descriptors. */
+#define AUTO_CONNECTS_MIN 256L
+#define AUTO_CONNECTS_MAX 65536L
 
 typedef struct hsock {
   uv_poll_t poll;
@@ -48,6 +57,10 @@ struct ah_http {
   int handles;   /* open uv handles (timer and polls) */
   int closing;
   int active;    /* transfers in flight */
+  long max_connects; /* as configured; 0: automatic (see cache_fit) */
+  long cache_limit;  /* CURLMOPT_MAXCONNECTS as last set */
+  long cache_cap;    /* the automatic limit's upper bound */
+  uint64_t cache_needed; /* loop time the automatic limit was last reached */
 };
 
 static size_t buf_add(ah_buf *b, const char *p, size_t n) {
@@ -174,6 +187,46 @@ static int timer_cb(CURLM *m, long timeout_ms, void *userp) {
   return 0;
 }
 
+/* ---- the connection cache ------------------------------------------------- */
+
+/* Keeps the automatic cache limit at four connections per transfer in
+ * flight.  curl keeps a connection only while the cache (busy and idle
+ * connections together) is within the limit, and closes the oldest idle one
+ * otherwise, so a limit below the number of transfers in flight would close
+ * connections as fast as it opens them.  The limit rises at once but falls
+ * only after it has not been needed for CACHE_HOLD_MS: a thousand
+ * responses arriving in one poll leave their tasks briefly without a
+ * transfer, and the connections must still be there when they send the
+ * next request. */
+#define CACHE_HOLD_MS 60000
+static void cache_fit(ah_http *h) {
+  long want;
+  uint64_t now;
+  if (h->max_connects > 0 || !h->multi) return;
+  want = 4L * h->active;
+  if (want < AUTO_CONNECTS_MIN) want = AUTO_CONNECTS_MIN;
+  if (want > h->cache_cap) want = h->cache_cap;
+  now = uv_now(h->loop);
+  if (want >= h->cache_limit) {
+    h->cache_needed = now;
+  } else if (now - h->cache_needed < CACHE_HOLD_MS) {
+    return;
+  }
+  if (want != h->cache_limit) {
+    h->cache_limit = want;
+    curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, want);
+  }
+}
+
+static long cache_cap(void) {
+  struct rlimit rl;
+  long cap = AUTO_CONNECTS_MAX;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+      rl.rlim_cur / 2 < (rlim_t)cap)
+    cap = (long)(rl.rlim_cur / 2);
+  return cap < AUTO_CONNECTS_MIN ? AUTO_CONNECTS_MIN : cap;
+}
+
 /* ---- transfers ---------------------------------------------------------------- */
 
 static size_t on_body(char *p, size_t size, size_t n, void *ud) {
@@ -271,6 +324,7 @@ static void check_done(ah_http *h) {
     curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&r);
     curl_multi_remove_handle(h->multi, e);
     h->active--;
+    cache_fit(h);
     r->running = 0;
     r->code = msg->data.result;
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->status);
@@ -305,9 +359,8 @@ int ah__http_open(ah_http **out, uv_loop_t *loop, long max_connects,
   curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
   curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
   curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
-  curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, max_connects);
-  curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
-                    max_host_connections);
+  h->cache_cap = cache_cap();
+  ah__http_limits(h, max_connects, max_host_connections);
   curl_multi_setopt(h->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
   *out = h;
   return 0;
@@ -337,8 +390,14 @@ void ah__http_close(ah_http *h) {
 int ah__http_active(const ah_http *h) { return h->active; }
 
 void ah__http_limits(ah_http *h, long max_connects, long max_host_connections) {
-  if (max_connects >= 0)
+  if (max_connects > 0) {
+    h->max_connects = h->cache_limit = max_connects;
     curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, max_connects);
+  } else if (max_connects == 0) {
+    h->max_connects = 0;
+    h->cache_limit = -1; /* set anew by cache_fit */
+    cache_fit(h);
+  }
   if (max_host_connections >= 0)
     curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
                       max_host_connections);
@@ -407,6 +466,7 @@ int ah__http_start(ah_http *h, ah_http_req *r) {
   }
   r->running = 1;
   h->active++;
+  cache_fit(h);
   return 0;
 }
 
@@ -424,6 +484,7 @@ static void release_easy(ah_http *h, ah_http_req *r) {
   if (r->running) {
     if (h->multi) curl_multi_remove_handle(h->multi, e);
     h->active--;
+    cache_fit(h);
     r->running = 0;
   }
   curl_easy_reset(e);

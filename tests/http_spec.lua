@@ -85,9 +85,49 @@ describe("ah.http.request", function()
     end)
     local opened = connections() - before
     assert.is_true(opened <= 4, "opened " .. opened .. " connections with a limit of 4")
-    local ok, err = pcall(task.run, function() http.configure { max_connections = 0 } end)
-    assert.is_false(ok)
-    assert.is_true(ah.error.is(err, "invalid_argument"))
+    for _, bad in ipairs { { max_connections = -1 }, { max_connections = 100001 },
+                           { max_host_connections = -1 }, { max_connections = 1.5 },
+                           { max_connections = "many" } } do
+      local ok, err = pcall(task.run, function() http.configure(bad) end)
+      assert.is_false(ok)
+      assert.is_true(ah.error.is(err, "invalid_argument"), tostring(err))
+    end
+  end)
+
+  -- Two rounds of n requests in flight at once: the second round finds the
+  -- first round's connections still open when the cache keeps them all.
+  local function two_rounds(n)
+    local before = connections()
+    run(function()
+      local items = {}
+      for i = 1, n do items[i] = i end
+      for _ = 1, 2 do
+        task.map(items, function() return http.get(srv.url("/delay?ms=50")).status end)
+      end
+    end)
+    return connections() - before
+  end
+
+  it("keeps every connection alive with more requests in flight than 256", function()
+    local opened = two_rounds(600)
+    assert.is_true(opened <= 600, "opened " .. opened .. " connections for 2 x 600 requests")
+  end)
+
+  it("keeps to max_connections when configured, and goes back to automatic with 0", function()
+    -- curl closes the oldest idle connection each time one comes back to a
+    -- full cache: with a cache of 1, requests empty it of earlier tests'.
+    run(function()
+      http.configure { max_connections = 1 }
+      for _ = 1, 5000 do
+        if http.get(srv.url("/stats")).json.open <= 2 then break end
+      end
+      http.configure { max_connections = 16 }
+    end)
+    local opened = two_rounds(64)
+    run(function() http.configure { max_connections = 0 } end)
+    assert.is_true(opened > 64, "opened only " .. opened .. " connections with a cache of 16")
+    opened = two_rounds(64)
+    assert.is_true(opened <= 64, "opened " .. opened .. " connections for 2 x 64 requests")
   end)
 
   it("aborts the transfer when the task is cancelled, and frees its connection", function()
