@@ -39,10 +39,15 @@
 #define AUTO_CONNECTS_MIN 256L
 #define AUTO_CONNECTS_MAX 65536L
 
+/* A socket's watcher lives as long as the socket: when curl stops
+ * watching a connection it keeps in its cache, the watcher is parked, not
+ * closed, so that reusing the connection costs no epoll_ctl calls. */
 typedef struct hsock {
   uv_poll_t poll;
   ah_http *h;
   curl_socket_t fd;
+  int events;  /* UV_READABLE | UV_WRITABLE as started; 0 when stopped */
+  int parked;  /* curl does not watch it (an idle cached connection) */
   int closing;
 } hsock;
 
@@ -52,15 +57,16 @@ struct ah_http {
   uv_timer_t timer;
   hsock **socks; /* by descriptor */
   int nsocks;
-  CURL *idle[32]; /* easy handles kept for reuse */
-  int nidle;
+  CURL **idle;   /* easy handles kept for reuse; malloc'd */
+  int nidle, idle_cap;
   int handles;   /* open uv handles (timer and polls) */
   int closing;
   int active;    /* transfers in flight */
-  long max_connects; /* as configured; 0: automatic (see cache_fit) */
+  int peak;      /* most transfers in flight lately (see load_fit) */
+  uint64_t peak_at; /* loop time peak was last reached */
+  long max_connects; /* as configured; 0: automatic (see load_fit) */
   long cache_limit;  /* CURLMOPT_MAXCONNECTS as last set */
   long cache_cap;    /* the automatic limit's upper bound */
-  uint64_t cache_needed; /* loop time the automatic limit was last reached */
 };
 
 static size_t buf_add(ah_buf *b, const char *p, size_t n) {
@@ -109,11 +115,27 @@ static void sock_close(hsock *s) {
 }
 
 static void check_done(ah_http *h);
+static void on_poll(uv_poll_t *p, int status, int events);
+
+static void sock_watch(hsock *s, int events) {
+  if (events == s->events) return;
+  s->events = events;
+  if (events)
+    uv_poll_start(&s->poll, events, on_poll);
+  else
+    uv_poll_stop(&s->poll);
+}
 
 static void on_poll(uv_poll_t *p, int status, int events) {
   hsock *s = p->data;
   ah_http *h = s->h;
   int flags = 0, running;
+  if (s->parked) {
+    /* An idle connection was closed by its server or sent something
+     * unasked: curl finds out when it next tries to reuse it. */
+    sock_watch(s, 0);
+    return;
+  }
   if (status < 0) {
     flags = CURL_CSELECT_ERR;
   } else {
@@ -124,6 +146,14 @@ static void on_poll(uv_poll_t *p, int status, int events) {
   check_done(h);
 }
 
+/* An idle watcher stays armed for reading only (a quiet keep-alive
+ * connection gives no events), and does not keep the loop alive. */
+static void sock_park(hsock *s) {
+  s->parked = 1;
+  uv_unref((uv_handle_t *)&s->poll);
+  if (s->events != UV_READABLE) sock_watch(s, 0);
+}
+
 static int sock_cb(CURL *e, curl_socket_t fd, int what, void *userp,
                    void *socketp) {
   ah_http *h = userp;
@@ -131,9 +161,16 @@ static int sock_cb(CURL *e, curl_socket_t fd, int what, void *userp,
   int events = 0;
   (void)e;
   if (what == CURL_POLL_REMOVE) {
-    if (s) sock_close(s);
+    if (s && !s->closing) sock_park(s);
     curl_multi_assign(h->multi, fd, NULL);
     return 0;
+  }
+  if (!s && fd < h->nsocks && (s = h->socks[fd]) != NULL) {
+    /* A cached connection in use again; close_socket_cb removed the
+     * watchers of closed sockets, so this one watches the same socket. */
+    s->parked = 0;
+    uv_ref((uv_handle_t *)&s->poll);
+    curl_multi_assign(h->multi, fd, s);
   }
   if (!s) {
     if (fd >= h->nsocks) {
@@ -159,7 +196,7 @@ static int sock_cb(CURL *e, curl_socket_t fd, int what, void *userp,
   }
   if (what & CURL_POLL_IN) events |= UV_READABLE;
   if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
-  uv_poll_start(&s->poll, events, on_poll);
+  sock_watch(s, events);
   return 0;
 }
 
@@ -189,29 +226,32 @@ static int timer_cb(CURLM *m, long timeout_ms, void *userp) {
 
 /* ---- the connection cache ------------------------------------------------- */
 
-/* Keeps the automatic cache limit at four connections per transfer in
+/* The pools follow the load: `peak` is the most transfers in flight,
+ * which rises at once and falls only after it has not been reached for
+ * PEAK_HOLD_MS.  A thousand responses arriving in one poll leave their
+ * tasks briefly without a transfer, and their connections and easy handles
+ * must still be there when the tasks send their next requests.
+ *
+ * The automatic connection cache limit is four connections per transfer in
  * flight.  curl keeps a connection only while the cache (busy and idle
  * connections together) is within the limit, and closes the oldest idle one
  * otherwise, so a limit below the number of transfers in flight would close
- * connections as fast as it opens them.  The limit rises at once but falls
- * only after it has not been needed for CACHE_HOLD_MS: a thousand
- * responses arriving in one poll leave their tasks briefly without a
- * transfer, and the connections must still be there when they send the
- * next request. */
-#define CACHE_HOLD_MS 60000
-static void cache_fit(ah_http *h) {
+ * connections as fast as it opens them.  A lower limit closes nothing by
+ * itself: the surplus goes as connections are given back.  Up to `peak`
+ * easy handles are kept for reuse (at least IDLE_MIN). */
+#define PEAK_HOLD_MS 60000
+#define IDLE_MIN 32
+static void load_fit(ah_http *h) {
   long want;
-  uint64_t now;
+  uint64_t now = uv_now(h->loop);
+  if (h->active >= h->peak || now - h->peak_at >= PEAK_HOLD_MS) {
+    h->peak = h->active;
+    h->peak_at = now;
+  }
   if (h->max_connects > 0 || !h->multi) return;
-  want = 4L * h->active;
+  want = 4L * h->peak;
   if (want < AUTO_CONNECTS_MIN) want = AUTO_CONNECTS_MIN;
   if (want > h->cache_cap) want = h->cache_cap;
-  now = uv_now(h->loop);
-  if (want >= h->cache_limit) {
-    h->cache_needed = now;
-  } else if (now - h->cache_needed < CACHE_HOLD_MS) {
-    return;
-  }
   if (want != h->cache_limit) {
     h->cache_limit = want;
     curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, want);
@@ -324,7 +364,7 @@ static void check_done(ah_http *h) {
     curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&r);
     curl_multi_remove_handle(h->multi, e);
     h->active--;
-    cache_fit(h);
+    load_fit(h);
     r->running = 0;
     r->code = msg->data.result;
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->status);
@@ -377,7 +417,9 @@ void ah__http_close(ah_http *h) {
   if (h->closing) return;
   h->closing = 1;
   for (i = 0; i < h->nidle; i++) curl_easy_cleanup(h->idle[i]);
-  h->nidle = 0;
+  free(h->idle);
+  h->idle = NULL;
+  h->nidle = h->idle_cap = 0;
   /* Cleaning up the multi handle closes the cached connections, whose
    * watchers close through close_socket_cb. */
   curl_multi_cleanup(h->multi);
@@ -395,8 +437,8 @@ void ah__http_limits(ah_http *h, long max_connects, long max_host_connections) {
     curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, max_connects);
   } else if (max_connects == 0) {
     h->max_connects = 0;
-    h->cache_limit = -1; /* set anew by cache_fit */
-    cache_fit(h);
+    h->cache_limit = -1; /* set anew by load_fit */
+    load_fit(h);
   }
   if (max_host_connections >= 0)
     curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
@@ -421,52 +463,64 @@ void ah__http_safe_url(const char *url, char *out, size_t size) {
   snprintf(out, size, "(an invalid URL)");
 }
 
-int ah__http_start(ah_http *h, ah_http_req *r) {
-  CURL *e;
-  int https = strncasecmp(r->url, "https://", 8) == 0;
-  if (h->closing) return UV_EINVAL;
-  e = h->nidle > 0 ? h->idle[--h->nidle] : curl_easy_init();
-  if (!e) return UV_ENOMEM;
-  r->easy = e;
-  r->h = h;
-  curl_easy_setopt(e, CURLOPT_URL, r->url);
-  curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r);
-  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
+/* The options that are the same for every transfer, set on a new or reset
+ * easy handle. */
+static void easy_defaults(ah_http *h, CURL *e) {
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, https ? "https" : "http,https");
-  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, r->follow ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_MAXREDIRS, 5L);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, r->timeout_ms);
-  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, r->connect_timeout_ms);
-  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->max_body);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket_cb);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, h);
   curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+}
+
+int ah__http_start(ah_http *h, ah_http_req *r) {
+  CURL *e;
+  if (h->closing) return UV_EINVAL;
+  if (h->nidle > 0) {
+    e = h->idle[--h->nidle];
+  } else {
+    if (!(e = curl_easy_init())) return UV_ENOMEM;
+    easy_defaults(h, e);
+  }
+  r->easy = e;
+  r->h = h;
+  /* Every option a transfer may change is set here, whatever the handle's
+   * previous transfer set: the method's options start again from GET. */
+  curl_easy_setopt(e, CURLOPT_URL, r->url);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, r->follow ? 1L : 0L);
+  if (r->follow)
+    curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR,
+                     strncasecmp(r->url, "https://", 8) == 0 ? "https" : "http,https");
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, r->timeout_ms);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, r->connect_timeout_ms);
+  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->max_body);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->header_list);
+  curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+  curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
   if (r->body_data) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_len);
     curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, r->body_data);
   }
   if (strcmp(r->method, "HEAD") == 0)
     curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-  else if (strcmp(r->method, "GET") == 0 && !r->body_data)
-    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-  else if (!(strcmp(r->method, "POST") == 0 && r->body_data))
+  else if (!(strcmp(r->method, "GET") == 0 && !r->body_data) &&
+           !(strcmp(r->method, "POST") == 0 && r->body_data))
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r->method);
   if (curl_multi_add_handle(h->multi, e) != CURLM_OK) {
-    curl_easy_reset(e);
     curl_easy_cleanup(e);
     r->easy = NULL;
     return UV_ENOMEM;
   }
   r->running = 1;
   h->active++;
-  cache_fit(h);
+  load_fit(h);
   return 0;
 }
 
@@ -477,22 +531,46 @@ void ah__http_resume(ah_http_req *r) {
   curl_easy_pause(r->easy, CURLPAUSE_CONT);
 }
 
-/* Gives the easy handle back (resetting it keeps its connection cache). */
+/* Gives the easy handle back.  A plain transfer that ended normally leaves
+ * nothing behind that the next start does not set again, so its handle is
+ * kept as it is; any other is reset (freeing a copied request body, a
+ * paused state), which keeps the connection cache, and gets its defaults
+ * again.  Pointers into the request are cleared either way. */
 static void release_easy(ah_http *h, ah_http_req *r) {
   CURL *e = r->easy;
+  int plain = !r->running && !r->kind && !r->body_data && !r->stream &&
+              !r->paused;
   if (!e) return;
   if (r->running) {
     if (h->multi) curl_multi_remove_handle(h->multi, e);
     h->active--;
-    cache_fit(h);
+    load_fit(h);
     r->running = 0;
   }
-  curl_easy_reset(e);
-  if (h->nidle < (int)(sizeof h->idle / sizeof h->idle[0]) && !h->closing)
-    h->idle[h->nidle++] = e;
-  else
-    curl_easy_cleanup(e);
   r->easy = NULL;
+  if (plain) {
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, NULL);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
+  } else {
+    curl_easy_reset(e);
+    easy_defaults(h, e);
+  }
+  if (!h->closing && (h->nidle < IDLE_MIN || h->nidle < h->peak)) {
+    if (h->nidle == h->idle_cap) {
+      int cap = h->idle_cap ? 2 * h->idle_cap : IDLE_MIN;
+      CURL **v = realloc(h->idle, (size_t)cap * sizeof *v);
+      if (!v) {
+        curl_easy_cleanup(e);
+        return;
+      }
+      h->idle = v;
+      h->idle_cap = cap;
+    }
+    h->idle[h->nidle++] = e;
+  } else {
+    curl_easy_cleanup(e);
+  }
 }
 
 void ah__http_req_free(ah_http_req *r) {

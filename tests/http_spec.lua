@@ -130,6 +130,42 @@ describe("ah.http.request", function()
     assert.is_true(opened <= 64, "opened " .. opened .. " connections for 2 x 64 requests")
   end)
 
+  it("carries no option of one request over to the next", function()
+    -- One task, one request at a time: each request reuses the easy handle
+    -- (and connection) of the one before.
+    local rs = run(function()
+      local out = {}
+      local function echo(o)
+        o.url = srv.url("/echo")
+        out[#out + 1] = http.request(o)
+      end
+      echo { method = "HEAD" }
+      echo {}
+      echo { method = "DELETE", headers = { ["X-One"] = "1" } }
+      echo {}
+      echo { method = "PUT", body = "put body" }
+      echo {}
+      out[#out + 1] = http.get(srv.url("/redirect?n=1"), { follow_redirects = true })
+      out[#out + 1] = http.get(srv.url("/redirect?n=1"))
+      return out
+    end)
+    assert.equal(200, rs[1].status)
+    assert.equal("", rs[1].body)
+    local function req(i) return rs[i].json end
+    assert.equal("GET", req(2).method)
+    assert.equal("DELETE", req(3).method)
+    assert.equal("1", req(3).headers["x-one"])
+    assert.equal("GET", req(4).method)
+    assert.is_nil(req(4).headers["x-one"])
+    assert.equal("", req(4).body)
+    assert.equal("PUT", req(5).method)
+    assert.equal("put body", req(5).body)
+    assert.equal("GET", req(6).method)
+    assert.equal("", req(6).body)
+    assert.equal("redirected", rs[7].body)
+    assert.equal(302, rs[8].status)
+  end)
+
   it("aborts the transfer when the task is cancelled, and frees its connection", function()
     run(function()
       local h = task.spawn(function() return http.get(srv.url("/delay?ms=10000")) end)
