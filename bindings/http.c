@@ -39,7 +39,7 @@ typedef struct lreq {
   int ended;        /* the transfer is over (stream) */
   int reported;     /* its error was raised (stream) */
   char method[16];
-  char safe_url[512];
+  char *url;        /* malloc'd copy for messages; freed by lreq_gc only */
 } lreq;
 
 static int hbox_gc(lua_State *L) {
@@ -70,6 +70,8 @@ static ah_http *get_http(lua_State *L) {
 static int lreq_gc(lua_State *L) {
   lreq *lr = lua_touserdata(L, 1);
   ah__http_req_free(&lr->r);
+  free(lr->url);
+  lr->url = NULL;
   return 0;
 }
 
@@ -107,12 +109,15 @@ static void push_headers(lua_State *L, const ah_buf *b) {
   }
 }
 
+/* The URL is made safe to show only here, since most requests succeed. */
 static void push_error(lua_State *co, lreq *lr) {
   ah_http_req *r = &lr->r;
+  char safe_url[512];
   int retryable = strcmp(r->kind, "connect") == 0 ||
                   strcmp(r->kind, "timeout") == 0 ||
                   strcmp(r->kind, "dns") == 0;
-  ah__error_push(co, r->kind, retryable, "%s %s: %s", lr->method, lr->safe_url,
+  ah__http_safe_url(lr->url, safe_url, sizeof safe_url);
+  ah__error_push(co, r->kind, retryable, "%s %s: %s", lr->method, safe_url,
                  r->errbuf);
 }
 
@@ -270,7 +275,8 @@ static lreq *start(lua_State *L, ah_task *me, int stream) {
   memset(lr, 0, sizeof *lr);
   luaL_setmetatable(L, stream ? "agenthost.http_stream" : "agenthost.http_req");
   for (i = 0; method[i]; i++) lr->method[i] = (char)toupper((unsigned char)method[i]);
-  ah__http_safe_url(url, lr->safe_url, sizeof lr->safe_url);
+  if (!(lr->url = malloc(url_len + 1))) luaL_error(L, "out of memory");
+  memcpy(lr->url, url, url_len + 1);
   lua_getfield(L, 1, "headers"); /* 6 */
   if (!lua_isnil(L, 6)) {
     if (!lua_istable(L, 6))
