@@ -85,14 +85,20 @@ static void push_headers(lua_State *L, const ah_buf *b) {
     const char *line_end = eol ? eol : end;
     const char *colon = memchr(p, ':', (size_t)(line_end - p));
     if (colon && colon > p && strncmp(p, "HTTP/", 5) != 0) {
-      luaL_Buffer name;
+      char small[64];
       const char *v = colon + 1, *ve = line_end;
-      const char *q;
+      size_t i, n = (size_t)(colon - p);
       while (v < ve && (*v == ' ' || *v == '\t')) v++;
       while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t')) ve--;
-      luaL_buffinit(L, &name);
-      for (q = p; q < colon; q++) luaL_addchar(&name, (char)tolower((unsigned char)*q));
-      luaL_pushresult(&name);
+      if (n <= sizeof small) {
+        for (i = 0; i < n; i++) small[i] = (char)tolower((unsigned char)p[i]);
+        lua_pushlstring(L, small, n);
+      } else {
+        luaL_Buffer name;
+        luaL_buffinit(L, &name);
+        for (i = 0; i < n; i++) luaL_addchar(&name, (char)tolower((unsigned char)p[i]));
+        luaL_pushresult(&name);
+      }
       lua_pushvalue(L, -1);
       lua_rawget(L, -3);
       if (lua_isstring(L, -1)) {
@@ -285,10 +291,13 @@ static lreq *start(lua_State *L, ah_task *me, int stream) {
                              "name = value");
     add_headers(L, 6, lr);
   }
-  /* No "Expect: 100-continue" round trip for request bodies. */
-  if (!(l = curl_slist_append(lr->r.header_list, "Expect:")))
-    luaL_error(L, "out of memory");
-  lr->r.header_list = l;
+  /* No "Expect: 100-continue" round trip for request bodies (curl sends it
+   * only with one). */
+  if (body) {
+    if (!(l = curl_slist_append(lr->r.header_list, "Expect:")))
+      luaL_error(L, "out of memory");
+    lr->r.header_list = l;
+  }
   lua_getfield(L, 1, "follow_redirects");
   lr->r.follow = lua_toboolean(L, -1);
   lua_pop(L, 1);
