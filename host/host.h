@@ -174,6 +174,7 @@ struct ah_http_req {
   /* private */
   ah_http *h;
   void *easy;
+  void *lane;                      /* the multi handle's lane it runs on */
   int running;
 };
 

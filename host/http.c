@@ -1,7 +1,12 @@
 /*
- * HTTP transfers on the loop: one libcurl multi handle per loop, driven by
- * uv_poll (CURLMOPT_SOCKETFUNCTION) and a uv_timer (CURLMOPT_TIMERFUNCTION),
- * the pattern of curl's multi-uv example.
+ * HTTP transfers on the loop: libcurl multi handles driven by uv_poll
+ * (CURLMOPT_SOCKETFUNCTION) and a uv_timer (CURLMOPT_TIMERFUNCTION), the
+ * pattern of curl's multi-uv example.
+ *
+ * One multi handle serves up to LANE_SIZE transfers in flight; beyond that
+ * more are opened ("lanes", see lane_pick), because curl looks for a
+ * connection to reuse by walking every connection it has to that host,
+ * which costs more than the rest of a request once there are a thousand.
  *
  * libcurl is only called from outside its own callbacks: transfers are
  * added and removed by the owner from its own code, and completions are
@@ -14,7 +19,7 @@
  * output: http and https only, redirects off unless asked (then at most 5,
  * never from https to http), TLS verification on, connect and total
  * timeouts and a response size cap always set.  Easy handles are reused;
- * connections and DNS answers are cached by the multi handle.
+ * connections and DNS answers are cached by each lane's multi handle.
  *
  * Relies on libuv and libcurl.  Ownership: ah_http is malloc'd and freed
  * once its handles have closed; each ah_http_req is owned by the caller
@@ -42,30 +47,46 @@
 /* A socket's watcher lives as long as the socket: when curl stops
  * watching a connection it keeps in its cache, the watcher is parked, not
  * closed, so that reusing the connection costs no epoll_ctl calls. */
+typedef struct hlane hlane;
+
 typedef struct hsock {
   uv_poll_t poll;
   ah_http *h;
+  hlane *lane;  /* whose multi handle owns the socket */
   curl_socket_t fd;
   int events;  /* UV_READABLE | UV_WRITABLE as started; 0 when stopped */
   int parked;  /* curl does not watch it (an idle cached connection) */
   int closing;
 } hsock;
 
-struct ah_http {
-  uv_loop_t *loop;
+/* One multi handle and its timer.  malloc'd by lane_open, freed in the
+ * timer's close callback. */
+struct hlane {
+  ah_http *h;
   CURLM *multi;
   uv_timer_t timer;
+  int active;    /* transfers in flight on this lane */
+};
+
+#define LANE_SIZE 128
+#define MAX_LANES 64
+
+struct ah_http {
+  uv_loop_t *loop;
+  hlane *lanes[MAX_LANES]; /* lanes[0] exists from ah__http_open on */
+  int nlanes;
   hsock **socks; /* by descriptor */
   int nsocks;
   CURL **idle;   /* easy handles kept for reuse; malloc'd */
   int nidle, idle_cap;
-  int handles;   /* open uv handles (timer and polls) */
+  int handles;   /* open uv handles (timers and polls) */
   int closing;
   int active;    /* transfers in flight */
   int peak;      /* most transfers in flight lately (see load_fit) */
   uint64_t peak_at; /* loop time peak was last reached */
   long max_connects; /* as configured; 0: automatic (see load_fit) */
-  long cache_limit;  /* CURLMOPT_MAXCONNECTS as last set */
+  long max_host;     /* as configured; 0: no limit */
+  long cache_limit;  /* CURLMOPT_MAXCONNECTS of every lane as last set */
   long cache_cap;    /* the automatic limit's upper bound */
 };
 
@@ -114,7 +135,7 @@ static void sock_close(hsock *s) {
   uv_close((uv_handle_t *)&s->poll, on_sock_closed);
 }
 
-static void check_done(ah_http *h);
+static void check_done(hlane *lane);
 static void on_poll(uv_poll_t *p, int status, int events);
 
 static void sock_watch(hsock *s, int events) {
@@ -128,7 +149,6 @@ static void sock_watch(hsock *s, int events) {
 
 static void on_poll(uv_poll_t *p, int status, int events) {
   hsock *s = p->data;
-  ah_http *h = s->h;
   int flags = 0, running;
   if (s->parked) {
     /* An idle connection was closed by its server or sent something
@@ -142,8 +162,8 @@ static void on_poll(uv_poll_t *p, int status, int events) {
     if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
     if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
   }
-  curl_multi_socket_action(h->multi, s->fd, flags, &running);
-  check_done(h);
+  curl_multi_socket_action(s->lane->multi, s->fd, flags, &running);
+  check_done(s->lane);
 }
 
 /* An idle watcher stays armed for reading only (a quiet keep-alive
@@ -156,21 +176,23 @@ static void sock_park(hsock *s) {
 
 static int sock_cb(CURL *e, curl_socket_t fd, int what, void *userp,
                    void *socketp) {
-  ah_http *h = userp;
+  hlane *lane = userp;
+  ah_http *h = lane->h;
   hsock *s = socketp;
   int events = 0;
   (void)e;
   if (what == CURL_POLL_REMOVE) {
     if (s && !s->closing) sock_park(s);
-    curl_multi_assign(h->multi, fd, NULL);
+    curl_multi_assign(lane->multi, fd, NULL);
     return 0;
   }
   if (!s && fd < h->nsocks && (s = h->socks[fd]) != NULL) {
     /* A cached connection in use again; close_socket_cb removed the
      * watchers of closed sockets, so this one watches the same socket. */
     s->parked = 0;
+    s->lane = lane;
     uv_ref((uv_handle_t *)&s->poll);
-    curl_multi_assign(h->multi, fd, s);
+    curl_multi_assign(lane->multi, fd, s);
   }
   if (!s) {
     if (fd >= h->nsocks) {
@@ -189,10 +211,11 @@ static int sock_cb(CURL *e, curl_socket_t fd, int what, void *userp,
     }
     s->poll.data = s;
     s->h = h;
+    s->lane = lane;
     s->fd = fd;
     h->socks[fd] = s;
     h->handles++;
-    curl_multi_assign(h->multi, fd, s);
+    curl_multi_assign(lane->multi, fd, s);
   }
   if (what & CURL_POLL_IN) events |= UV_READABLE;
   if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
@@ -208,19 +231,19 @@ static int close_socket_cb(void *clientp, curl_socket_t fd) {
 }
 
 static void on_timeout(uv_timer_t *t) {
-  ah_http *h = t->data;
+  hlane *lane = t->data;
   int running;
-  curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-  check_done(h);
+  curl_multi_socket_action(lane->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  check_done(lane);
 }
 
 static int timer_cb(CURLM *m, long timeout_ms, void *userp) {
-  ah_http *h = userp;
+  hlane *lane = userp;
   (void)m;
   if (timeout_ms < 0)
-    uv_timer_stop(&h->timer);
+    uv_timer_stop(&lane->timer);
   else /* even 0: curl is never called from inside its own callback */
-    uv_timer_start(&h->timer, on_timeout, (uint64_t)timeout_ms, 0);
+    uv_timer_start(&lane->timer, on_timeout, (uint64_t)timeout_ms, 0);
   return 0;
 }
 
@@ -233,7 +256,8 @@ static int timer_cb(CURLM *m, long timeout_ms, void *userp) {
  * must still be there when the tasks send their next requests.
  *
  * The automatic connection cache limit is four connections per transfer in
- * flight.  curl keeps a connection only while the cache (busy and idle
+ * flight, shared evenly by the lanes (which take equal shares of the
+ * transfers, see lane_pick).  curl keeps a connection only while the cache (busy and idle
  * connections together) is within the limit, and closes the oldest idle one
  * otherwise, so a limit below the number of transfers in flight would close
  * connections as fast as it opens them.  A lower limit closes nothing by
@@ -241,6 +265,16 @@ static int timer_cb(CURLM *m, long timeout_ms, void *userp) {
  * easy handles are kept for reuse (at least IDLE_MIN). */
 #define PEAK_HOLD_MS 60000
 #define IDLE_MIN 32
+static void limits_apply(ah_http *h, long cache_limit) {
+  int i;
+  h->cache_limit = cache_limit;
+  for (i = 0; i < h->nlanes; i++) {
+    curl_multi_setopt(h->lanes[i]->multi, CURLMOPT_MAXCONNECTS, cache_limit);
+    curl_multi_setopt(h->lanes[i]->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+                      h->max_host);
+  }
+}
+
 static void load_fit(ah_http *h) {
   long want;
   uint64_t now = uv_now(h->loop);
@@ -248,14 +282,12 @@ static void load_fit(ah_http *h) {
     h->peak = h->active;
     h->peak_at = now;
   }
-  if (h->max_connects > 0 || !h->multi) return;
+  if (h->max_connects > 0 || h->closing) return;
   want = 4L * h->peak;
   if (want < AUTO_CONNECTS_MIN) want = AUTO_CONNECTS_MIN;
   if (want > h->cache_cap) want = h->cache_cap;
-  if (want != h->cache_limit) {
-    h->cache_limit = want;
-    curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, want);
-  }
+  want = (want + h->nlanes - 1) / h->nlanes;
+  if (want != h->cache_limit) limits_apply(h, want);
 }
 
 static long cache_cap(void) {
@@ -354,15 +386,17 @@ static const char *kind_of(ah_http_req *r, CURLcode rc) {
   }
 }
 
-static void check_done(ah_http *h) {
+static void check_done(hlane *lane) {
+  ah_http *h = lane->h;
   CURLMsg *msg;
   int left;
-  while ((msg = curl_multi_info_read(h->multi, &left))) {
+  while ((msg = curl_multi_info_read(lane->multi, &left))) {
     ah_http_req *r = NULL;
     CURL *e = msg->easy_handle;
     if (msg->msg != CURLMSG_DONE) continue;
     curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&r);
-    curl_multi_remove_handle(h->multi, e);
+    curl_multi_remove_handle(lane->multi, e);
+    lane->active--;
     h->active--;
     load_fit(h);
     r->running = 0;
@@ -378,6 +412,57 @@ static void check_done(ah_http *h) {
   }
 }
 
+static void on_lane_closed(uv_handle_t *t) {
+  hlane *lane = t->data;
+  ah_http *h = lane->h;
+  free(lane);
+  h->handles--;
+  maybe_free(h);
+}
+
+/* Adds a lane with the current limits; NULL when out of lanes or memory. */
+static hlane *lane_open(ah_http *h) {
+  hlane *lane;
+  if (h->nlanes == MAX_LANES || !(lane = calloc(1, sizeof *lane))) return NULL;
+  if (!(lane->multi = curl_multi_init())) {
+    free(lane);
+    return NULL;
+  }
+  lane->h = h;
+  uv_timer_init(h->loop, &lane->timer);
+  lane->timer.data = lane;
+  h->handles++;
+  curl_multi_setopt(lane->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
+  curl_multi_setopt(lane->multi, CURLMOPT_SOCKETDATA, lane);
+  curl_multi_setopt(lane->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+  curl_multi_setopt(lane->multi, CURLMOPT_TIMERDATA, lane);
+  curl_multi_setopt(lane->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  h->lanes[h->nlanes++] = lane;
+  if (h->max_connects > 0)
+    limits_apply(h, h->max_connects);
+  else
+    load_fit(h); /* the shares of the cache change */
+  curl_multi_setopt(lane->multi, CURLMOPT_MAXCONNECTS, h->cache_limit);
+  curl_multi_setopt(lane->multi, CURLMOPT_MAX_HOST_CONNECTIONS, h->max_host);
+  return lane;
+}
+
+/* The lane for a new transfer: the least busy, or a new one when every
+ * lane has LANE_SIZE transfers in flight.  So up to LANE_SIZE transfers in
+ * flight share one multi handle, its connections and its DNS cache (and
+ * HTTP/2 streams share connections within a lane).  With a configured
+ * bound on connections every transfer uses the first lane, so that the
+ * bound holds as given. */
+static hlane *lane_pick(ah_http *h) {
+  hlane *best = h->lanes[0], *lane;
+  int i;
+  if (h->max_connects > 0 || h->max_host > 0) return best;
+  for (i = 1; i < h->nlanes; i++)
+    if (h->lanes[i]->active < best->active) best = h->lanes[i];
+  if (best->active >= LANE_SIZE && (lane = lane_open(h)) != NULL) return lane;
+  return best;
+}
+
 int ah__http_open(ah_http **out, uv_loop_t *loop, long max_connects,
                   long max_host_connections) {
   ah_http *h;
@@ -387,29 +472,16 @@ int ah__http_open(ah_http **out, uv_loop_t *loop, long max_connects,
     global_done = 1;
   }
   if (!(h = calloc(1, sizeof *h))) return UV_ENOMEM;
-  if (!(h->multi = curl_multi_init())) {
+  h->loop = loop;
+  h->cache_cap = cache_cap();
+  h->cache_limit = AUTO_CONNECTS_MIN;
+  if (!lane_open(h)) {
     free(h);
     return UV_ENOMEM;
   }
-  h->loop = loop;
-  uv_timer_init(loop, &h->timer);
-  h->timer.data = h;
-  h->handles = 1;
-  curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
-  curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
-  curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
-  curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
-  h->cache_cap = cache_cap();
   ah__http_limits(h, max_connects, max_host_connections);
-  curl_multi_setopt(h->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
   *out = h;
   return 0;
-}
-
-static void on_timer_closed(uv_handle_t *t) {
-  ah_http *h = t->data;
-  h->handles--;
-  maybe_free(h);
 }
 
 void ah__http_close(ah_http *h) {
@@ -420,29 +492,30 @@ void ah__http_close(ah_http *h) {
   free(h->idle);
   h->idle = NULL;
   h->nidle = h->idle_cap = 0;
-  /* Cleaning up the multi handle closes the cached connections, whose
+  /* Cleaning up a multi handle closes its cached connections, whose
    * watchers close through close_socket_cb. */
-  curl_multi_cleanup(h->multi);
-  h->multi = NULL;
+  for (i = 0; i < h->nlanes; i++) {
+    curl_multi_cleanup(h->lanes[i]->multi);
+    h->lanes[i]->multi = NULL;
+  }
   for (i = 0; i < h->nsocks; i++)
     if (h->socks[i]) sock_close(h->socks[i]);
-  uv_close((uv_handle_t *)&h->timer, on_timer_closed);
+  for (i = 0; i < h->nlanes; i++)
+    uv_close((uv_handle_t *)&h->lanes[i]->timer, on_lane_closed);
+  h->nlanes = 0;
 }
 
 int ah__http_active(const ah_http *h) { return h->active; }
 
 void ah__http_limits(ah_http *h, long max_connects, long max_host_connections) {
-  if (max_connects > 0) {
-    h->max_connects = h->cache_limit = max_connects;
-    curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, max_connects);
-  } else if (max_connects == 0) {
-    h->max_connects = 0;
+  if (max_host_connections >= 0) h->max_host = max_host_connections;
+  if (max_connects >= 0) h->max_connects = max_connects;
+  if (h->max_connects > 0)
+    limits_apply(h, h->max_connects);
+  else {
     h->cache_limit = -1; /* set anew by load_fit */
     load_fit(h);
   }
-  if (max_host_connections >= 0)
-    curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
-                      max_host_connections);
 }
 
 /* Strips user:password@ from a URL for messages. */
@@ -478,7 +551,9 @@ static void easy_defaults(ah_http *h, CURL *e) {
 
 int ah__http_start(ah_http *h, ah_http_req *r) {
   CURL *e;
+  hlane *lane;
   if (h->closing) return UV_EINVAL;
+  lane = lane_pick(h);
   if (h->nidle > 0) {
     e = h->idle[--h->nidle];
   } else {
@@ -513,12 +588,14 @@ int ah__http_start(ah_http *h, ah_http_req *r) {
   else if (!(strcmp(r->method, "GET") == 0 && !r->body_data) &&
            !(strcmp(r->method, "POST") == 0 && r->body_data))
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r->method);
-  if (curl_multi_add_handle(h->multi, e) != CURLM_OK) {
+  if (curl_multi_add_handle(lane->multi, e) != CURLM_OK) {
     curl_easy_cleanup(e);
     r->easy = NULL;
     return UV_ENOMEM;
   }
+  r->lane = lane;
   r->running = 1;
+  lane->active++;
   h->active++;
   load_fit(h);
   return 0;
@@ -542,7 +619,9 @@ static void release_easy(ah_http *h, ah_http_req *r) {
               !r->paused;
   if (!e) return;
   if (r->running) {
-    if (h->multi) curl_multi_remove_handle(h->multi, e);
+    hlane *lane = r->lane;
+    if (lane->multi) curl_multi_remove_handle(lane->multi, e);
+    lane->active--;
     h->active--;
     load_fit(h);
     r->running = 0;
