@@ -529,14 +529,16 @@ static int h_configure(lua_State *L) {
   return 0;
 }
 
-/* core.http.stats() -> {active} */
+/* core.http.stats() -> {active, sockets} */
 static int h_stats(lua_State *L) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &HTTP_KEY);
   {
     hbox *b = lua_touserdata(L, -1);
-    lua_createtable(L, 0, 1);
+    lua_createtable(L, 0, 2);
     lua_pushinteger(L, b && b->h ? ah__http_active(b->h) : 0);
     lua_setfield(L, -2, "active");
+    lua_pushinteger(L, b && b->h ? ah__http_sockets(b->h) : 0);
+    lua_setfield(L, -2, "sockets");
   }
   return 1;
 }

@@ -188,6 +188,8 @@ int ah__http_start(ah_http *h, ah_http_req *r);
  * buffers; the easy handle goes back to the pool. */
 void ah__http_req_free(ah_http_req *r);
 int ah__http_active(const ah_http *h);
+/* Sockets curl has open and watched (connections busy or idle). */
+int ah__http_sockets(const ah_http *h);
 /* Bounds the connection cache (0: automatic, four connections per
  * transfer in flight, at least 256 and at most half the open-files limit)
  * and the connections per host (0: no limit); a negative value leaves that

@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 /* The automatic bound of the connection cache: four connections per
@@ -44,9 +45,13 @@
 #define AUTO_CONNECTS_MIN 256L
 #define AUTO_CONNECTS_MAX 65536L
 
-/* A socket's watcher lives as long as the socket: when curl stops
+/* A connection's watcher lives as long as its socket: when curl stops
  * watching a connection it keeps in its cache, the watcher is parked, not
- * closed, so that reusing the connection costs no epoll_ctl calls. */
+ * closed, so that reusing the connection costs no epoll_ctl calls.  Only
+ * sockets curl opened through open_socket_cb are parked, because only
+ * those are sure to be closed through close_socket_cb (which closes the
+ * watcher first); curl closes others, such as its resolver's socket pair,
+ * itself, so their watchers close when curl stops watching them. */
 typedef struct hlane hlane;
 
 typedef struct hsock {
@@ -76,10 +81,12 @@ struct ah_http {
   hlane *lanes[MAX_LANES]; /* lanes[0] exists from ah__http_open on */
   int nlanes;
   hsock **socks; /* by descriptor */
-  int nsocks;
+  unsigned char *conn; /* by descriptor: 1 for a socket from open_socket_cb */
+  int nsocks;        /* the length of socks and conn */
   CURL **idle;   /* easy handles kept for reuse; malloc'd */
   int nidle, idle_cap;
   int handles;   /* open uv handles (timers and polls) */
+  int nwatched;  /* sockets with a watcher not closing */
   int closing;
   int active;    /* transfers in flight */
   int peak;      /* most transfers in flight lately (see load_fit) */
@@ -116,7 +123,25 @@ static void buf_free(ah_buf *b) {
 static void maybe_free(ah_http *h) {
   if (!h->closing || h->handles > 0) return;
   free(h->socks);
+  free(h->conn);
   free(h);
+}
+
+/* Makes room for descriptor fd in socks and conn. */
+static int socks_fit(ah_http *h, curl_socket_t fd) {
+  int n = h->nsocks ? h->nsocks : 64;
+  hsock **v;
+  unsigned char *c;
+  if (fd < h->nsocks) return 0;
+  while (n <= fd) n *= 2;
+  if (!(v = realloc(h->socks, (size_t)n * sizeof *v))) return -1;
+  h->socks = v;
+  if (!(c = realloc(h->conn, (size_t)n))) return -1;
+  h->conn = c;
+  memset(v + h->nsocks, 0, (size_t)(n - h->nsocks) * sizeof *v);
+  memset(c + h->nsocks, 0, (size_t)(n - h->nsocks));
+  h->nsocks = n;
+  return 0;
 }
 
 static void on_sock_closed(uv_handle_t *p) {
@@ -130,6 +155,7 @@ static void on_sock_closed(uv_handle_t *p) {
 static void sock_close(hsock *s) {
   if (s->closing) return;
   s->closing = 1;
+  s->h->nwatched--;
   if (s->fd >= 0 && s->fd < s->h->nsocks && s->h->socks[s->fd] == s)
     s->h->socks[s->fd] = NULL;
   uv_close((uv_handle_t *)&s->poll, on_sock_closed);
@@ -182,28 +208,31 @@ static int sock_cb(CURL *e, curl_socket_t fd, int what, void *userp,
   int events = 0;
   (void)e;
   if (what == CURL_POLL_REMOVE) {
-    if (s && !s->closing) sock_park(s);
+    if (s && !s->closing) {
+      if (fd >= 0 && fd < h->nsocks && h->conn[fd])
+        sock_park(s);
+      else
+        sock_close(s);
+    }
     curl_multi_assign(lane->multi, fd, NULL);
     return 0;
   }
   if (!s && fd < h->nsocks && (s = h->socks[fd]) != NULL) {
-    /* A cached connection in use again; close_socket_cb removed the
-     * watchers of closed sockets, so this one watches the same socket. */
-    s->parked = 0;
-    s->lane = lane;
-    uv_ref((uv_handle_t *)&s->poll);
-    curl_multi_assign(lane->multi, fd, s);
+    if (s->parked) {
+      /* A cached connection in use again: close_socket_cb removes the
+       * watchers of closed connections, so this one watches the same
+       * socket. */
+      s->parked = 0;
+      s->lane = lane;
+      uv_ref((uv_handle_t *)&s->poll);
+      curl_multi_assign(lane->multi, fd, s);
+    } else {
+      sock_close(s); /* left from a socket that curl closed itself */
+      s = NULL;
+    }
   }
   if (!s) {
-    if (fd >= h->nsocks) {
-      int n = h->nsocks ? h->nsocks : 64;
-      hsock **v;
-      while (n <= fd) n *= 2;
-      if (!(v = realloc(h->socks, (size_t)n * sizeof *v))) return -1;
-      memset(v + h->nsocks, 0, (size_t)(n - h->nsocks) * sizeof *v);
-      h->socks = v;
-      h->nsocks = n;
-    }
+    if (socks_fit(h, fd) != 0) return -1;
     if (!(s = calloc(1, sizeof *s))) return -1;
     if (uv_poll_init_socket(h->loop, &s->poll, fd) != 0) {
       free(s);
@@ -215,6 +244,7 @@ static int sock_cb(CURL *e, curl_socket_t fd, int what, void *userp,
     s->fd = fd;
     h->socks[fd] = s;
     h->handles++;
+    h->nwatched++;
     curl_multi_assign(lane->multi, fd, s);
   }
   if (what & CURL_POLL_IN) events |= UV_READABLE;
@@ -223,10 +253,25 @@ static int sock_cb(CURL *e, curl_socket_t fd, int what, void *userp,
   return 0;
 }
 
+/* Marks the sockets of connections, which curl closes through
+ * close_socket_cb; an unmarked socket (no room for the mark) is watched as
+ * curl's own, which is only slower. */
+static curl_socket_t open_socket_cb(void *clientp, curlsocktype purpose,
+                                    struct curl_sockaddr *a) {
+  ah_http *h = clientp;
+  curl_socket_t fd = socket(a->family, a->socktype, a->protocol);
+  (void)purpose;
+  if (fd >= 0 && socks_fit(h, fd) == 0) h->conn[fd] = 1;
+  return fd;
+}
+
 /* The watcher of a socket goes before the socket does. */
 static int close_socket_cb(void *clientp, curl_socket_t fd) {
   ah_http *h = clientp;
-  if (fd >= 0 && fd < h->nsocks && h->socks[fd]) sock_close(h->socks[fd]);
+  if (fd >= 0 && fd < h->nsocks) {
+    if (h->socks[fd]) sock_close(h->socks[fd]);
+    h->conn[fd] = 0;
+  }
   return close(fd);
 }
 
@@ -507,6 +552,8 @@ void ah__http_close(ah_http *h) {
 
 int ah__http_active(const ah_http *h) { return h->active; }
 
+int ah__http_sockets(const ah_http *h) { return h->nwatched; }
+
 void ah__http_limits(ah_http *h, long max_connects, long max_host_connections) {
   if (max_host_connections >= 0) h->max_host = max_host_connections;
   if (max_connects >= 0) h->max_connects = max_connects;
@@ -544,6 +591,8 @@ static void easy_defaults(ah_http *h, CURL *e) {
   curl_easy_setopt(e, CURLOPT_MAXREDIRS, 5L);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket_cb);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, h);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket_cb);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, h);
   curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");

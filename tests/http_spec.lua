@@ -166,6 +166,30 @@ describe("ah.http.request", function()
     assert.equal(302, rs[8].status)
   end)
 
+  it("watches the resolver's sockets only while curl does", function()
+    -- A host name (not an address) is resolved on curl's resolver thread,
+    -- whose socket pair curl watches and closes itself.  This machine's own
+    -- name is used when it resolves to 127.0.0.1 only.
+    -- (LD_PRELOAD is cleared: the sanitizer runtimes preloaded into this
+    -- process would report these tools' own leaks.)
+    local p = io.popen("unset LD_PRELOAD; n=$(hostname) && getent ahosts \"$n\" | " ..
+                       "awk '{print $1}' | sort -u | tr '\\n' ' ' && echo \"$n\"")
+    local out = p:read("a") or ""
+    p:close()
+    local addrs, name = out:match("^(.-)%s*([%w%-%.]+)%s*$")
+    if addrs ~= "127.0.0.1" or not name then
+      return pending("this machine's host name does not resolve to 127.0.0.1 only (" .. out .. ")")
+    end
+    local before, after = run(function()
+      local b = http.stats().sockets
+      task.gather(function() return http.get((srv.url("/fixed"):gsub("127%.0%.0%.1", name))) end,
+                  function() return http.get((srv.url("/fixed"):gsub("127%.0%.0%.1", name))) end)
+      return b, http.stats().sockets
+    end)
+    -- two new connections, and no watcher left on a closed socket
+    assert.equal(2, after - before)
+  end)
+
   it("aborts the transfer when the task is cancelled, and frees its connection", function()
     run(function()
       local h = task.spawn(function() return http.get(srv.url("/delay?ms=10000")) end)
