@@ -39,7 +39,7 @@ typedef struct lreq {
   int ended;        /* the transfer is over (stream) */
   int reported;     /* its error was raised (stream) */
   char method[16];
-  char safe_url[512];
+  char *url;        /* malloc'd copy for messages; freed by lreq_gc only */
 } lreq;
 
 static int hbox_gc(lua_State *L) {
@@ -61,7 +61,7 @@ static ah_http *get_http(lua_State *L) {
   lua_pushcfunction(L, hbox_gc);
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
-  if (ah__http_open(&b->h, ah__sched_uv(ah__sched_get(L)), 256, 0) != 0)
+  if (ah__http_open(&b->h, ah__sched_uv(ah__sched_get(L)), 0, 0) != 0)
     luaL_error(L, "ah.http: cannot initialise libcurl");
   lua_rawsetp(L, LUA_REGISTRYINDEX, &HTTP_KEY);
   return b->h;
@@ -70,6 +70,8 @@ static ah_http *get_http(lua_State *L) {
 static int lreq_gc(lua_State *L) {
   lreq *lr = lua_touserdata(L, 1);
   ah__http_req_free(&lr->r);
+  free(lr->url);
+  lr->url = NULL;
   return 0;
 }
 
@@ -83,14 +85,20 @@ static void push_headers(lua_State *L, const ah_buf *b) {
     const char *line_end = eol ? eol : end;
     const char *colon = memchr(p, ':', (size_t)(line_end - p));
     if (colon && colon > p && strncmp(p, "HTTP/", 5) != 0) {
-      luaL_Buffer name;
+      char small[64];
       const char *v = colon + 1, *ve = line_end;
-      const char *q;
+      size_t i, n = (size_t)(colon - p);
       while (v < ve && (*v == ' ' || *v == '\t')) v++;
       while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t')) ve--;
-      luaL_buffinit(L, &name);
-      for (q = p; q < colon; q++) luaL_addchar(&name, (char)tolower((unsigned char)*q));
-      luaL_pushresult(&name);
+      if (n <= sizeof small) {
+        for (i = 0; i < n; i++) small[i] = (char)tolower((unsigned char)p[i]);
+        lua_pushlstring(L, small, n);
+      } else {
+        luaL_Buffer name;
+        luaL_buffinit(L, &name);
+        for (i = 0; i < n; i++) luaL_addchar(&name, (char)tolower((unsigned char)p[i]));
+        luaL_pushresult(&name);
+      }
       lua_pushvalue(L, -1);
       lua_rawget(L, -3);
       if (lua_isstring(L, -1)) {
@@ -107,12 +115,15 @@ static void push_headers(lua_State *L, const ah_buf *b) {
   }
 }
 
+/* The URL is made safe to show only here, since most requests succeed. */
 static void push_error(lua_State *co, lreq *lr) {
   ah_http_req *r = &lr->r;
+  char safe_url[512];
   int retryable = strcmp(r->kind, "connect") == 0 ||
                   strcmp(r->kind, "timeout") == 0 ||
                   strcmp(r->kind, "dns") == 0;
-  ah__error_push(co, r->kind, retryable, "%s %s: %s", lr->method, lr->safe_url,
+  ah__http_safe_url(lr->url, safe_url, sizeof safe_url);
+  ah__error_push(co, r->kind, retryable, "%s %s: %s", lr->method, safe_url,
                  r->errbuf);
 }
 
@@ -270,7 +281,8 @@ static lreq *start(lua_State *L, ah_task *me, int stream) {
   memset(lr, 0, sizeof *lr);
   luaL_setmetatable(L, stream ? "agenthost.http_stream" : "agenthost.http_req");
   for (i = 0; method[i]; i++) lr->method[i] = (char)toupper((unsigned char)method[i]);
-  ah__http_safe_url(url, lr->safe_url, sizeof lr->safe_url);
+  if (!(lr->url = malloc(url_len + 1))) luaL_error(L, "out of memory");
+  memcpy(lr->url, url, url_len + 1);
   lua_getfield(L, 1, "headers"); /* 6 */
   if (!lua_isnil(L, 6)) {
     if (!lua_istable(L, 6))
@@ -279,10 +291,13 @@ static lreq *start(lua_State *L, ah_task *me, int stream) {
                              "name = value");
     add_headers(L, 6, lr);
   }
-  /* No "Expect: 100-continue" round trip for request bodies. */
-  if (!(l = curl_slist_append(lr->r.header_list, "Expect:")))
-    luaL_error(L, "out of memory");
-  lr->r.header_list = l;
+  /* No "Expect: 100-continue" round trip for request bodies (curl sends it
+   * only with one). */
+  if (body) {
+    if (!(l = curl_slist_append(lr->r.header_list, "Expect:")))
+      luaL_error(L, "out of memory");
+    lr->r.header_list = l;
+  }
   lua_getfield(L, 1, "follow_redirects");
   lr->r.follow = lua_toboolean(L, -1);
   lua_pop(L, 1);
@@ -488,30 +503,45 @@ static int h_sse_parser(lua_State *L) {
   return 1;
 }
 
+/* Reads the limit k of the table at 1: -1 when absent, else 0..100000. */
+static long opt_limit(lua_State *L, const char *k) {
+  lua_Integer v;
+  int isnum;
+  lua_getfield(L, 1, k);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return -1;
+  }
+  v = lua_tointegerx(L, -1, &isnum);
+  lua_pop(L, 1);
+  if (!isnum || v < 0 || v > 100000)
+    ah__error_raise(L, "invalid_argument", 0,
+                    "ah.http.configure: max_connections must be 0..100000 "
+                    "(0: automatic) and max_host_connections 0..100000 "
+                    "(0: no limit)");
+  return (long)v;
+}
+
 /* core.http.configure{max_connections =, max_host_connections =} */
 static int h_configure(lua_State *L) {
-  lua_Integer mc = -1, mh = -1;
+  long mc, mh;
   luaL_checktype(L, 1, LUA_TTABLE);
-  lua_getfield(L, 1, "max_connections");
-  if (!lua_isnil(L, -1)) mc = luaL_checkinteger(L, -1);
-  lua_getfield(L, 1, "max_host_connections");
-  if (!lua_isnil(L, -1)) mh = luaL_checkinteger(L, -1);
-  if ((mc != -1 && (mc < 1 || mc > 100000)) || (mh != -1 && (mh < 0 || mh > 100000)))
-    return ah__error_raise(L, "invalid_argument", 0,
-                           "ah.http.configure: max_connections must be 1..100000 "
-                           "and max_host_connections 0..100000 (0: no limit)");
-  ah__http_limits(get_http(L), (long)mc, (long)mh);
+  mc = opt_limit(L, "max_connections");
+  mh = opt_limit(L, "max_host_connections");
+  ah__http_limits(get_http(L), mc, mh);
   return 0;
 }
 
-/* core.http.stats() -> {active} */
+/* core.http.stats() -> {active, sockets} */
 static int h_stats(lua_State *L) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &HTTP_KEY);
   {
     hbox *b = lua_touserdata(L, -1);
-    lua_createtable(L, 0, 1);
+    lua_createtable(L, 0, 2);
     lua_pushinteger(L, b && b->h ? ah__http_active(b->h) : 0);
     lua_setfield(L, -2, "active");
+    lua_pushinteger(L, b && b->h ? ah__http_sockets(b->h) : 0);
+    lua_setfield(L, -2, "sockets");
   }
   return 1;
 }

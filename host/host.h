@@ -178,6 +178,7 @@ struct ah_http_req {
   /* private */
   ah_http *h;
   void *easy;
+  void *lane;                      /* the multi handle's lane it runs on */
   int running;
 };
 
@@ -191,8 +192,12 @@ int ah__http_start(ah_http *h, ah_http_req *r);
  * buffers; the easy handle goes back to the pool. */
 void ah__http_req_free(ah_http_req *r);
 int ah__http_active(const ah_http *h);
-/* Bounds the connection cache and the connections per host (0: no limit
- * per host); a negative value leaves that setting as it is. */
+/* Sockets curl has open and watched (connections busy or idle). */
+int ah__http_sockets(const ah_http *h);
+/* Bounds the connection cache (0: automatic, four connections per
+ * transfer in flight, at least 256 and at most half the open-files limit)
+ * and the connections per host (0: no limit); a negative value leaves that
+ * setting as it is.  ah__http_open takes the same values. */
 void ah__http_limits(ah_http *h, long max_connects, long max_host_connections);
 /* Lets a paused streaming transfer go on (call after taking the body). */
 void ah__http_resume(ah_http_req *r);

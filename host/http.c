@@ -1,7 +1,12 @@
 /*
- * HTTP transfers on the loop: one libcurl multi handle per loop, driven by
- * uv_poll (CURLMOPT_SOCKETFUNCTION) and a uv_timer (CURLMOPT_TIMERFUNCTION),
- * the pattern of curl's multi-uv example.
+ * HTTP transfers on the loop: libcurl multi handles driven by uv_poll
+ * (CURLMOPT_SOCKETFUNCTION) and a uv_timer (CURLMOPT_TIMERFUNCTION), the
+ * pattern of curl's multi-uv example.
+ *
+ * One multi handle serves up to LANE_SIZE transfers in flight; beyond that
+ * more are opened ("lanes", see lane_pick), because curl looks for a
+ * connection to reuse by walking every connection it has to that host,
+ * which costs more than the rest of a request once there are a thousand.
  *
  * libcurl is only called from outside its own callbacks: transfers are
  * added and removed by the owner from its own code, and completions are
@@ -14,7 +19,7 @@
  * output: http and https only, redirects off unless asked (then at most 5,
  * never from https to http), TLS verification on, connect and total
  * timeouts and a response size cap always set.  Easy handles are reused;
- * connections and DNS answers are cached by the multi handle.
+ * connections and DNS answers are cached by each lane's multi handle.
  *
  * Relies on libuv and libcurl.  Ownership: ah_http is malloc'd and freed
  * once its handles have closed; each ah_http_req is owned by the caller
@@ -28,29 +33,71 @@
 #include <strings.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+/* The automatic bound of the connection cache: four connections per
+ * transfer in flight (curl's own rule for a multi handle), at least
+ * AUTO_CONNECTS_MIN and at most half the descriptors this process may open
+ * (capped at AUTO_CONNECTS_MAX), so that idle connections never starve
+ * files, pipes and databases of descriptors. */
+#define AUTO_CONNECTS_MIN 256L
+#define AUTO_CONNECTS_MAX 65536L
+
+/* A connection's watcher lives as long as its socket: when curl stops
+ * watching a connection it keeps in its cache, the watcher is parked, not
+ * closed, so that reusing the connection costs no epoll_ctl calls.  Only
+ * sockets curl opened through open_socket_cb are parked, because only
+ * those are sure to be closed through close_socket_cb (which closes the
+ * watcher first); curl closes others, such as its resolver's socket pair,
+ * itself, so their watchers close when curl stops watching them. */
+typedef struct hlane hlane;
+
 typedef struct hsock {
   uv_poll_t poll;
   ah_http *h;
+  hlane *lane;  /* whose multi handle owns the socket */
   curl_socket_t fd;
+  int events;  /* UV_READABLE | UV_WRITABLE as started; 0 when stopped */
+  int parked;  /* curl does not watch it (an idle cached connection) */
   int closing;
 } hsock;
 
-struct ah_http {
-  uv_loop_t *loop;
+/* One multi handle and its timer.  malloc'd by lane_open, freed in the
+ * timer's close callback. */
+struct hlane {
+  ah_http *h;
   CURLM *multi;
   uv_timer_t timer;
+  int active;    /* transfers in flight on this lane */
+};
+
+#define LANE_SIZE 128
+#define MAX_LANES 64
+
+struct ah_http {
+  uv_loop_t *loop;
+  hlane *lanes[MAX_LANES]; /* lanes[0] exists from ah__http_open on */
+  int nlanes;
   hsock **socks; /* by descriptor */
-  int nsocks;
-  CURL *idle[32]; /* easy handles kept for reuse */
-  int nidle;
-  int handles;   /* open uv handles (timer and polls) */
+  unsigned char *conn; /* by descriptor: 1 for a socket from open_socket_cb */
+  int nsocks;        /* the length of socks and conn */
+  CURL **idle;   /* easy handles kept for reuse; malloc'd */
+  int nidle, idle_cap;
+  int handles;   /* open uv handles (timers and polls) */
+  int nwatched;  /* sockets with a watcher not closing */
   int closing;
   int active;    /* transfers in flight */
+  int peak;      /* most transfers in flight lately (see load_fit) */
+  uint64_t peak_at; /* loop time peak was last reached */
+  long max_connects; /* as configured; 0: automatic (see load_fit) */
+  long max_host;     /* as configured; 0: no limit */
+  long cache_limit;  /* CURLMOPT_MAXCONNECTS of every lane as last set */
+  long cache_cap;    /* the automatic limit's upper bound */
 };
 
 static size_t buf_add(ah_buf *b, const char *p, size_t n) {
@@ -79,7 +126,25 @@ static void buf_free(ah_buf *b) {
 static void maybe_free(ah_http *h) {
   if (!h->closing || h->handles > 0) return;
   free(h->socks);
+  free(h->conn);
   free(h);
+}
+
+/* Makes room for descriptor fd in socks and conn. */
+static int socks_fit(ah_http *h, curl_socket_t fd) {
+  int n = h->nsocks ? h->nsocks : 64;
+  hsock **v;
+  unsigned char *c;
+  if (fd < h->nsocks) return 0;
+  while (n <= fd) n *= 2;
+  if (!(v = realloc(h->socks, (size_t)n * sizeof *v))) return -1;
+  h->socks = v;
+  if (!(c = realloc(h->conn, (size_t)n))) return -1;
+  h->conn = c;
+  memset(v + h->nsocks, 0, (size_t)(n - h->nsocks) * sizeof *v);
+  memset(c + h->nsocks, 0, (size_t)(n - h->nsocks));
+  h->nsocks = n;
+  return 0;
 }
 
 static void on_sock_closed(uv_handle_t *p) {
@@ -93,48 +158,84 @@ static void on_sock_closed(uv_handle_t *p) {
 static void sock_close(hsock *s) {
   if (s->closing) return;
   s->closing = 1;
+  s->h->nwatched--;
   if (s->fd >= 0 && s->fd < s->h->nsocks && s->h->socks[s->fd] == s)
     s->h->socks[s->fd] = NULL;
   uv_close((uv_handle_t *)&s->poll, on_sock_closed);
 }
 
-static void check_done(ah_http *h);
+static void check_done(hlane *lane);
+static void on_poll(uv_poll_t *p, int status, int events);
+
+static void sock_watch(hsock *s, int events) {
+  if (events == s->events) return;
+  s->events = events;
+  if (events)
+    uv_poll_start(&s->poll, events, on_poll);
+  else
+    uv_poll_stop(&s->poll);
+}
 
 static void on_poll(uv_poll_t *p, int status, int events) {
   hsock *s = p->data;
-  ah_http *h = s->h;
   int flags = 0, running;
+  if (s->parked) {
+    /* An idle connection was closed by its server or sent something
+     * unasked: curl finds out when it next tries to reuse it. */
+    sock_watch(s, 0);
+    return;
+  }
   if (status < 0) {
     flags = CURL_CSELECT_ERR;
   } else {
     if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
     if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
   }
-  curl_multi_socket_action(h->multi, s->fd, flags, &running);
-  check_done(h);
+  curl_multi_socket_action(s->lane->multi, s->fd, flags, &running);
+  check_done(s->lane);
+}
+
+/* An idle watcher stays armed for reading only (a quiet keep-alive
+ * connection gives no events), and does not keep the loop alive. */
+static void sock_park(hsock *s) {
+  s->parked = 1;
+  uv_unref((uv_handle_t *)&s->poll);
+  if (s->events != UV_READABLE) sock_watch(s, 0);
 }
 
 static int sock_cb(CURL *e, curl_socket_t fd, int what, void *userp,
                    void *socketp) {
-  ah_http *h = userp;
+  hlane *lane = userp;
+  ah_http *h = lane->h;
   hsock *s = socketp;
   int events = 0;
   (void)e;
   if (what == CURL_POLL_REMOVE) {
-    if (s) sock_close(s);
-    curl_multi_assign(h->multi, fd, NULL);
+    if (s && !s->closing) {
+      if (fd >= 0 && fd < h->nsocks && h->conn[fd])
+        sock_park(s);
+      else
+        sock_close(s);
+    }
+    curl_multi_assign(lane->multi, fd, NULL);
     return 0;
   }
-  if (!s) {
-    if (fd >= h->nsocks) {
-      int n = h->nsocks ? h->nsocks : 64;
-      hsock **v;
-      while (n <= fd) n *= 2;
-      if (!(v = realloc(h->socks, (size_t)n * sizeof *v))) return -1;
-      memset(v + h->nsocks, 0, (size_t)(n - h->nsocks) * sizeof *v);
-      h->socks = v;
-      h->nsocks = n;
+  if (!s && fd < h->nsocks && (s = h->socks[fd]) != NULL) {
+    if (s->parked) {
+      /* A cached connection in use again: close_socket_cb removes the
+       * watchers of closed connections, so this one watches the same
+       * socket. */
+      s->parked = 0;
+      s->lane = lane;
+      uv_ref((uv_handle_t *)&s->poll);
+      curl_multi_assign(lane->multi, fd, s);
+    } else {
+      sock_close(s); /* left from a socket that curl closed itself */
+      s = NULL;
     }
+  }
+  if (!s) {
+    if (socks_fit(h, fd) != 0) return -1;
     if (!(s = calloc(1, sizeof *s))) return -1;
     if (uv_poll_init_socket(h->loop, &s->poll, fd) != 0) {
       free(s);
@@ -142,39 +243,108 @@ static int sock_cb(CURL *e, curl_socket_t fd, int what, void *userp,
     }
     s->poll.data = s;
     s->h = h;
+    s->lane = lane;
     s->fd = fd;
     h->socks[fd] = s;
     h->handles++;
-    curl_multi_assign(h->multi, fd, s);
+    h->nwatched++;
+    curl_multi_assign(lane->multi, fd, s);
   }
   if (what & CURL_POLL_IN) events |= UV_READABLE;
   if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
-  uv_poll_start(&s->poll, events, on_poll);
+  sock_watch(s, events);
   return 0;
+}
+
+/* Marks the sockets of connections, which curl closes through
+ * close_socket_cb; an unmarked socket (no room for the mark) is watched as
+ * curl's own, which is only slower. */
+static curl_socket_t open_socket_cb(void *clientp, curlsocktype purpose,
+                                    struct curl_sockaddr *a) {
+  ah_http *h = clientp;
+  curl_socket_t fd = socket(a->family, a->socktype, a->protocol);
+  (void)purpose;
+  if (fd >= 0 && socks_fit(h, fd) == 0) h->conn[fd] = 1;
+  return fd;
 }
 
 /* The watcher of a socket goes before the socket does. */
 static int close_socket_cb(void *clientp, curl_socket_t fd) {
   ah_http *h = clientp;
-  if (fd >= 0 && fd < h->nsocks && h->socks[fd]) sock_close(h->socks[fd]);
+  if (fd >= 0 && fd < h->nsocks) {
+    if (h->socks[fd]) sock_close(h->socks[fd]);
+    h->conn[fd] = 0;
+  }
   return close(fd);
 }
 
 static void on_timeout(uv_timer_t *t) {
-  ah_http *h = t->data;
+  hlane *lane = t->data;
   int running;
-  curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-  check_done(h);
+  curl_multi_socket_action(lane->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  check_done(lane);
 }
 
 static int timer_cb(CURLM *m, long timeout_ms, void *userp) {
-  ah_http *h = userp;
+  hlane *lane = userp;
   (void)m;
   if (timeout_ms < 0)
-    uv_timer_stop(&h->timer);
+    uv_timer_stop(&lane->timer);
   else /* even 0: curl is never called from inside its own callback */
-    uv_timer_start(&h->timer, on_timeout, (uint64_t)timeout_ms, 0);
+    uv_timer_start(&lane->timer, on_timeout, (uint64_t)timeout_ms, 0);
   return 0;
+}
+
+/* ---- the connection cache ------------------------------------------------- */
+
+/* The pools follow the load: `peak` is the most transfers in flight,
+ * which rises at once and falls only after it has not been reached for
+ * PEAK_HOLD_MS.  A thousand responses arriving in one poll leave their
+ * tasks briefly without a transfer, and their connections and easy handles
+ * must still be there when the tasks send their next requests.
+ *
+ * The automatic connection cache limit is four connections per transfer in
+ * flight, shared evenly by the lanes (which take equal shares of the
+ * transfers, see lane_pick).  curl keeps a connection only while the cache (busy and idle
+ * connections together) is within the limit, and closes the oldest idle one
+ * otherwise, so a limit below the number of transfers in flight would close
+ * connections as fast as it opens them.  A lower limit closes nothing by
+ * itself: the surplus goes as connections are given back.  Up to `peak`
+ * easy handles are kept for reuse (at least IDLE_MIN). */
+#define PEAK_HOLD_MS 60000
+#define IDLE_MIN 32
+static void limits_apply(ah_http *h, long cache_limit) {
+  int i;
+  h->cache_limit = cache_limit;
+  for (i = 0; i < h->nlanes; i++) {
+    curl_multi_setopt(h->lanes[i]->multi, CURLMOPT_MAXCONNECTS, cache_limit);
+    curl_multi_setopt(h->lanes[i]->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+                      h->max_host);
+  }
+}
+
+static void load_fit(ah_http *h) {
+  long want;
+  uint64_t now = uv_now(h->loop);
+  if (h->active >= h->peak || now - h->peak_at >= PEAK_HOLD_MS) {
+    h->peak = h->active;
+    h->peak_at = now;
+  }
+  if (h->max_connects > 0 || h->closing) return;
+  want = 4L * h->peak;
+  if (want < AUTO_CONNECTS_MIN) want = AUTO_CONNECTS_MIN;
+  if (want > h->cache_cap) want = h->cache_cap;
+  want = (want + h->nlanes - 1) / h->nlanes;
+  if (want != h->cache_limit) limits_apply(h, want);
+}
+
+static long cache_cap(void) {
+  struct rlimit rl;
+  long cap = AUTO_CONNECTS_MAX;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+      rl.rlim_cur / 2 < (rlim_t)cap)
+    cap = (long)(rl.rlim_cur / 2);
+  return cap < AUTO_CONNECTS_MIN ? AUTO_CONNECTS_MIN : cap;
 }
 
 /* ---- transfers ---------------------------------------------------------------- */
@@ -312,16 +482,19 @@ static const char *kind_of(ah_http_req *r, CURLcode rc) {
   }
 }
 
-static void check_done(ah_http *h) {
+static void check_done(hlane *lane) {
+  ah_http *h = lane->h;
   CURLMsg *msg;
   int left;
-  while ((msg = curl_multi_info_read(h->multi, &left))) {
+  while ((msg = curl_multi_info_read(lane->multi, &left))) {
     ah_http_req *r = NULL;
     CURL *e = msg->easy_handle;
     if (msg->msg != CURLMSG_DONE) continue;
     curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&r);
-    curl_multi_remove_handle(h->multi, e);
+    curl_multi_remove_handle(lane->multi, e);
+    lane->active--;
     h->active--;
+    load_fit(h);
     r->running = 0;
     r->code = msg->data.result;
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->status);
@@ -340,6 +513,57 @@ static void check_done(ah_http *h) {
   }
 }
 
+static void on_lane_closed(uv_handle_t *t) {
+  hlane *lane = t->data;
+  ah_http *h = lane->h;
+  free(lane);
+  h->handles--;
+  maybe_free(h);
+}
+
+/* Adds a lane with the current limits; NULL when out of lanes or memory. */
+static hlane *lane_open(ah_http *h) {
+  hlane *lane;
+  if (h->nlanes == MAX_LANES || !(lane = calloc(1, sizeof *lane))) return NULL;
+  if (!(lane->multi = curl_multi_init())) {
+    free(lane);
+    return NULL;
+  }
+  lane->h = h;
+  uv_timer_init(h->loop, &lane->timer);
+  lane->timer.data = lane;
+  h->handles++;
+  curl_multi_setopt(lane->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
+  curl_multi_setopt(lane->multi, CURLMOPT_SOCKETDATA, lane);
+  curl_multi_setopt(lane->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+  curl_multi_setopt(lane->multi, CURLMOPT_TIMERDATA, lane);
+  curl_multi_setopt(lane->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  h->lanes[h->nlanes++] = lane;
+  if (h->max_connects > 0)
+    limits_apply(h, h->max_connects);
+  else
+    load_fit(h); /* the shares of the cache change */
+  curl_multi_setopt(lane->multi, CURLMOPT_MAXCONNECTS, h->cache_limit);
+  curl_multi_setopt(lane->multi, CURLMOPT_MAX_HOST_CONNECTIONS, h->max_host);
+  return lane;
+}
+
+/* The lane for a new transfer: the least busy, or a new one when every
+ * lane has LANE_SIZE transfers in flight.  So up to LANE_SIZE transfers in
+ * flight share one multi handle, its connections and its DNS cache (and
+ * HTTP/2 streams share connections within a lane).  With a configured
+ * bound on connections every transfer uses the first lane, so that the
+ * bound holds as given. */
+static hlane *lane_pick(ah_http *h) {
+  hlane *best = h->lanes[0], *lane;
+  int i;
+  if (h->max_connects > 0 || h->max_host > 0) return best;
+  for (i = 1; i < h->nlanes; i++)
+    if (h->lanes[i]->active < best->active) best = h->lanes[i];
+  if (best->active >= LANE_SIZE && (lane = lane_open(h)) != NULL) return lane;
+  return best;
+}
+
 int ah__http_open(ah_http **out, uv_loop_t *loop, long max_connects,
                   long max_host_connections) {
   ah_http *h;
@@ -349,30 +573,16 @@ int ah__http_open(ah_http **out, uv_loop_t *loop, long max_connects,
     global_done = 1;
   }
   if (!(h = calloc(1, sizeof *h))) return UV_ENOMEM;
-  if (!(h->multi = curl_multi_init())) {
+  h->loop = loop;
+  h->cache_cap = cache_cap();
+  h->cache_limit = AUTO_CONNECTS_MIN;
+  if (!lane_open(h)) {
     free(h);
     return UV_ENOMEM;
   }
-  h->loop = loop;
-  uv_timer_init(loop, &h->timer);
-  h->timer.data = h;
-  h->handles = 1;
-  curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
-  curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
-  curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
-  curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
-  curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, max_connects);
-  curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
-                    max_host_connections);
-  curl_multi_setopt(h->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  ah__http_limits(h, max_connects, max_host_connections);
   *out = h;
   return 0;
-}
-
-static void on_timer_closed(uv_handle_t *t) {
-  ah_http *h = t->data;
-  h->handles--;
-  maybe_free(h);
 }
 
 void ah__http_close(ah_http *h) {
@@ -380,24 +590,35 @@ void ah__http_close(ah_http *h) {
   if (h->closing) return;
   h->closing = 1;
   for (i = 0; i < h->nidle; i++) curl_easy_cleanup(h->idle[i]);
-  h->nidle = 0;
-  /* Cleaning up the multi handle closes the cached connections, whose
+  free(h->idle);
+  h->idle = NULL;
+  h->nidle = h->idle_cap = 0;
+  /* Cleaning up a multi handle closes its cached connections, whose
    * watchers close through close_socket_cb. */
-  curl_multi_cleanup(h->multi);
-  h->multi = NULL;
+  for (i = 0; i < h->nlanes; i++) {
+    curl_multi_cleanup(h->lanes[i]->multi);
+    h->lanes[i]->multi = NULL;
+  }
   for (i = 0; i < h->nsocks; i++)
     if (h->socks[i]) sock_close(h->socks[i]);
-  uv_close((uv_handle_t *)&h->timer, on_timer_closed);
+  for (i = 0; i < h->nlanes; i++)
+    uv_close((uv_handle_t *)&h->lanes[i]->timer, on_lane_closed);
+  h->nlanes = 0;
 }
 
 int ah__http_active(const ah_http *h) { return h->active; }
 
+int ah__http_sockets(const ah_http *h) { return h->nwatched; }
+
 void ah__http_limits(ah_http *h, long max_connects, long max_host_connections) {
-  if (max_connects >= 0)
-    curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, max_connects);
-  if (max_host_connections >= 0)
-    curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
-                      max_host_connections);
+  if (max_host_connections >= 0) h->max_host = max_host_connections;
+  if (max_connects >= 0) h->max_connects = max_connects;
+  if (h->max_connects > 0)
+    limits_apply(h, h->max_connects);
+  else {
+    h->cache_limit = -1; /* set anew by load_fit */
+    load_fit(h);
+  }
 }
 
 /* Strips user:password@ from a URL for messages. */
@@ -418,29 +639,16 @@ void ah__http_safe_url(const char *url, char *out, size_t size) {
   snprintf(out, size, "(an invalid URL)");
 }
 
-int ah__http_start(ah_http *h, ah_http_req *r) {
-  CURL *e;
-  int https = strncasecmp(r->url, "https://", 8) == 0;
-  if (h->closing) return UV_EINVAL;
-  e = h->nidle > 0 ? h->idle[--h->nidle] : curl_easy_init();
-  if (!e) return UV_ENOMEM;
-  r->easy = e;
-  r->h = h;
-  curl_easy_setopt(e, CURLOPT_URL, r->url);
-  curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r);
-  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
+/* The options that are the same for every transfer, set on a new or reset
+ * easy handle. */
+static void easy_defaults(ah_http *h, CURL *e) {
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, https ? "https" : "http,https");
-  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, r->follow ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_MAXREDIRS, 5L);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, r->timeout_ms);
-  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, r->connect_timeout_ms);
-  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->max_body);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket_cb);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, h);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket_cb);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, h);
   if (r->deny_private) {
@@ -452,25 +660,57 @@ int ah__http_start(ah_http *h, ah_http_req *r) {
     curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
   }
   curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+}
+
+int ah__http_start(ah_http *h, ah_http_req *r) {
+  CURL *e;
+  hlane *lane;
+  if (h->closing) return UV_EINVAL;
+  lane = lane_pick(h);
+  if (h->nidle > 0) {
+    e = h->idle[--h->nidle];
+  } else {
+    if (!(e = curl_easy_init())) return UV_ENOMEM;
+    easy_defaults(h, e);
+  }
+  r->easy = e;
+  r->h = h;
+  /* Every option a transfer may change is set here, whatever the handle's
+   * previous transfer set: the method's options start again from GET. */
+  curl_easy_setopt(e, CURLOPT_URL, r->url);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, r->follow ? 1L : 0L);
+  if (r->follow)
+    curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR,
+                     strncasecmp(r->url, "https://", 8) == 0 ? "https" : "http,https");
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, r->timeout_ms);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, r->connect_timeout_ms);
+  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->max_body);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->header_list);
+  curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+  curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
   if (r->body_data) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_len);
     curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, r->body_data);
   }
   if (strcmp(r->method, "HEAD") == 0)
     curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-  else if (strcmp(r->method, "GET") == 0 && !r->body_data)
-    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-  else if (!(strcmp(r->method, "POST") == 0 && r->body_data))
+  else if (!(strcmp(r->method, "GET") == 0 && !r->body_data) &&
+           !(strcmp(r->method, "POST") == 0 && r->body_data))
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r->method);
-  if (curl_multi_add_handle(h->multi, e) != CURLM_OK) {
-    curl_easy_reset(e);
+  if (curl_multi_add_handle(lane->multi, e) != CURLM_OK) {
     curl_easy_cleanup(e);
     r->easy = NULL;
     return UV_ENOMEM;
   }
+  r->lane = lane;
   r->running = 1;
+  lane->active++;
   h->active++;
+  load_fit(h);
   return 0;
 }
 
@@ -481,21 +721,48 @@ void ah__http_resume(ah_http_req *r) {
   curl_easy_pause(r->easy, CURLPAUSE_CONT);
 }
 
-/* Gives the easy handle back (resetting it keeps its connection cache). */
+/* Gives the easy handle back.  A plain transfer that ended normally leaves
+ * nothing behind that the next start does not set again, so its handle is
+ * kept as it is; any other is reset (freeing a copied request body, a
+ * paused state), which keeps the connection cache, and gets its defaults
+ * again.  Pointers into the request are cleared either way. */
 static void release_easy(ah_http *h, ah_http_req *r) {
   CURL *e = r->easy;
+  int plain = !r->running && !r->kind && !r->body_data && !r->stream &&
+              !r->paused;
   if (!e) return;
   if (r->running) {
-    if (h->multi) curl_multi_remove_handle(h->multi, e);
+    hlane *lane = r->lane;
+    if (lane->multi) curl_multi_remove_handle(lane->multi, e);
+    lane->active--;
     h->active--;
+    load_fit(h);
     r->running = 0;
   }
-  curl_easy_reset(e);
-  if (h->nidle < (int)(sizeof h->idle / sizeof h->idle[0]) && !h->closing)
-    h->idle[h->nidle++] = e;
-  else
-    curl_easy_cleanup(e);
   r->easy = NULL;
+  if (plain) {
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, NULL);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
+  } else {
+    curl_easy_reset(e);
+    easy_defaults(h, e);
+  }
+  if (!h->closing && (h->nidle < IDLE_MIN || h->nidle < h->peak)) {
+    if (h->nidle == h->idle_cap) {
+      int cap = h->idle_cap ? 2 * h->idle_cap : IDLE_MIN;
+      CURL **v = realloc(h->idle, (size_t)cap * sizeof *v);
+      if (!v) {
+        curl_easy_cleanup(e);
+        return;
+      }
+      h->idle = v;
+      h->idle_cap = cap;
+    }
+    h->idle[h->nidle++] = e;
+  } else {
+    curl_easy_cleanup(e);
+  }
 }
 
 void ah__http_req_free(ah_http_req *r) {

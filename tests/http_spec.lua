@@ -85,9 +85,109 @@ describe("ah.http.request", function()
     end)
     local opened = connections() - before
     assert.is_true(opened <= 4, "opened " .. opened .. " connections with a limit of 4")
-    local ok, err = pcall(task.run, function() http.configure { max_connections = 0 } end)
-    assert.is_false(ok)
-    assert.is_true(ah.error.is(err, "invalid_argument"))
+    for _, bad in ipairs { { max_connections = -1 }, { max_connections = 100001 },
+                           { max_host_connections = -1 }, { max_connections = 1.5 },
+                           { max_connections = "many" } } do
+      local ok, err = pcall(task.run, function() http.configure(bad) end)
+      assert.is_false(ok)
+      assert.is_true(ah.error.is(err, "invalid_argument"), tostring(err))
+    end
+  end)
+
+  -- Two rounds of n requests in flight at once: the second round finds the
+  -- first round's connections still open when the cache keeps them all.
+  local function two_rounds(n)
+    local before = connections()
+    run(function()
+      local items = {}
+      for i = 1, n do items[i] = i end
+      for _ = 1, 2 do
+        task.map(items, function() return http.get(srv.url("/delay?ms=50")).status end)
+      end
+    end)
+    return connections() - before
+  end
+
+  it("keeps every connection alive with more requests in flight than 256", function()
+    local opened = two_rounds(600)
+    assert.is_true(opened <= 600, "opened " .. opened .. " connections for 2 x 600 requests")
+  end)
+
+  it("keeps to max_connections when configured, and goes back to automatic with 0", function()
+    -- curl closes the oldest idle connection each time one comes back to a
+    -- full cache: with a cache of 1, requests empty it of earlier tests'.
+    run(function()
+      http.configure { max_connections = 1 }
+      for _ = 1, 5000 do
+        if http.get(srv.url("/stats")).json.open <= 2 then break end
+      end
+      http.configure { max_connections = 16 }
+    end)
+    local opened = two_rounds(64)
+    run(function() http.configure { max_connections = 0 } end)
+    assert.is_true(opened > 64, "opened only " .. opened .. " connections with a cache of 16")
+    opened = two_rounds(64)
+    assert.is_true(opened <= 64, "opened " .. opened .. " connections for 2 x 64 requests")
+  end)
+
+  it("carries no option of one request over to the next", function()
+    -- One task, one request at a time: each request reuses the easy handle
+    -- (and connection) of the one before.
+    local rs = run(function()
+      local out = {}
+      local function echo(o)
+        o.url = srv.url("/echo")
+        out[#out + 1] = http.request(o)
+      end
+      echo { method = "HEAD" }
+      echo {}
+      echo { method = "DELETE", headers = { ["X-One"] = "1" } }
+      echo {}
+      echo { method = "PUT", body = "put body" }
+      echo {}
+      out[#out + 1] = http.get(srv.url("/redirect?n=1"), { follow_redirects = true })
+      out[#out + 1] = http.get(srv.url("/redirect?n=1"))
+      return out
+    end)
+    assert.equal(200, rs[1].status)
+    assert.equal("", rs[1].body)
+    local function req(i) return rs[i].json end
+    assert.equal("GET", req(2).method)
+    assert.equal("DELETE", req(3).method)
+    assert.equal("1", req(3).headers["x-one"])
+    assert.equal("GET", req(4).method)
+    assert.is_nil(req(4).headers["x-one"])
+    assert.equal("", req(4).body)
+    assert.equal("PUT", req(5).method)
+    assert.equal("put body", req(5).body)
+    assert.equal("GET", req(6).method)
+    assert.equal("", req(6).body)
+    assert.equal("redirected", rs[7].body)
+    assert.equal(302, rs[8].status)
+  end)
+
+  it("watches the resolver's sockets only while curl does", function()
+    -- A host name (not an address) is resolved on curl's resolver thread,
+    -- whose socket pair curl watches and closes itself.  This machine's own
+    -- name is used when it resolves to 127.0.0.1 only.
+    -- (LD_PRELOAD is cleared: the sanitizer runtimes preloaded into this
+    -- process would report these tools' own leaks.)
+    local p = io.popen("unset LD_PRELOAD; n=$(hostname) && getent ahosts \"$n\" | " ..
+                       "awk '{print $1}' | sort -u | tr '\\n' ' ' && echo \"$n\"")
+    local out = p:read("a") or ""
+    p:close()
+    local addrs, name = out:match("^(.-)%s*([%w%-%.]+)%s*$")
+    if addrs ~= "127.0.0.1" or not name then
+      return pending("this machine's host name does not resolve to 127.0.0.1 only (" .. out .. ")")
+    end
+    local before, after = run(function()
+      local b = http.stats().sockets
+      task.gather(function() return http.get((srv.url("/fixed"):gsub("127%.0%.0%.1", name))) end,
+                  function() return http.get((srv.url("/fixed"):gsub("127%.0%.0%.1", name))) end)
+      return b, http.stats().sockets
+    end)
+    -- two new connections, and no watcher left on a closed socket
+    assert.equal(2, after - before)
   end)
 
   it("aborts the transfer when the task is cancelled, and frees its connection", function()

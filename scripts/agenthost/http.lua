@@ -92,9 +92,14 @@ M.sse_parser = C.sse_parser
 
 -- get(url [, opts])
 function M.get(url, opts)
-  local o = {}
-  for k, v in pairs(opts or {}) do o[k] = v end
-  o.url, o.method = url, o.method or "GET"
+  local o
+  if opts == nil then
+    o = { url = url, method = "GET" }
+  else
+    o = {}
+    for k, v in pairs(opts) do o[k] = v end
+    o.url, o.method = url, o.method or "GET"
+  end
   return M.request(o)
 end
 
