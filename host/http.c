@@ -36,6 +36,8 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -256,14 +258,59 @@ static int sock_cb(CURL *e, curl_socket_t fd, int what, void *userp,
   return 0;
 }
 
-/* Marks the sockets of connections, which curl closes through
+/* Is a an address that a URL from untrusted input must not reach: this
+ * host, private networks, link-local, shared, multicast or reserved? */
+static int is_internal_v4(const unsigned char *b) {
+  return b[0] == 0 || b[0] == 10 || b[0] == 127 || b[0] >= 224 ||
+         (b[0] == 100 && (b[1] & 0xc0) == 64) ||         /* 100.64/10 */
+         (b[0] == 169 && b[1] == 254) ||                 /* link-local */
+         (b[0] == 172 && (b[1] & 0xf0) == 16) ||         /* 172.16/12 */
+         (b[0] == 192 && b[1] == 168) ||
+         (b[0] == 192 && b[1] == 0 && b[2] == 0) ||      /* 192.0.0/24 */
+         (b[0] == 198 && (b[1] & 0xfe) == 18);           /* 198.18/15 */
+}
+
+static int is_internal(const struct sockaddr *sa) {
+  if (sa->sa_family == AF_INET)
+    return is_internal_v4((const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr);
+  if (sa->sa_family == AF_INET6) {
+    const unsigned char *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    static const unsigned char nat64[12] = {0, 0x64, 0xff, 0x9b};
+    static const unsigned char zero[15] = {0};
+    if (memcmp(b, mapped, 12) == 0 || memcmp(b, nat64, 12) == 0)
+      return is_internal_v4(b + 12);
+    return memcmp(b, zero, 15) == 0 ||                   /* :: and ::1 */
+           (b[0] & 0xfe) == 0xfc ||                      /* fc00::/7 */
+           (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) ||    /* fe80::/10 */
+           b[0] == 0xff;                                 /* multicast */
+  }
+  return 1;
+}
+
+
+/* Opens every socket curl connects with (clientp: the request).  Sockets
+ * are close-on-exec, so that programs started by ah.proc do not inherit the
+ * host's connections.  A request made with deny_private gets no socket for
+ * an internal address (checked after DNS, for every redirect).  The
+ * sockets of connections are marked: curl closes them through
  * close_socket_cb; an unmarked socket (no room for the mark) is watched as
  * curl's own, which is only slower. */
 static curl_socket_t open_socket_cb(void *clientp, curlsocktype purpose,
                                     struct curl_sockaddr *a) {
-  ah_http *h = clientp;
-  curl_socket_t fd = socket(a->family, a->socktype, a->protocol);
+  ah_http_req *r = clientp;
+  ah_http *h = r->h;
+  curl_socket_t fd;
   (void)purpose;
+  if (r->deny_private && is_internal(&a->addr)) {
+    const void *ip = a->family == AF_INET6
+                         ? (const void *)&((struct sockaddr_in6 *)&a->addr)->sin6_addr
+                         : (const void *)&((struct sockaddr_in *)&a->addr)->sin_addr;
+    if (!inet_ntop(a->family, ip, r->blocked, sizeof r->blocked))
+      snprintf(r->blocked, sizeof r->blocked, "an internal address");
+    return CURL_SOCKET_BAD;
+  }
+  fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
   if (fd >= 0 && socks_fit(h, fd) == 0) h->conn[fd] = 1;
   return fd;
 }
@@ -402,53 +449,6 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
   return len;
 }
 
-/* Is a an address that a URL from untrusted input must not reach: this
- * host, private networks, link-local, shared, multicast or reserved? */
-static int is_internal_v4(const unsigned char *b) {
-  return b[0] == 0 || b[0] == 10 || b[0] == 127 || b[0] >= 224 ||
-         (b[0] == 100 && (b[1] & 0xc0) == 64) ||         /* 100.64/10 */
-         (b[0] == 169 && b[1] == 254) ||                 /* link-local */
-         (b[0] == 172 && (b[1] & 0xf0) == 16) ||         /* 172.16/12 */
-         (b[0] == 192 && b[1] == 168) ||
-         (b[0] == 192 && b[1] == 0 && b[2] == 0) ||      /* 192.0.0/24 */
-         (b[0] == 198 && (b[1] & 0xfe) == 18);           /* 198.18/15 */
-}
-
-static int is_internal(const struct sockaddr *sa) {
-  if (sa->sa_family == AF_INET)
-    return is_internal_v4((const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr);
-  if (sa->sa_family == AF_INET6) {
-    const unsigned char *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
-    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    static const unsigned char nat64[12] = {0, 0x64, 0xff, 0x9b};
-    static const unsigned char zero[15] = {0};
-    if (memcmp(b, mapped, 12) == 0 || memcmp(b, nat64, 12) == 0)
-      return is_internal_v4(b + 12);
-    return memcmp(b, zero, 15) == 0 ||                   /* :: and ::1 */
-           (b[0] & 0xfe) == 0xfc ||                      /* fc00::/7 */
-           (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) ||    /* fe80::/10 */
-           b[0] == 0xff;                                 /* multicast */
-  }
-  return 1;
-}
-
-/* Opens each socket of a request made with deny_private, after checking
- * the address it is for (after DNS, and again for every redirect). */
-static curl_socket_t open_socket_cb(void *data, curlsocktype purpose,
-                                    struct curl_sockaddr *a) {
-  ah_http_req *r = data;
-  (void)purpose;
-  if (is_internal(&a->addr)) {
-    const void *ip = a->family == AF_INET6
-                         ? (const void *)&((struct sockaddr_in6 *)&a->addr)->sin6_addr
-                         : (const void *)&((struct sockaddr_in *)&a->addr)->sin_addr;
-    if (!inet_ntop(a->family, ip, r->blocked, sizeof r->blocked))
-      snprintf(r->blocked, sizeof r->blocked, "an internal address");
-    return CURL_SOCKET_BAD;
-  }
-  return socket(a->family, a->socktype, a->protocol);
-}
-
 static const char *kind_of(ah_http_req *r, CURLcode rc) {
   if (r->too_large) return "too_large";
   if (r->blocked[0]) return "forbidden";
@@ -522,10 +522,46 @@ static void on_lane_closed(uv_handle_t *t) {
 }
 
 /* Adds a lane with the current limits; NULL when out of lanes or memory. */
+
+/* curl_multi_init opens a socket pair to wake itself up, without
+ * close-on-exec; a program started by ah.proc would inherit it.  Its
+ * descriptors are the ones open after the call that were not before
+ * (listed from /proc/self/fd, so the cost follows the descriptors open). */
+#define FD_MAX 65536
+static void fds_open(unsigned char *set) {
+  DIR *d = opendir("/proc/self/fd");
+  struct dirent *de;
+  if (!d) return;
+  while ((de = readdir(d)) != NULL) {
+    int fd = atoi(de->d_name);
+    if (fd > 2 && fd < FD_MAX && fd != dirfd(d)) set[fd / 8] |= (unsigned char)(1u << (fd % 8));
+  }
+  closedir(d);
+}
+
+static CURLM *multi_init_cloexec(void) {
+  unsigned char *before = calloc(FD_MAX / 8, 2), *after = before ? before + FD_MAX / 8 : NULL;
+  CURLM *m;
+  int fd;
+  if (before) fds_open(before);
+  m = curl_multi_init();
+  if (m && before) {
+    fds_open(after);
+    for (fd = 3; fd < FD_MAX; fd++) {
+      int flags;
+      if (!(after[fd / 8] & (1u << (fd % 8))) || (before[fd / 8] & (1u << (fd % 8)))) continue;
+      if ((flags = fcntl(fd, F_GETFD)) != -1 && !(flags & FD_CLOEXEC))
+        fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+    }
+  }
+  free(before);
+  return m;
+}
+
 static hlane *lane_open(ah_http *h) {
   hlane *lane;
   if (h->nlanes == MAX_LANES || !(lane = calloc(1, sizeof *lane))) return NULL;
-  if (!(lane->multi = curl_multi_init())) {
+  if (!(lane->multi = multi_init_cloexec())) {
     free(lane);
     return NULL;
   }
@@ -648,17 +684,8 @@ static void easy_defaults(ah_http *h, CURL *e) {
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket_cb);
-  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, h);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket_cb);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, h);
-  if (r->deny_private) {
-    /* A fresh connection of its own, so that the address check runs and
-     * no connection opened by another request is reused. */
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket_cb);
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, r);
-    curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
-    curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
-  }
   curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
 }
 
@@ -689,6 +716,11 @@ int ah__http_start(ah_http *h, ah_http_req *r) {
   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->max_body);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, r);
+  /* deny_private: a fresh connection of its own, so that the address check
+   * runs and no connection opened by another request is reused. */
+  curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, r->deny_private ? 1L : 0L);
+  curl_easy_setopt(e, CURLOPT_FORBID_REUSE, r->deny_private ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->header_list);
   curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
   curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);

@@ -208,6 +208,20 @@ describe("ah.proc.run", function()
     run(reaped)
   end)
 
+  it("does not hand the host's HTTP connections to the programs it starts", function()
+    local httpd = require "support.httpd"
+    local srv = httpd.start()
+    local listing = run(function()
+      assert.equal(200, ah.http.get(srv.url("/fixed")).status) -- a kept-alive connection now
+      return proc.run { cmd = "ls", args = { "-l", "/proc/self/fd" } }.stdout
+    end)
+    srv:stop()
+    -- its stdio are socket pairs of libuv's; nothing above 2 may be a socket
+    for fd in listing:gmatch(" (%d+) %-> socket:") do
+      assert.is_true(tonumber(fd) <= 2, "inherited socket " .. fd .. ":\n" .. listing)
+    end
+  end)
+
   it("runs 200 processes at once", function()
     local outs = run(function()
       local items = {}
