@@ -121,6 +121,47 @@ static int m_step(lua_State *L) {
   return 1;
 }
 
+/* ---- per-state contexts ------------------------------------------------------ */
+
+typedef struct context_box {
+  void *p;
+  void (*close)(void *p);
+} context_box;
+
+static int context_gc(lua_State *L) {
+  context_box *b = lua_touserdata(L, 1);
+  if (b->p) b->close(b->p);
+  b->p = NULL;
+  return 0;
+}
+
+void *ah__context_peek(lua_State *L, const void *key) {
+  context_box *b;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, key);
+  b = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return b ? b->p : NULL;
+}
+
+void *ah__context(lua_State *L, const void *key, ah_context_open open,
+                  void (*close)(void *p), const char *what) {
+  context_box *b;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, key);
+  b = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (b) return b->p;
+  b = lua_newuserdatauv(L, sizeof *b, 0);
+  b->p = NULL;
+  b->close = close;
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, context_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  if (open(&b->p, ah__sched_uv(ah__sched_get(L))) != 0) luaL_error(L, "%s", what);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, key);
+  return b->p;
+}
+
 int luaopen_agenthost_core(lua_State *L) {
   lua_createtable(L, 0, 12);
   ah__open_task(L);

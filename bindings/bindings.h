@@ -83,6 +83,16 @@ int ah__error_raise(lua_State *L, const char *kind, int retryable,
 int ah__error_is(lua_State *L, int idx, const char *kind);
 void ah__error_open(lua_State *L); /* pushes the ah.error table */
 
+/* A per-state context of a host area (the HTTP multi, the process table):
+ * made by open on first use, kept in a registry userdata under key, and
+ * closed by close when that userdata is finalised.  Made after the
+ * scheduler, it is finalised before it.  ah__context raises `what` when
+ * open fails; ah__context_peek returns NULL when none was made. */
+typedef int (*ah_context_open)(void **out, uv_loop_t *loop);
+void *ah__context(lua_State *L, const void *key, ah_context_open open,
+                  void (*close)(void *p), const char *what);
+void *ah__context_peek(lua_State *L, const void *key);
+
 /* Module parts; each pushes its table. */
 int ah__open_task(lua_State *L);
 int ah__open_reload(lua_State *L);

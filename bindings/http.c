@@ -25,11 +25,6 @@
 
 static char HTTP_KEY;
 
-/* The loop's HTTP context, in a registry userdata whose __gc closes it.  It
- * is created after the scheduler, so it is finalised before it. */
-typedef struct hbox {
-  ah_http *h;
-} hbox;
 
 /* One request; a userdata kept on the waiting task's stack. */
 typedef struct lreq {
@@ -42,29 +37,19 @@ typedef struct lreq {
   char *url;        /* malloc'd copy for messages; freed by lreq_gc only */
 } lreq;
 
-static int hbox_gc(lua_State *L) {
-  hbox *b = lua_touserdata(L, 1);
-  if (b->h) ah__http_close(b->h);
-  b->h = NULL;
-  return 0;
+static int http_open(void **out, uv_loop_t *loop) {
+  ah_http *h = NULL;
+  int rc = ah__http_open(&h, loop, 0, 0);
+  *out = h;
+  return rc;
 }
 
+static void http_close(void *h) { ah__http_close(h); }
+
+/* The loop's HTTP context (see ah__context). */
 static ah_http *get_http(lua_State *L) {
-  hbox *b;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &HTTP_KEY);
-  b = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  if (b) return b->h;
-  b = lua_newuserdatauv(L, sizeof *b, 0);
-  b->h = NULL;
-  lua_createtable(L, 0, 1);
-  lua_pushcfunction(L, hbox_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_setmetatable(L, -2);
-  if (ah__http_open(&b->h, ah__sched_uv(ah__sched_get(L)), 0, 0) != 0)
-    luaL_error(L, "ah.http: cannot initialise libcurl");
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &HTTP_KEY);
-  return b->h;
+  return ah__context(L, &HTTP_KEY, http_open, http_close,
+                     "ah.http: cannot initialise libcurl");
 }
 
 static int lreq_gc(lua_State *L) {
@@ -534,15 +519,12 @@ static int h_configure(lua_State *L) {
 
 /* core.http.stats() -> {active, sockets} */
 static int h_stats(lua_State *L) {
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &HTTP_KEY);
-  {
-    hbox *b = lua_touserdata(L, -1);
-    lua_createtable(L, 0, 2);
-    lua_pushinteger(L, b && b->h ? ah__http_active(b->h) : 0);
-    lua_setfield(L, -2, "active");
-    lua_pushinteger(L, b && b->h ? ah__http_sockets(b->h) : 0);
-    lua_setfield(L, -2, "sockets");
-  }
+  ah_http *h = ah__context_peek(L, &HTTP_KEY);
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, h ? ah__http_active(h) : 0);
+  lua_setfield(L, -2, "active");
+  lua_pushinteger(L, h ? ah__http_sockets(h) : 0);
+  lua_setfield(L, -2, "sockets");
   return 1;
 }
 

@@ -37,36 +37,19 @@ extern char **environ;
 
 static char PROCS_KEY;
 
-/* The loop's process context, in a registry userdata whose __gc closes it.
- * It is created after the scheduler, so it is finalised before it, and
- * before it the process objects, which are created after it. */
-typedef struct pbox {
-  ah_procs *ps;
-} pbox;
-
-static int pbox_gc(lua_State *L) {
-  pbox *b = lua_touserdata(L, 1);
-  if (b->ps) ah__procs_close(b->ps);
-  b->ps = NULL;
-  return 0;
+static int procs_open(void **out, uv_loop_t *loop) {
+  ah_procs *ps = NULL;
+  int rc = ah__procs_open(&ps, loop);
+  *out = ps;
+  return rc;
 }
 
+static void procs_close(void *ps) { ah__procs_close(ps); }
+
+/* The loop's process context (see ah__context).  It is finalised before the
+ * scheduler, and after the process objects, which are created after it. */
 static ah_procs *get_procs(lua_State *L) {
-  pbox *b;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &PROCS_KEY);
-  b = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  if (b) return b->ps;
-  b = lua_newuserdatauv(L, sizeof *b, 0);
-  b->ps = NULL;
-  lua_createtable(L, 0, 1);
-  lua_pushcfunction(L, pbox_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_setmetatable(L, -2);
-  if (ah__procs_open(&b->ps, ah__sched_uv(ah__sched_get(L))) != 0)
-    luaL_error(L, "ah.proc: out of memory");
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &PROCS_KEY);
-  return b->ps;
+  return ah__context(L, &PROCS_KEY, procs_open, procs_close, "ah.proc: out of memory");
 }
 
 /* ---- options -------------------------------------------------------------- */
@@ -831,10 +814,7 @@ static int p_spawn(lua_State *L) {
  * processes not yet reaped. */
 static int p_stats(lua_State *L) {
   int live, running;
-  ah_procs *ps = NULL;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &PROCS_KEY);
-  if (lua_touserdata(L, -1)) ps = ((pbox *)lua_touserdata(L, -1))->ps;
-  lua_pop(L, 1);
+  ah_procs *ps = ah__context_peek(L, &PROCS_KEY);
   ah__procs_count(ps, &live, &running);
   lua_createtable(L, 0, 2);
   lua_pushinteger(L, live);
