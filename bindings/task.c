@@ -101,7 +101,7 @@ struct ah_sched {
   ah_link unobserved; /* failed tasks nobody has taken the error of yet */
   ah_link orphans;   /* tasks without a parent: main and detached tasks */
   ah_link drainers;  /* tasks waiting in task.drain */
-  ah_link yielded;   /* tasks that yielded: they run after the next poll */
+  ah_link yielded;   /* tasks that yielded: they run in the next pass */
   size_t live, detached, sleeping;
   unsigned long long spawned, resumes;
   ah_task *root;
@@ -703,16 +703,31 @@ static void report_unobserved(ah_sched *S) {
   deliver_reports(S);
 }
 
+/* Is any task ready, or waiting to run again after a yield? */
+static int has_work(const ah_sched *S) {
+  return !link_empty(&S->ready) || !link_empty(&S->yielded);
+}
+
 /* Runs ready tasks.  Work made ready meanwhile (a completion waking its
  * waiter) runs in the same pass, up to DRAIN_BUDGET resumes, after which
- * the loop polls I/O once before the rest; tasks that yield go after the
- * poll too. */
+ * the loop turns once (timers, I/O) before the rest.  Tasks that yield
+ * wait for the next pass and then go behind every task that timers and
+ * I/O made ready in between, so a task that keeps yielding delays a woken
+ * task by at most one of its slices. */
 #define DRAIN_BUDGET 65536
 static void drain(ah_evloop *lp) {
   ah_sched *S = lp->data;
   int budget = DRAIN_BUDGET;
   if (S->draining || S->closed) return;
   S->draining = 1;
+  if (!link_empty(&S->yielded)) {
+    ah_link *first = S->yielded.next, *last = S->yielded.prev;
+    first->prev = S->ready.prev;
+    S->ready.prev->next = first;
+    last->next = &S->ready;
+    S->ready.prev = last;
+    link_init(&S->yielded);
+  }
   for (;;) {
     while (!link_empty(&S->ready) && budget-- > 0) {
       ah_task *t;
@@ -732,15 +747,7 @@ static void drain(ah_evloop *lp) {
     d->queued = 0;
     d->fn(d);
   }
-  if (!link_empty(&S->yielded)) {
-    ah_link *first = S->yielded.next, *last = S->yielded.prev;
-    first->prev = S->ready.prev;
-    S->ready.prev->next = first;
-    last->next = &S->ready;
-    S->ready.prev = last;
-    link_init(&S->yielded);
-  }
-  ah__loop_pending(lp, !link_empty(&S->ready));
+  ah__loop_pending(lp, has_work(S));
   S->draining = 0;
   if (S->running && S->root && S->root->state >= T_DONE && S->detached == 0)
     uv_stop(lp->uv);
@@ -1353,7 +1360,7 @@ static int t_run(lua_State *L) {
   while (root->state < T_DONE || S->detached > 0) {
     int alive = uv_run(S->loop.uv, UV_RUN_ONCE);
     if (root->state >= T_DONE && S->detached == 0) break;
-    if (!alive && link_empty(&S->ready) && S->nreports == 0) {
+    if (!alive && !has_work(S) && S->nreports == 0) {
       /* Nothing can wake the waiting tasks: cancel them all so their
        * cleanup runs, then report the deadlock. */
       ah_link *l, *next;
@@ -1425,7 +1432,7 @@ int ah__sched_run(ah_sched *S, lua_State *from) {
   S->from = from;
   while (ah__sched_busy(S)) {
     int alive = uv_run(S->loop.uv, UV_RUN_ONCE);
-    if (!alive && link_empty(&S->ready) && S->nreports == 0 && S->live > 0) {
+    if (!alive && !has_work(S) && S->nreports == 0 && S->live > 0) {
       rc = UV_EAGAIN; /* every task waits and nothing can wake them */
       break;
     }
@@ -1437,7 +1444,7 @@ int ah__sched_run(ah_sched *S, lua_State *from) {
 }
 
 int ah__sched_busy(const ah_sched *S) {
-  if (!link_empty(&S->ready) || S->nreports > 0) return 2;
+  if (has_work(S) || S->nreports > 0) return 2;
   return S->live > 0;
 }
 
