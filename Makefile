@@ -43,7 +43,7 @@ CTESTS   := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c)
 DEB_PKGS := liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libsqlite3-dev \
             pkg-config lua-cjson lua-busted
 # The MCP fixture's Streamable HTTP mode (tests/support/mcp_server.lua).
-DEB_PKGS += lua-socket
+DEB_PKGS += lua-socket openssl
 
 .PHONY: all deps build run test asan bench clean ctests
 

@@ -141,6 +141,11 @@ static void on_done(ah_http_req *r) {
     lua_setfield(co, -2, "headers");
     lua_pushlstring(co, r->body.data ? r->body.data : "", r->body.len);
     lua_setfield(co, -2, "body");
+    lua_pushstring(co, r->version == 20   ? "2"
+                       : r->version == 30 ? "3"
+                       : r->version == 10 ? "1.0"
+                                          : "1.1");
+    lua_setfield(co, -2, "version");
     ah__task_wake(lr->S, lr->t, 1, 0);
   }
   ah__http_req_free(r);
@@ -289,6 +294,15 @@ static lreq *start(lua_State *L, ah_task *me, int stream) {
   lua_getfield(L, 1, "allow_private");
   lr->r.deny_private = lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1);
   lua_pop(L, 1);
+  /* The CA bundle's path stays on the stack until the transfer has
+   * started (curl copies it then). */
+  lua_getfield(L, 1, "ca_file");
+  if (!lua_isnil(L, -1)) {
+    if (lua_type(L, -1) != LUA_TSTRING)
+      ah__error_raise(L, "invalid_argument", 0,
+                      "ah.http.request: ca_file must be the path of a PEM file");
+    lr->r.ca_file = lua_tostring(L, -1);
+  }
   lr->r.url = url;
   lr->r.method = lr->method;
   lr->r.body_data = body;

@@ -152,6 +152,9 @@ struct ah_http_req {
   long timeout_ms, connect_timeout_ms;
   size_t max_body;
   int follow;                      /* follow redirects (at most 5) */
+  const char *ca_file;             /* CA bundle to verify TLS peers with
+                                    * instead of the system's; copied at
+                                    * start; NULL for the system's */
   int deny_private;                /* refuse loopback, private, link-local
                                     * and other internal addresses, checked
                                     * on each address connected to */
@@ -167,6 +170,7 @@ struct ah_http_req {
   void *data;                      /* for the owner */
   /* results */
   long status;
+  int version;                     /* HTTP version: 10, 11, 20 or 30 */
   int code;                        /* CURLcode */
   const char *kind;                /* NULL on success, else an error kind */
   char errbuf[256];

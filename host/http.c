@@ -498,6 +498,14 @@ static void check_done(hlane *lane) {
     r->running = 0;
     r->code = msg->data.result;
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->status);
+    {
+      long v = 0;
+      curl_easy_getinfo(e, CURLINFO_HTTP_VERSION, &v);
+      r->version = v == CURL_HTTP_VERSION_1_0   ? 10
+                   : v == CURL_HTTP_VERSION_2_0 ? 20
+                   : v == CURL_HTTP_VERSION_3   ? 30
+                                                : 11;
+    }
     r->kind = kind_of(r, r->code);
     if (r->kind && !r->errbuf[0])
       snprintf(r->errbuf, sizeof r->errbuf, "%s", curl_easy_strerror(r->code));
@@ -717,6 +725,13 @@ int ah__http_start(ah_http *h, ah_http_req *r) {
   curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, r);
+  /* Over TLS a new request waits for a connection being set up to the same
+   * host to learn whether it speaks HTTP/2, so that a burst multiplexes
+   * over one connection instead of opening one each. */
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT,
+                   strncasecmp(r->url, "https://", 8) == 0 ? 1L : 0L);
+  /* A handle that set its own CA bundle is reset when it is given back. */
+  if (r->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, r->ca_file);
   /* deny_private: a fresh connection of its own, so that the address check
    * runs and no connection opened by another request is reused. */
   curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, r->deny_private ? 1L : 0L);
@@ -761,7 +776,7 @@ void ah__http_resume(ah_http_req *r) {
 static void release_easy(ah_http *h, ah_http_req *r) {
   CURL *e = r->easy;
   int plain = !r->running && !r->kind && !r->body_data && !r->stream &&
-              !r->paused;
+              !r->paused && !r->ca_file;
   if (!e) return;
   if (r->running) {
     hlane *lane = r->lane;
