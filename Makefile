@@ -5,7 +5,9 @@
 #   make run        run the main job
 #   make test       build and run every test
 #   make asan       the same suite under AddressSanitizer + UBSan
-#   make bench      benchmarks (bench/sched), results in docs/benchmarks.md
+#   make bench      the scheduler benchmark (bench/sched); bench-http,
+#                   bench-store, bench-llm and bench-embed run the others;
+#                   every one writes its section of docs/benchmarks.md
 #   make lib        build/libagenthost.a and build/agenthost.pc
 #   make install    header, library, agenthost.pc, the Lua module, the
 #                   command, scripts and tools under PREFIX (/usr/local)
@@ -109,7 +111,7 @@ asan:
 	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 test
 
 BENCH_DEB_PKGS := wrk python3-aiohttp python3-aiosqlite
-.PHONY: bench-deps bench-http bench-store
+.PHONY: bench-deps bench-http bench-store bench-llm
 
 # The benchmark peers' packages.
 bench-deps:
@@ -123,6 +125,9 @@ bench-http: all bench-deps
 
 bench-store: all bench-deps
 	bench/store
+
+bench-llm: all
+	bench/llm
 
 clean:
 	rm -rf build
