@@ -277,11 +277,13 @@ static int is_internal(const struct sockaddr *sa) {
     const unsigned char *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
     static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
     static const unsigned char nat64[12] = {0, 0x64, 0xff, 0x9b};
-    static const unsigned char zero[15] = {0};
-    if (memcmp(b, mapped, 12) == 0 || memcmp(b, nat64, 12) == 0)
+    static const unsigned char zero[12] = {0};
+    /* ::ffff:a.b.c.d, 64:ff9b::a.b.c.d and the old ::a.b.c.d carry an
+     * IPv4 address (:: and ::1 are 0.0.0.0 and 0.0.0.1 there) */
+    if (memcmp(b, mapped, 12) == 0 || memcmp(b, nat64, 12) == 0 ||
+        memcmp(b, zero, 12) == 0)
       return is_internal_v4(b + 12);
-    return memcmp(b, zero, 15) == 0 ||                   /* :: and ::1 */
-           (b[0] & 0xfe) == 0xfc ||                      /* fc00::/7 */
+    return (b[0] & 0xfe) == 0xfc ||                      /* fc00::/7 */
            (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) ||    /* fe80::/10 */
            b[0] == 0xff;                                 /* multicast */
   }
@@ -735,6 +737,9 @@ int ah__http_start(ah_http *h, ah_http_req *r) {
   /* deny_private: a fresh connection of its own, so that the address check
    * runs and no connection opened by another request is reused. */
   curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, r->deny_private ? 1L : 0L);
+  /* A proxy (from http_proxy and the like) would be the address checked,
+   * not the target's: such requests go direct. */
+  curl_easy_setopt(e, CURLOPT_PROXY, r->deny_private ? "" : NULL);
   curl_easy_setopt(e, CURLOPT_FORBID_REUSE, r->deny_private ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->header_list);
   curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
