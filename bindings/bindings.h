@@ -127,6 +127,9 @@ int ah__sched_run(ah_sched *S, lua_State *from);
 /* 2 when tasks are ready to run now, 1 when tasks are live but waiting,
  * 0 when no task is live. */
 int ah__sched_busy(const ah_sched *S);
+/* Is the scheduler running tasks now (a step, a run, or a drain from a
+ * loop the embedder runs itself)?  Then it must not be stepped or closed. */
+int ah__sched_inside(const ah_sched *S);
 size_t ah__sched_live(const ah_sched *S);
 unsigned long long ah__sched_resumes(const ah_sched *S);
 /* A task that runs this many VM instructions without waiting is made to

@@ -278,7 +278,9 @@ int ah_close(ah_host *h) {
   int round, rc;
   if (!h) return AH_EINVAL;
   if ((rc = check_call(h, "ah_close")) != AH_OK) return rc;
-  if (h->busy) return fail(h, AH_EMISUSE, "ah_close: called during ah_step or ah_run");
+  if (h->busy || ah__sched_inside(h->S))
+    return fail(h, AH_EMISUSE, "ah_close: called while tasks run (from a host "
+                               "function or inside ah_step or ah_run)");
   h->closing = 1;
   ah__posts_close(&h->posts, on_posts_closed);
   while (h->posts_open) uv_run(h->uv, UV_RUN_NOWAIT);
@@ -339,7 +341,9 @@ int ah_step(ah_host *h, int budget_us) {
   if (!h) return AH_EINVAL;
   if ((rc = check_call(h, "ah_step")) != AH_OK) return rc;
   if (budget_us < 0) return fail(h, AH_EINVAL, "ah_step: budget_us must be >= 0");
-  if (h->busy) return fail(h, AH_EMISUSE, "ah_step: called inside a step or ah_run");
+  if (h->busy || ah__sched_inside(h->S))
+    return fail(h, AH_EMISUSE, "ah_step: called while tasks run (inside a step, "
+                               "ah_run or the loop's own run)");
   h->busy = 1;
   /* Referenced, the posts' handle makes the loop alive, so that the turn
    * of the loop happens (and takes the posts) even when nothing else of
@@ -356,7 +360,9 @@ int ah_run(ah_host *h) {
   int rc;
   if (!h) return AH_EINVAL;
   if ((rc = check_call(h, "ah_run")) != AH_OK) return rc;
-  if (h->busy) return fail(h, AH_EMISUSE, "ah_run: called inside a step or ah_run");
+  if (h->busy || ah__sched_inside(h->S))
+    return fail(h, AH_EMISUSE, "ah_run: called while tasks run (inside a step, "
+                               "ah_run or the loop's own run)");
   h->busy = 1;
   /* Posts from other threads are what a task waiting on a channel waits
    * for: they keep the loop alive while ah_run runs. */

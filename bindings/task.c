@@ -1405,8 +1405,10 @@ static int t_run(lua_State *L) {
 
 /* ---- stepping: for hosts that own the frame loop --------------------------- */
 
+int ah__sched_inside(const ah_sched *S) { return S->running || S->draining; }
+
 int ah__sched_step(ah_sched *S, lua_State *from, uint64_t budget_ns) {
-  if (S->running || S->closed) return UV_EBUSY;
+  if (S->running || S->draining || S->closed) return UV_EBUSY;
   S->running = 1;
   S->from = from;
   S->step_runs = 0;
@@ -1426,7 +1428,7 @@ int ah__sched_step(ah_sched *S, lua_State *from, uint64_t budget_ns) {
 
 int ah__sched_run(ah_sched *S, lua_State *from) {
   int rc = 0;
-  if (S->running || S->closed) return UV_EBUSY;
+  if (S->running || S->draining || S->closed) return UV_EBUSY;
   S->running = 1;
   S->until_idle = 1;
   S->from = from;

@@ -401,6 +401,14 @@ static void test_borrowed_loop(void) {
                  NULL);
   uv_run(&loop, UV_RUN_DEFAULT);
   CHECK(counter == 1, "the embedder's own uv_run drives the tasks");
+  /* Tasks run by the embedder's own uv_run may not step or close the host. */
+  memset(reentrant_rc, 0, sizeof reentrant_rc);
+  ah_register(h, "reenter", c_reenter);
+  ah_load_string(h, "require('agenthost').host.reenter()", "=reenter");
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(reentrant_rc[0] == AH_EMISUSE && reentrant_rc[1] == AH_EMISUSE &&
+            reentrant_rc[2] == AH_EMISUSE,
+        "ah_step, ah_run and ah_close from a task the embedder's uv_run runs are misuse");
   CHECK(ah_close(h) == AH_OK, "closed");
   CHECK(uv_loop_close(&loop) == 0, "and left no handle on the borrowed loop");
 }
