@@ -159,6 +159,22 @@ end
 describe("mcp over stdio", function()
   shared(function(opts) return stdio(nil, opts) end)
 
+  it("passes the reading on when the caller reading for the others gives up", function()
+    run(function()
+      for _ = 1, 4 do
+        local c <close> = stdio()
+        -- a reads for both; b's answer comes only after a has timed out
+        -- (the fixture answers "later" once it is told of a cancellation)
+        local a = task.spawn(function() return pcall(c.call_tool, c, "hang", {}, { timeout = 0.1 }) end)
+        local b = task.spawn(function() return c:call_tool("later", {}, { timeout = 5 }) end)
+        assert.is_false((a:join()))
+        local ok, res = b:result()
+        assert.is_true(ok, tostring(res))
+        assert.equal("later", res.content[1].text)
+      end
+    end)
+  end)
+
   it("skips lines that are not JSON-RPC", function()
     run(function()
       local c <close> = stdio()

@@ -407,35 +407,40 @@ function stdio.read_one(c)
   c:_receive(line)
 end
 
--- Wakes a waiting caller to take over the reading.
-local function hand_off(c)
+-- Wakes a waiting caller (not `me`, and not one that has given up) to take
+-- over the reading.
+local function hand_off(c, me)
   for _, slot in pairs(c._pending) do
-    if not slot.msg then
+    if slot ~= me and not slot.msg and not slot.gone then
       slot.ev:set()
       return
     end
   end
 end
 
+-- One caller at a time reads the server's output and hands each answer to
+-- its caller; the others wait on their slot's event.  A caller that leaves
+-- (answered, failed, timed out, cancelled) passes the reading on.
 function stdio.roundtrip(c, msg, slot)
   c:_send(msg)
   slot.sent = true
-  while not slot.msg do
-    if c._dead then error(c._dead, 0) end
-    if not c._reading then
-      c._reading = true
-      local ok, e = pcall(stdio.read_one, c)
-      c._reading = false
-      if not ok then
-        hand_off(c)
-        error(e, 0)
+  local ok, e = pcall(function()
+    while not slot.msg do
+      if c._dead then error(c._dead, 0) end
+      if not c._reading then
+        c._reading = true
+        local read_ok, read_err = pcall(stdio.read_one, c)
+        c._reading = false
+        if not read_ok then error(read_err, 0) end
+      else
+        slot.ev:wait()
+        slot.ev:clear()
       end
-    else
-      slot.ev:wait()
-      slot.ev:clear()
     end
-  end
-  hand_off(c)
+  end)
+  slot.gone = true
+  if not c._reading then hand_off(c, slot) end
+  if not ok then error(e, 0) end
   return slot.msg
 end
 

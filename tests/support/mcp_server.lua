@@ -41,6 +41,10 @@ local TOOLS = {
 }
 
 local state = { cancelled = {}, initialized = false, pongs = 0, refused = 0 }
+-- A call of the unlisted tool "later" is answered only once the client has
+-- cancelled some other request (so its answer comes after another call of
+-- the client has given up).
+local later
 
 local function text(s) return { content = { { type = "text", text = s } } } end
 
@@ -61,6 +65,10 @@ local function handle(msg, out)
     if method == "notifications/cancelled" then
       state.cancelled[#state.cancelled + 1] = { id = params.requestId, reason = params.reason }
       log("cancelled " .. tostring(params.requestId) .. ": " .. tostring(params.reason))
+      if later then
+        out { jsonrpc = "2.0", id = later, result = text("later") }
+        later = nil
+      end
     end
     return
   end
@@ -123,6 +131,8 @@ local function handle(msg, out)
       reply(text("after huge"))
     elseif name == "die" then
       return "die"
+    elseif name == "later" then
+      later = id
     elseif name == "hang" then
       out { jsonrpc = "2.0", method = "notifications/message", params = { level = "info", data = "hanging" } }
       return "hang"
