@@ -421,12 +421,17 @@ int ah_post(ah_host *h, const char *channel, const char *json) {
   size_t clen, jlen;
   int rc;
   if (!h || !channel || !json) return AH_EINVAL;
+  /* Between enter and leave, ah_close waits for this thread. */
+  if (ah__posts_enter(&h->posts) != 0) return AH_ECLOSED;
   clen = strlen(channel);
   jlen = strlen(json);
   /* No errmsg here: the message buffer belongs to the host's thread. */
   if (clen == 0 || clen > CHANNEL_MAX_LEN || ah__json_check(json, jlen) != 0)
-    return AH_EINVAL;
-  rc = ah__posts_push(&h->posts, channel, clen, json, jlen);
+    rc = UV_EINVAL;
+  else
+    rc = ah__posts_push(&h->posts, channel, clen, json, jlen);
+  ah__posts_leave(&h->posts);
+  if (rc == UV_EINVAL) return AH_EINVAL;
   if (rc == UV_EAGAIN) return AH_EFULL;
   if (rc == UV_EPIPE) return AH_ECLOSED;
   if (rc == UV_ENOMEM) return AH_ENOMEM;

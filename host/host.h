@@ -388,6 +388,8 @@ struct ah_posts {
   size_t max;                /* bound on pending; 0: none */
   unsigned long long posted; /* guarded: every message accepted */
   int closed;                /* guarded */
+  size_t callers;            /* guarded: threads between enter and leave */
+  uv_cond_t idle;            /* signalled when callers drops to 0 */
   void (*deliver)(ah_posts *p); /* on the loop thread */
   void *data;                /* for the owner */
 };
@@ -403,7 +405,13 @@ int ah__posts_push(ah_posts *p, const char *channel, size_t clen,
 ah_postmsg *ah__posts_take(ah_posts *p);
 void ah__posts_done(ah_posts *p, size_t n);
 size_t ah__posts_pending(ah_posts *p);
-/* Refuses further pushes, frees what was not taken, closes the handle. */
+/* A posting thread brackets its use of p (checks, copies, push) with
+ * enter and leave, so that close waits for it instead of freeing p under
+ * it.  enter returns UV_EPIPE once closing. */
+int ah__posts_enter(ah_posts *p);
+void ah__posts_leave(ah_posts *p);
+/* Refuses further pushes, waits for the threads between enter and leave,
+ * frees what was not taken, closes the handle. */
 void ah__posts_close(ah_posts *p, uv_close_cb cb);
 void ah__posts_free(ah_posts *p);
 

@@ -26,7 +26,12 @@ int ah__posts_init(ah_posts *p, uv_loop_t *loop, size_t max,
   int rc;
   memset(p, 0, sizeof *p);
   if ((rc = uv_mutex_init(&p->mu))) return rc;
+  if ((rc = uv_cond_init(&p->idle))) {
+    uv_mutex_destroy(&p->mu);
+    return rc;
+  }
   if ((rc = uv_async_init(loop, &p->async, on_async))) {
+    uv_cond_destroy(&p->idle);
     uv_mutex_destroy(&p->mu);
     return rc;
   }
@@ -108,10 +113,28 @@ size_t ah__posts_pending(ah_posts *p) {
   return n;
 }
 
+int ah__posts_enter(ah_posts *p) {
+  int rc = 0;
+  uv_mutex_lock(&p->mu);
+  if (p->closed) rc = UV_EPIPE;
+  else p->callers++;
+  uv_mutex_unlock(&p->mu);
+  return rc;
+}
+
+void ah__posts_leave(ah_posts *p) {
+  uv_mutex_lock(&p->mu);
+  if (--p->callers == 0 && p->closed) uv_cond_broadcast(&p->idle);
+  uv_mutex_unlock(&p->mu);
+}
+
 void ah__posts_close(ah_posts *p, uv_close_cb cb) {
   ah_postmsg *m, *next;
   uv_mutex_lock(&p->mu);
   p->closed = 1;
+  /* A thread still copying its message finds closed set when it takes the
+   * lock again, and gives up: wait until none is inside. */
+  while (p->callers > 0) uv_cond_wait(&p->idle, &p->mu);
   m = p->head;
   p->head = NULL;
   p->tail = &p->head;
@@ -123,7 +146,10 @@ void ah__posts_close(ah_posts *p, uv_close_cb cb) {
   uv_close((uv_handle_t *)&p->async, cb);
 }
 
-void ah__posts_free(ah_posts *p) { uv_mutex_destroy(&p->mu); }
+void ah__posts_free(ah_posts *p) {
+  uv_cond_destroy(&p->idle);
+  uv_mutex_destroy(&p->mu);
+}
 
 /* ---- JSON syntax (RFC 8259) ------------------------------------------- */
 

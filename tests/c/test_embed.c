@@ -482,6 +482,46 @@ static void test_close(void) {
   remove(path);
 }
 
+/* A post still copying a large message when the host closes: ah_close
+ * waits for it, and it returns AH_ECLOSED (or AH_OK if it got in first),
+ * instead of touching freed memory. */
+typedef struct big_post {
+  ah_host *h;
+  char *json;
+  int rc;
+} big_post;
+
+static void post_big(void *arg) {
+  big_post *b = arg;
+  b->rc = ah_post(b->h, "big", b->json);
+}
+
+static void test_post_close_race(void) {
+  size_t n = (size_t)32 << 20, i;
+  big_post b;
+  uv_thread_t th;
+  int round;
+  b.json = malloc(n + 3);
+  if (!b.json) return;
+  b.json[0] = '"';
+  for (i = 1; i <= n; i++) b.json[i] = 'x';
+  b.json[n + 1] = '"';
+  b.json[n + 2] = '\0';
+  for (round = 0; round < 3; round++) {
+    b.h = open_quiet(NULL);
+    if (!b.h) break;
+    b.rc = 1;
+    uv_thread_create(&th, post_big, &b);
+    /* A step says AH_AGAIN once the post has taken its place (it is then
+     * copying the message): close at that moment. */
+    for (i = 0; i < 5000 && ah_step(b.h, 0) != AH_AGAIN; i++) uv_sleep(1);
+    CHECK(ah_close(b.h) == AH_OK, "closed with a post in flight");
+    uv_thread_join(&th);
+    CHECK(b.rc == AH_OK || b.rc == AH_ECLOSED, "the racing post got AH_OK or AH_ECLOSED");
+  }
+  free(b.json);
+}
+
 int main(void) {
   test_version();
   test_misuse();
@@ -489,6 +529,7 @@ int main(void) {
   test_instruction_budget();
   test_post_threads();
   test_post_full();
+  test_post_close_race();
   test_callbacks();
   test_borrowed_loop();
   test_run();
