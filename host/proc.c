@@ -336,9 +336,12 @@ static void on_exit_cb(uv_process_t *h, int64_t status, int signum) {
   p->exit_status = status;
   p->term_signal = signum;
   if (p->ps) p->ps->running--;
-  /* A job being ended loses its stragglers with its leader.  Only the
-   * group: the leader's pid alone may already name another process. */
-  if (p->terminating) kill(-p->pid, SIGKILL);
+  /* The job ends with its leader: whatever it left running in its session
+   * (a background child holding the output open, say) is killed now, so
+   * that no program outlives its run and the outputs reach their end.
+   * Only the group: the leader's pid alone may already name another
+   * process, while the group id stays taken as long as a member lives. */
+  kill(-p->pid, SIGKILL);
   close_process(p);
   close_timer(p);
   close_in(p);

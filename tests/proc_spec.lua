@@ -222,6 +222,17 @@ describe("ah.proc.run", function()
     end
   end)
 
+  it("ends what a finished command left running in its session", function()
+    run(function()
+      local r = proc.run { cmd = "sh", args = { "-c", "sleep 30 & echo $!" }, timeout = 20 }
+      assert.equal(0, r.code) -- returns once sh is done, not after the sleep
+      local pid = math.tointeger(tonumber(r.stdout))
+      assert.is_not_nil(pid, r.stdout)
+      -- killed with its leader (a zombie left to init counts as ended)
+      assert.is_true(spec.eventually(function() return alive(pid) ~= true end))
+    end)
+  end)
+
   it("runs 200 processes at once", function()
     local outs = run(function()
       local items = {}
