@@ -51,6 +51,7 @@ typedef struct lstore {
   lua_State *L;       /* the main thread, for post error reports */
   ah_task *opener;    /* waiting in open, or NULL */
   ah_task *closer;    /* waiting in close, or NULL */
+  ah_store *closing;  /* closed by db:close, until its close callback ran */
   long max_queue;
   ah_defer defer;     /* hands the pass's writes to the writer */
   char path[256];
@@ -306,6 +307,17 @@ static int db_post(lua_State *L) {
   return 0;
 }
 
+/* The length of the batch entry on top: its n field or its border, read
+ * raw, so that no metamethod can make the two passes below disagree. */
+static int entry_len(lua_State *L) {
+  lua_Integer len;
+  lua_pushliteral(L, "n");
+  lua_rawget(L, -2);
+  len = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : (lua_Integer)lua_rawlen(L, -2);
+  lua_pop(L, 1);
+  return len < 0 || len > 100000 ? -1 : (int)len;
+}
+
 /* db:batch{{sql, ...}, ...}: every statement commits, or none does.  An
  * entry may give n = count for parameters that end in nil. */
 static int db_batch(lua_State *L) {
@@ -330,9 +342,7 @@ static int db_batch(lua_State *L) {
     if (lua_rawgeti(L, 2, i) != LUA_TTABLE)
       return ah__error_raise(L, "invalid_argument", 0,
                              "db:batch: entry %d is not a table {sql, params...}", i);
-    lua_getfield(L, -1, "n");
-    len = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : (int)lua_rawlen(L, -2);
-    lua_pop(L, 1);
+    len = entry_len(L);
     if (len < 1 || lua_rawgeti(L, -1, 1) != LUA_TSTRING)
       return ah__error_raise(L, "invalid_argument", 0,
                              "db:batch: entry %d must start with the SQL string", i);
@@ -353,9 +363,7 @@ static int db_batch(lua_State *L) {
     size_t sl;
     const char *sql;
     lua_rawgeti(L, 2, i);
-    lua_getfield(L, -1, "n");
-    len = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : (int)lua_rawlen(L, -2);
-    lua_pop(L, 1);
+    len = entry_len(L);
     lua_rawgeti(L, -1, 1);
     sql = lua_tolstring(L, -1, &sl);
     j->stmts[i - 1].sql = ah__store_job_copy(j, sql, sl);
@@ -424,11 +432,15 @@ static void unanchor(lua_State *L, lstore *ls) {
   lua_pop(L, 1);
 }
 
+/* The store has drained and closed: the db may go now (it stayed anchored
+ * so that this callback and failing posts find it alive). */
 static void on_closed(ah_store *st, int err, const char *msg, void *data) {
   lstore *ls = data;
   ah_task *t = ls->closer;
   (void)st, (void)err, (void)msg;
   ls->closer = NULL;
+  ls->closing = NULL;
+  unanchor(ls->L, ls);
   if (t) ah__task_wake(ls->S, t, 0, 0);
 }
 
@@ -447,14 +459,20 @@ static int db_close(lua_State *L) {
   ah_task *me = ah__task_current(L);
   ah_store *st = ls->st;
   if (!st) return 0;
+  if (!me && ah__store_waiting(st) > 0)
+    return ah__error_raise(L, "invalid_argument", 0,
+                           "db:close: tasks are waiting on %s; close it from a "
+                           "task (it then waits for them without blocking)",
+                           ls->path);
   ah__sched_undefer(ls->S, &ls->defer);
   ls->st = NULL;
-  unanchor(L, ls);
   if (!me) {
+    unanchor(L, ls);
     ah__store_close_now(st);
     return 0;
   }
   ls->closer = me;
+  ls->closing = st;
   ah__store_close(st, on_closed, ls);
   lua_settop(L, 1);
   return ah__task_suspend(L, me, &close_op, ls);
@@ -465,8 +483,11 @@ static int db_gc(lua_State *L) {
   if (ls->st) {
     ah__sched_undefer(ls->S, &ls->defer);
     ah__store_close_now(ls->st);
+  } else if (ls->closing) {
+    ah__store_close_now(ls->closing); /* its callback will not run */
   }
   ls->st = NULL;
+  ls->closing = NULL;
   return 0;
 }
 

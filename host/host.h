@@ -360,6 +360,8 @@ typedef struct ah_store_stats {
   uint64_t largest_group;    /* most jobs committed in one transaction */
 } ah_store_stats;
 void ah__store_stats(ah_store *st, ah_store_stats *out);
+/* Jobs with a done callback not delivered yet (loop thread). */
+int ah__store_waiting(const ah_store *st);
 
 /* ---- posts from other threads ------------------------------------------ */
 

@@ -53,6 +53,7 @@ typedef struct conn {
   centry lru;                  /* sentinel */
   int n;
   int internal;                /* running our own statements */
+  int reader;                  /* a reader's connection (query_only) */
   int denied;                  /* the authorizer refused a statement */
 } conn;
 
@@ -108,6 +109,11 @@ static int authorize(void *ud, int action, const char *a, const char *b,
   if (action == SQLITE_TRANSACTION || action == SQLITE_SAVEPOINT ||
       action == SQLITE_ATTACH || action == SQLITE_DETACH) {
     cn->denied = 1;
+    return SQLITE_DENY;
+  }
+  /* A reader stays read-only: its query_only cannot be turned off. */
+  if (cn->reader && action == SQLITE_PRAGMA && a && sqlite3_stricmp(a, "query_only") == 0) {
+    cn->denied = 2;
     return SQLITE_DENY;
   }
   return SQLITE_OK;
@@ -232,8 +238,16 @@ static int conn_open(conn *c, const ah_store_opts *o, const char *path,
   sqlite3_extended_result_codes(c->db, 1);
   sqlite3_busy_timeout(c->db, o->busy_timeout_ms);
   if (writer) {
-    if ((rc = conn_exec(c, "PRAGMA journal_mode=WAL", mode, sizeof mode)))
-      goto fail;
+    /* On a new file, switching to WAL can meet another connection doing
+     * the same; it does not go through the busy handler, so wait here. */
+    int waited = 0;
+    while ((rc = conn_exec(c, "PRAGMA journal_mode=WAL", mode, sizeof mode)) ==
+               SQLITE_BUSY &&
+           waited < o->busy_timeout_ms) {
+      sqlite3_sleep(10);
+      waited += 10;
+    }
+    if (rc) goto fail;
     if (strcmp(mode, "wal") != 0 && strcmp(mode, "memory") != 0) {
       snprintf(msg, msgsz, "%s: cannot use WAL mode (journal_mode is %s)", path,
                mode);
@@ -482,7 +496,12 @@ static int run_stmt(conn *c, ah_store_job *j, int index, int collect, size_t max
     return rc;
   }
   if (rc != SQLITE_OK) {
-    if (c->denied)
+    if (c->denied == 2)
+      job_fail(j, SQLITE_AUTH, "invalid_argument",
+               "queries run on read-only connections; write with db:exec, "
+               "db:post or db:batch",
+               index);
+    else if (c->denied)
       job_fail(j, SQLITE_AUTH, "invalid_argument",
                "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT) and "
                "ATTACH are not allowed: every call is already atomic; use "
@@ -737,22 +756,28 @@ static void reader_main(void *arg) {
   ah_store *st = r->st;
   char msg[384];
   conn_init(&r->c);
+  r->c.reader = 1;
   for (;;) {
     ah_store_job *j;
-    int rc = SQLITE_OK;
+    int rc = SQLITE_OK, skip;
     uv_mutex_lock(&st->mu);
     while (!st->rhead && !(st->closing && !st->whead)) uv_cond_wait(&st->rcv, &st->mu);
     j = st->rhead;
     if (j) {
       st->rhead = j->next;
       if (!st->rhead) st->rtail = NULL;
-      j->conn = &r->c;
     }
     uv_mutex_unlock(&st->mu);
     if (!j) break;
     if (!r->c.db) rc = conn_open(&r->c, &st->o, st->path, 0, msg, sizeof msg);
+    /* The job names its connection (for an interrupt) only once the
+     * connection is open, and under the lock that abandon takes. */
+    uv_mutex_lock(&st->mu);
+    skip = j->abandoned;
+    if (rc == SQLITE_OK && !skip) j->conn = &r->c;
+    uv_mutex_unlock(&st->mu);
     if (rc != SQLITE_OK) job_fail(j, rc, NULL, msg, 0);
-    else if (!j->abandoned) run_stmt(&r->c, j, 0, 1, st->o.max_result);
+    else if (!skip) run_stmt(&r->c, j, 0, 1, st->o.max_result);
     uv_mutex_lock(&st->mu);
     j->conn = NULL;
     complete_locked(st, j);
@@ -927,6 +952,8 @@ void ah__store_abandon(ah_store_job *j) {
   if (j->conn) sqlite3_interrupt(((conn *)j->conn)->db);
   uv_mutex_unlock(&st->mu);
 }
+
+int ah__store_waiting(const ah_store *st) { return st->waiting; }
 
 void ah__store_stats(ah_store *st, ah_store_stats *out) {
   uv_mutex_lock(&st->mu);

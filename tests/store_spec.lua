@@ -356,6 +356,71 @@ describe("ah.store", function()
   end)
 end)
 
+describe("ah.store misuse and races", function()
+  it("survives a db collected while its close is still draining", function()
+    run(function()
+      local db = fresh()
+      for i = 1, 20000 do db:post("INSERT INTO t(v) VALUES (?)", "x" .. i) end
+      local t = task.spawn(function() db:close() end)
+      task.yield()
+      t:cancel()
+      pcall(t.join, t)
+      db, t = nil, nil
+      collectgarbage()
+      collectgarbage()
+      task.sleep(0.05)
+    end)
+  end)
+
+  it("refuses a blocking close while tasks wait on the database", function()
+    run(function()
+      local db = fresh()
+      local w = task.spawn(db.exec, db, "INSERT INTO t(v) VALUES ('w')")
+      task.yield() -- w is now waiting for its commit
+      local ok, err = coroutine.wrap(function() return pcall(db.close, db) end)()
+      assert.is_false(ok)
+      assert.matches("close it from a task", tostring(err))
+      w:join()
+      db:close()
+    end)
+  end)
+
+  it("keeps readers read-only, PRAGMA query_only included", function()
+    run(function()
+      local db = fresh()
+      fails("invalid_argument", db.query, db, "PRAGMA query_only = 0")
+      fails("invalid_argument", db.query, db, "INSERT INTO t(v) VALUES ('q') RETURNING id")
+      assert.equal(0, count(db))
+      db:close()
+    end)
+  end)
+
+  it("reads a batch entry's n raw, whatever its metatable says", function()
+    run(function()
+      local db = fresh()
+      local calls = 0
+      local entry = setmetatable({ "INSERT INTO t(v) VALUES (?)", "m" },
+        { __index = function(_, k) if k == "n" then calls = calls + 1 return calls == 1 and 1 or 200 end end })
+      assert.same({ 1, 1 }, { db:batch { entry } })
+      assert.equal(0, calls)
+      db:close()
+    end)
+  end)
+
+  it("opens one new database from two stores at once", function()
+    local path = dir .. "/twice.sqlite"
+    run(function()
+      local a, b = task.gather(function() return store.open(path) end,
+                               function() return store.open(path) end)
+      a:exec("CREATE TABLE IF NOT EXISTS t(v)")
+      b:exec("INSERT INTO t VALUES (1)")
+      assert.equal(1, a:first("SELECT count(*) AS c FROM t").c)
+      a:close()
+      b:close()
+    end)
+  end)
+end)
+
 describe("ah.store durability", function()
   local function script(src) return proc.script(src) end
 
