@@ -1525,6 +1525,7 @@ static int t_stats(lua_State *L) {
   size_t ready = 0;
   ah_link *l;
   for (l = S->ready.next; l != &S->ready; l = l->next) ready++;
+  for (l = S->yielded.next; l != &S->yielded; l = l->next) ready++;
   lua_createtable(L, 0, 6);
   lua_pushinteger(L, (lua_Integer)S->live);
   lua_setfield(L, -2, "live");

@@ -307,6 +307,32 @@ describe("agenthost.agent", function()
     mock:stop()
   end)
 
+  it("answers the open tool calls before new input when a run resumes", function()
+    task.run(function()
+      local db = memdb()
+      local p = scripted { { tool_calls = { call("c1", "wait") } } }
+      local a = agent.new { name = "t", provider = p, memory = db, tools = {
+        { name = "wait", run = function() task.sleep(10) return "late" end } } }
+      local t = task.spawn(a.run, a, "start")
+      for _ = 1, 200 do
+        if #p.requests == 1 then break end
+        task.sleep(0.005)
+      end
+      task.sleep(0.01)
+      t:cancel()
+      pcall(t.join, t)
+      local conversation = ah.memory.open(db):runs("t")[1].id
+      local p2 = scripted { { text = "done" } }
+      local b = agent.new { name = "t", provider = p2, memory = db, tools = {
+        { name = "wait", run = function() return "now" end } } }
+      b:run("and also this", { conversation = conversation })
+      local roles = {}
+      for i, m in ipairs(p2.requests[1].messages) do roles[i] = m.role end
+      assert.same({ "user", "assistant", "tool", "user" }, roles)
+      db:close()
+    end)
+  end)
+
   it("refuses bad settings", function()
     for _, cfg in ipairs {
       {}, { name = "x" }, { name = "x", provider = {}, max_turns = 0 },

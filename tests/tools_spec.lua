@@ -59,6 +59,7 @@ local cases = {
   { '{"query":"x","either":true}', "argument either must be a string, got boolean true" },
   { '{"query":"x","maybe":3}', "argument maybe must be of type string or null, got integer" },
   { '[1,2]', "the arguments must be an object, got array [1,2]" },
+  { '{"query":"x","ratio":NaN}', "argument ratio must be a finite number, got nan" },
   { '"hello"', 'the arguments must be an object, got string "hello"' },
 }
 
@@ -128,6 +129,32 @@ describe("tools.registry", function()
     r = call { name = "big" }
     assert.is_nil(r.is_error)
     assert.matches("%[truncated: %d+ of %d+ bytes shown%]$", r.content)
+  end)
+
+  it("hands tools their arguments with nulls dropped and whole numbers as integers", function()
+    local seen
+    local r2 = tools.registry { { name = "look", parameters = schema, run = function(a) seen = a return "ok" end } }
+    task.run(function()
+      return r2:call { name = "look", arguments = cjson.decode('{"query":"x","limit":3,"maybe":null,"tags":["a"]}') }
+    end)
+    assert.equal(3, seen.limit)
+    assert.equal("integer", math.type(seen.limit))
+    assert.is_nil(seen.maybe)
+    assert.same({ "a" }, seen.tags)
+  end)
+
+  it("tells a tool's own timeout error from running out of time", function()
+    local r2 = tools.registry { { name = "upstream", timeout = 5,
+      run = function() error(ah.error.new("timeout", "the upstream API timed out")) end } }
+    local r = task.run(function() return r2:call { name = "upstream" } end)
+    assert.equal("error: upstream failed: the upstream API timed out", r.content)
+  end)
+
+  it("never cuts a result inside a UTF-8 character", function()
+    local s = string.rep("é", 10) -- 2 bytes each
+    assert.equal(string.rep("é", 2), tools.utf8_cut(s, 5))
+    assert.equal(string.rep("é", 3), tools.utf8_cut(s, 6))
+    assert.equal(s, tools.utf8_cut(s, 100))
   end)
 
   it("passes its caller's cancellation on", function()

@@ -27,12 +27,50 @@ local M = {
 
 local entities = { amp = "&", lt = "<", gt = ">", quot = '"', apos = "'", nbsp = " " }
 
+-- s without the spans from each `open` to the next `close` (plain, case
+-- as given in both cases of the ASCII letters), in one pass: a page full of
+-- openers without closers costs linear time, not quadratic.
+local function drop_spans(s, open_lc, close_lc)
+  local lower = s:lower()
+  local out, pos = {}, 1
+  while true do
+    local a = lower:find(open_lc, pos, true)
+    if not a then break end
+    out[#out + 1] = s:sub(pos, a - 1)
+    local _, b = lower:find(close_lc, a + #open_lc, true)
+    if not b then pos = #s + 1 break end -- unclosed: the rest goes
+    out[#out + 1] = " "
+    pos = b + 1
+  end
+  out[#out + 1] = s:sub(pos)
+  return table.concat(out)
+end
+
+-- s with every tag gone (<br> and <p> become line breaks, other tags a
+-- space), in one pass; an unclosed '<' ends the text.
+local function drop_tags(s)
+  local out, pos = {}, 1
+  while true do
+    local a = s:find("<", pos, true)
+    if not a then break end
+    out[#out + 1] = s:sub(pos, a - 1)
+    local b = s:find(">", a + 1, true)
+    if not b then pos = #s + 1 break end
+    local name = s:match("^</?(%a+)", a)
+    name = name and name:lower()
+    out[#out + 1] = (name == "br" or name == "p") and "\n" or " "
+    pos = b + 1
+  end
+  out[#out + 1] = s:sub(pos)
+  return table.concat(out)
+end
+
 -- Visible text of an HTML document, roughly: no scripts, styles or tags.
 local function html_text(s)
-  s = s:gsub("<!%-%-.-%-%->", " ")
-  s = s:gsub("<[sS][cC][rR][iI][pP][tT].-</[sS][cC][rR][iI][pP][tT]%s*>", " ")
-  s = s:gsub("<[sS][tT][yY][lL][eE].-</[sS][tT][yY][lL][eE]%s*>", " ")
-  s = s:gsub("<[bB][rR]%s*/?>", "\n"):gsub("</?[pP][^>]*>", "\n"):gsub("<[^>]*>", " ")
+  s = drop_spans(s, "<!--", "-->")
+  s = drop_spans(s, "<script", "</script>")
+  s = drop_spans(s, "<style", "</style>")
+  s = drop_tags(s)
   s = s:gsub("&(%a+);", function(e) return entities[e:lower()] end)
   s = s:gsub("&#(%d+);", function(d)
     local n = tonumber(d)

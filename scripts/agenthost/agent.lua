@@ -226,11 +226,11 @@ function Agent:run(input, opts)
     end
   end
   run.turns = turns
-  if input ~= nil then record(self, run, msgs, { role = "user", content = input }) end
-
-  -- A resumed run first finishes the tool calls its last turn left open.
+  -- A resumed run first finishes the tool calls its last turn left open:
+  -- their results must follow the calls, before any new input.
   local open = unanswered(msgs)
   if #open > 0 then run_tools(self, run, msgs, open) end
+  if input ~= nil then record(self, run, msgs, { role = "user", content = input }) end
 
   local tool_list = self.tools:list()
   while true do

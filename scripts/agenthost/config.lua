@@ -66,10 +66,11 @@ function M.start_mock(opts)
   for _, a in ipairs(opts and opts.args or {}) do args[#args + 1] = a end
   -- stdin stays a pipe held by this process: the mock exits when we do.
   local p = ah.proc.spawn { cmd = bin, args = args }
-  local line = p:read_line()
-  local port = line and line:match("^port=(%d+)$")
+  local ok, line = pcall(ah.task.timeout, 10, p.read_line, p)
+  local port = ok and line and line:match("^port=(%d+)$")
   if not port then
-    p:kill("KILL")
+    p:close()
+    pcall(p.wait, p)
     error(ah.error.new("io", "the bundled mock model did not start: " .. tostring(line)), 2)
   end
   mock = { proc = p, base = "http://127.0.0.1:" .. port }

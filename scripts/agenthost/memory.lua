@@ -124,7 +124,12 @@ function M.migrate(db, target)
     local batch = {}
     for i, sql in ipairs(migrations[v]) do batch[i] = { sql } end
     batch[#batch + 1] = { "PRAGMA user_version = " .. math.tointeger(v) }
-    db:batch(batch)
+    local ok, e = pcall(db.batch, db, batch)
+    if not ok then
+      -- Another connection may have migrated meanwhile (two opens of a new
+      -- file at once): then there is nothing left to do for this step.
+      if db:first("PRAGMA user_version").user_version < v then error(e, 0) end
+    end
   end
   return from, math.max(from, target)
 end
@@ -286,8 +291,8 @@ M.fts_query = fts_query
 -- (score: bm25, lower is better).
 function Memory:recall(agent, text, k)
   if type(text) ~= "string" then bad("memory:recall", "the text must be a string") end
-  k = k or 5
-  if math.type(k) ~= "integer" or k < 1 then bad("memory:recall", "k must be an integer >= 1") end
+  k = math.tointeger(k or 5)
+  if not k or k < 1 then bad("memory:recall", "k must be an integer >= 1") end
   local q = fts_query(text)
   if q == "" then return {} end
   return self.db:query([[

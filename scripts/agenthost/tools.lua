@@ -135,6 +135,9 @@ end
 
 local function check_number(schema, v, path)
   if type(v) ~= "number" then return true end
+  if v ~= v or v == math.huge or v == -math.huge then
+    return nil, string.format("%s must be a finite number, got %s", at(path), tostring(v))
+  end
   if schema.minimum and v < schema.minimum then
     return nil, string.format("%s must be >= %s, got %s", at(path), num(schema.minimum), num(v))
   end
@@ -324,10 +327,55 @@ local function to_text(v)
   return ok and s or tostring(v)
 end
 
+-- s cut to at most n bytes, never inside a UTF-8 sequence.
+local function utf8_cut(s, n)
+  if #s <= n then return s end
+  local i = n
+  while i > 0 and i > n - 3 do
+    local b = s:byte(i + 1)
+    if not b or b < 0x80 or b >= 0xC0 then break end -- s[i+1] starts a character
+    i = i - 1
+  end
+  return s:sub(1, i)
+end
+M.utf8_cut = utf8_cut
+
 local function cap(s)
   if #s <= M.MAX_RESULT then return s end
-  return s:sub(1, M.MAX_RESULT) .. string.format("\n[truncated: %d of %d bytes shown]", M.MAX_RESULT, #s)
+  local kept = utf8_cut(s, M.MAX_RESULT)
+  return kept .. string.format("\n[truncated: %d of %d bytes shown]", #kept, #s)
 end
+
+-- Arguments as a tool should see them, once they are valid: an optional
+-- property given as null is absent, and a whole number where the schema
+-- wants an integer is a Lua integer (JSON decoders give floats).
+local function normalize(schema, v)
+  if type(schema) ~= "table" then return v end
+  if schema.type == "integer" and math.type(v) == "float" then
+    return math.tointeger(v) or v
+  end
+  local jt = json_type(v)
+  if jt == "object" or jt == "empty" then
+    local props = type(schema.properties) == "table" and schema.properties or {}
+    local extra = type(schema.additionalProperties) == "table" and schema.additionalProperties
+    for k, value in pairs(v) do
+      if value == null then
+        local req = false
+        for _, r in ipairs(type(schema.required) == "table" and schema.required or {}) do
+          if r == k then req = true end
+        end
+        if not req then v[k] = nil end
+      else
+        local sub = props[k] or extra
+        if sub then v[k] = normalize(sub, value) end
+      end
+    end
+  elseif jt == "array" and type(schema.items) == "table" then
+    for i = 1, #v do v[i] = normalize(schema.items, v[i]) end
+  end
+  return v
+end
+M.normalize = normalize
 
 local function message_of(err)
   if type(err) == "table" and err.message then return tostring(err.message) end
@@ -356,15 +404,29 @@ function Registry:call(call, ctx)
   if not ok then
     return { is_error = true, content = "error: invalid arguments for " .. t.name .. ": " .. err }
   end
+  args = normalize(t.parameters or { type = "object" }, args)
   local timeout = t.timeout or M.DEFAULT_TIMEOUT
-  local results = table.pack(pcall(task.timeout, timeout, t.run, args, ctx or {}))
-  if results[1] then
-    return { content = cap(to_text(results[2])), value = results[2] }
-  end
-  err = results[2]
+  -- The tool's own errors come back as values, so that a timeout error
+  -- the tool raised (an HTTP timeout, say) is not taken for ours.
+  local ok_outer, inner = pcall(task.timeout, timeout, function()
+    return table.pack(pcall(t.run, args, ctx or {}))
+  end)
   local cur = task.current()
-  if cur and cur:cancelled() then error(err, 0) end -- our own cancellation goes on
-  if ah.error.is(err, "timeout") then
+  if not ok_outer then
+    if cur and cur:cancelled() then error(inner, 0) end -- our own cancellation goes on
+    if ah.error.is(inner, "timeout") then
+      return { is_error = true, content = string.format(
+        "error: %s did not finish within %g seconds", t.name, timeout) }
+    end
+    return { is_error = true, content = "error: " .. t.name .. " failed: " .. message_of(inner) }
+  end
+  if inner[1] then
+    return { content = cap(to_text(inner[2])), value = inner[2] }
+  end
+  err = inner[2]
+  if cur and cur:cancelled() then error(err, 0) end
+  if ah.error.is(err, "cancelled") then
+    -- nothing but the timeout cancels the tool's own task
     return { is_error = true, content = string.format(
       "error: %s did not finish within %g seconds", t.name, timeout) }
   end
