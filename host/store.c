@@ -92,6 +92,7 @@ struct ah_store {
   uint64_t lcount, lposts;
   ah_store_job *lfree;         /* pooled blocks ready for ah__store_job_new */
   int nlfree;
+  unsigned refills;            /* times lfree was found empty */
   int open_reported, close_started, close_reported;
   int waiting;                 /* jobs with a done callback in flight */
   ah_store_cb opened_cb, closed_cb;
@@ -293,7 +294,9 @@ ah_store_job *ah__store_job_new(ah_store *st, int type, int nstmts, int nparams,
   if (nstmts < 0 || nparams < 0) return NULL;
   bytes += (size_t)nstmts + (size_t)nparams; /* a NUL after each copy */
   if (st && head + bytes <= JOB_BLOCK) {
-    if (!st->lfree && st->recycled) {
+    /* Refill from what the threads gave back: under the lock, so only
+     * every 8th time the loop's own list is empty. */
+    if (!st->lfree && (++st->refills & 7) == 1) {
       uv_mutex_lock(&st->mu);
       st->lfree = st->recycled;
       st->nlfree = st->nrecycled;
