@@ -246,6 +246,22 @@ describe("agenthost.llm replies", function()
     end)
   end
 
+  it("makes up ids unique across replies for tool calls that came without one", function()
+    local openai = ah.llm.dialects.openai
+    local body = { choices = { { message = { tool_calls = {
+      { type = "function", ["function"] = { name = "a", arguments = "{}" } },
+      { type = "function", ["function"] = { name = "b", arguments = "{}" } } } },
+      finish_reason = "tool_calls" } } }
+    local r1, r2 = openai.decode(body, "test"), openai.decode(body, "test")
+    local seen = {}
+    for _, r in ipairs { r1, r2 } do
+      for _, c in ipairs(r.tool_calls) do
+        assert.is_nil(seen[c.id], "id " .. c.id .. " repeats")
+        seen[c.id] = true
+      end
+    end
+  end)
+
   it("tolerates OpenAI streams without usage, and tools without arguments", function()
     local r = feed("openai", fx.openai.stream_no_usage)
     assert.equal("ok", r.text)

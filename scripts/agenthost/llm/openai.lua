@@ -98,6 +98,15 @@ function M.request(p, req)
   return body
 end
 
+-- An id for a tool call the server sent without one: unique in this
+-- process, so that results, approvals and stored history never mix up two
+-- calls (ids like call_1 would repeat in every reply).
+local made_up = 0
+local function call_id()
+  made_up = made_up + 1
+  return string.format("call_ah%d", made_up)
+end
+
 local FINISH = { stop = "stop", tool_calls = "tool_calls", function_call = "tool_calls",
                  length = "length", content_filter = "error" }
 
@@ -139,7 +148,7 @@ function M.decode(body, what)
     tc = tab(tc)
     if tc then
       local fn = tab(tc["function"]) or {}
-      calls[#calls + 1] = common.call(str(tc.id) or ("call_" .. (#calls + 1)), str(fn.name), args_text(fn.arguments))
+      calls[#calls + 1] = common.call(str(tc.id) or call_id(), str(fn.name), args_text(fn.arguments))
     end
   end
   local reason = str(choice.finish_reason)
@@ -226,7 +235,7 @@ function Stream:finish()
   end
   local calls = {}
   for i, slot in ipairs(self.calls) do
-    calls[i] = common.call(slot.id or ("call_" .. i), table.concat(slot.name), table.concat(slot.args))
+    calls[i] = common.call(slot.id or call_id(), table.concat(slot.name), table.concat(slot.args))
   end
   return common.result(table.concat(self.text), calls, self.reason, FINISH, self.usage, self.raw)
 end
