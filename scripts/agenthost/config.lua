@@ -51,11 +51,24 @@ local function mock_binary()
   return nil
 end
 
-local mock -- the running mock: {proc, base}
+local mock     -- the running mock: {proc, base}
+local starting -- an event set once a start has finished (well or not)
 
 -- Starts the bundled mock model (once per process) and returns its base URL.
+-- Concurrent callers wait for the one start.
 function M.start_mock(opts)
+  while starting do starting:wait() end
   if mock then return mock.base end
+  local done = ah.task.event()
+  starting = done
+  local ok, base = pcall(M._start_mock, opts)
+  starting = nil
+  done:set()
+  if not ok then error(base, 0) end
+  return base
+end
+
+function M._start_mock(opts)
   local bin = mock_binary()
   if not bin then
     error(ah.error.new("invalid_argument",
