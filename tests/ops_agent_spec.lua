@@ -64,14 +64,15 @@ describe("ah.config", function()
   it("starts one mock for concurrent callers and stops it", function()
     local ah = require "agenthost"
     ah.task.run(function()
-      local running = ah.proc.stats().running
       local a, b = ah.task.gather(function() return ah.config.start_mock() end,
                                   function() return ah.config.start_mock() end)
       assert.equal(a, b)
       assert.matches("^http://127%.0%.0%.1:%d+$", a)
       assert.equal(200, ah.http.get(a .. "/v1/models").status)
       ah.config.stop_mock()
-      assert.equal(running, ah.proc.stats().running) -- it exited and was reaped
+      local ok, err = pcall(ah.http.get, a .. "/v1/models") -- it exited: nobody listens
+      assert.is_false(ok)
+      assert.is_true(ah.error.is(err, "connect"), tostring(err))
       local c = ah.config.start_mock() -- a stopped mock can be started again
       assert.equal(200, ah.http.get(c .. "/v1/models").status)
       ah.config.stop_mock()
