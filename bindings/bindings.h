@@ -93,6 +93,12 @@ void *ah__context(lua_State *L, const void *key, ah_context_open open,
                   void (*close)(void *p), const char *what);
 void *ah__context_peek(lua_State *L, const void *key);
 
+/* Makes the metatable `name` once: `meta` are its metamethods and, when
+ * given, `methods` become a table at __index.  Leaves nothing on the
+ * stack. */
+void ah__metatable(lua_State *L, const char *name, const luaL_Reg *methods,
+                   const luaL_Reg *meta);
+
 /* Module parts; each pushes its table. */
 int ah__open_task(lua_State *L);
 int ah__open_reload(lua_State *L);

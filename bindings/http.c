@@ -552,11 +552,9 @@ int ah__open_http(lua_State *L) {
   static const luaL_Reg s_methods[] = {{"read", s_read}, {"close", s_close},
                                        {NULL, NULL}};
   static const luaL_Reg sse_methods[] = {{"feed", sse_feed}, {NULL, NULL}};
-  if (luaL_newmetatable(L, "agenthost.http_req")) {
-    lua_pushcfunction(L, lreq_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
+  static const luaL_Reg sse_meta[] = {{"__gc", sse_gc}, {NULL, NULL}};
+  static const luaL_Reg req_meta[] = {{"__gc", lreq_gc}, {NULL, NULL}};
+  ah__metatable(L, "agenthost.http_req", NULL, req_meta);
   if (luaL_newmetatable(L, "agenthost.http_stream")) {
     lua_newtable(L);
     luaL_setfuncs(L, s_methods, 0);
@@ -571,14 +569,7 @@ int ah__open_http(lua_State *L) {
     lua_setfield(L, -2, "__gc");
   }
   lua_pop(L, 1);
-  if (luaL_newmetatable(L, "agenthost.sse")) {
-    lua_newtable(L);
-    luaL_setfuncs(L, sse_methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, sse_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
+  ah__metatable(L, "agenthost.sse", sse_methods, sse_meta);
   lua_newtable(L);
   luaL_setfuncs(L, fns, 0);
   return 1;

@@ -839,11 +839,8 @@ int ah__open_proc(lua_State *L) {
                                      {"status", pr_status},
                                      {"stderr", pr_stderr},
                                      {NULL, NULL}};
-  if (luaL_newmetatable(L, "agenthost.proc_run")) {
-    lua_pushcfunction(L, lrun_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
+  static const luaL_Reg run_meta[] = {{"__gc", lrun_gc}, {NULL, NULL}};
+  ah__metatable(L, "agenthost.proc_run", NULL, run_meta);
   if (luaL_newmetatable(L, "agenthost.proc")) {
     lua_newtable(L);
     luaL_setfuncs(L, methods, 0);

@@ -184,14 +184,8 @@ int ah__open_reload(lua_State *L) {
                                      {"close", w_close}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"watch", r_watch}, {"hash", r_hash},
                                  {NULL, NULL}};
-  if (luaL_newmetatable(L, "agenthost.watch")) {
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, w_close);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
+  static const luaL_Reg meta[] = {{"__gc", w_close}, {NULL, NULL}};
+  ah__metatable(L, "agenthost.watch", methods, meta);
   lua_newtable(L);
   luaL_setfuncs(L, fns, 0);
   return 1;

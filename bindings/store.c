@@ -654,6 +654,10 @@ int ah__open_store(lua_State *L) {
                                      {"first", db_first}, {"flush", db_flush},
                                      {"close", db_close}, {"stats", db_stats},
                                      {NULL, NULL}};
+  static const luaL_Reg meta[] = {{"__gc", db_gc},
+                                  {"__close", db_close},
+                                  {"__tostring", db_tostring},
+                                  {NULL, NULL}};
   static const luaL_Reg fns[] = {{"open", s_open}, {NULL, NULL}};
   lua_rawgetp(L, LUA_REGISTRYINDEX, &ANCHOR_KEY);
   if (lua_isnil(L, -1)) {
@@ -661,18 +665,7 @@ int ah__open_store(lua_State *L) {
     lua_rawsetp(L, LUA_REGISTRYINDEX, &ANCHOR_KEY);
   }
   lua_pop(L, 1);
-  if (luaL_newmetatable(L, MT)) {
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, db_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, db_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, db_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
-  lua_pop(L, 1);
+  ah__metatable(L, MT, methods, meta);
   lua_newtable(L);
   luaL_setfuncs(L, fns, 0);
   return 1;

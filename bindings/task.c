@@ -1571,18 +1571,25 @@ static int sched_gc(lua_State *L) {
   return 0;
 }
 
+void ah__metatable(lua_State *L, const char *name, const luaL_Reg *methods,
+                   const luaL_Reg *meta) {
+  if (luaL_newmetatable(L, name)) {
+    if (meta) luaL_setfuncs(L, meta, 0);
+    if (methods) {
+      lua_newtable(L);
+      luaL_setfuncs(L, methods, 0);
+      lua_setfield(L, -2, "__index");
+    }
+  }
+  lua_pop(L, 1);
+}
+
+/* ah__metatable, also kept in the registry under key for quick lookups. */
 static void new_metatable(lua_State *L, const void *key, const char *name,
                           const luaL_Reg *methods, const luaL_Reg *meta) {
-  luaL_newmetatable(L, name);
-  if (meta) luaL_setfuncs(L, meta, 0);
-  if (methods) {
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pushvalue(L, -1);
+  ah__metatable(L, name, methods, meta);
+  luaL_getmetatable(L, name);
   lua_rawsetp(L, LUA_REGISTRYINDEX, key);
-  lua_pop(L, 1);
 }
 
 void ah__sched_borrow(lua_State *L, uv_loop_t *loop) {
