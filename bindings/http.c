@@ -307,8 +307,10 @@ static lreq *start(lua_State *L, ah_task *me, int stream) {
   lr->r.method = lr->method;
   lr->r.body_data = body;
   lr->r.body_len = body_len;
-  lr->r.timeout_ms = (long)(timeout * 1000 + 0.5);
-  lr->r.connect_timeout_ms = (long)(connect_timeout * 1000 + 0.5);
+  /* At least 1 ms: 0 would mean no timeout to curl. */
+  lr->r.timeout_ms = timeout < 0.001 ? 1 : (long)(timeout * 1000 + 0.5);
+  lr->r.connect_timeout_ms =
+      connect_timeout < 0.001 ? 1 : (long)(connect_timeout * 1000 + 0.5);
   lr->r.max_body = max_body > 1e15 ? (size_t)1e15 : (size_t)max_body;
   lr->r.done = stream ? stream_done : on_done;
   lr->r.data = lr;

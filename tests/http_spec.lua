@@ -211,6 +211,10 @@ describe("ah.http.request", function()
     assert.matches("GET http://127.0.0.1:%d+/delay", err.message)
   end)
 
+  it("takes a timeout under a millisecond as one millisecond, not as none", function()
+    fails("timeout", function() http.get(srv.url("/delay?ms=300"), { timeout = 0.0004 }) end)
+  end)
+
   it("reports a refused connection as a retryable connect error", function()
     local err = fails("connect", function() http.get("http://127.0.0.1:1/") end)
     assert.is_true(err.retryable)
