@@ -505,7 +505,7 @@ static int h_sse_parser(lua_State *L) {
 }
 
 /* Reads the limit k of the table at 1: -1 when absent, else 0..100000. */
-static long opt_limit(lua_State *L, const char *k) {
+static long opt_limit(lua_State *L, const char *k, const char *what) {
   lua_Integer v;
   int isnum;
   lua_getfield(L, 1, k);
@@ -517,26 +517,30 @@ static long opt_limit(lua_State *L, const char *k) {
   lua_pop(L, 1);
   if (!isnum || v < 0 || v > 100000)
     ah__error_raise(L, "invalid_argument", 0,
-                    "ah.http.configure: max_connections must be 0..100000 "
-                    "(0: automatic) and max_host_connections 0..100000 "
-                    "(0: no limit)");
+                    "ah.http.configure: %s must be an integer 0..100000 (%s)",
+                    k, what);
   return (long)v;
 }
 
-/* core.http.configure{max_connections =, max_host_connections =} */
+/* core.http.configure{max_connections =, max_host_connections =,
+ *                     start_batch =} */
 static int h_configure(lua_State *L) {
-  long mc, mh;
+  long mc, mh, sb;
   luaL_checktype(L, 1, LUA_TTABLE);
-  mc = opt_limit(L, "max_connections");
-  mh = opt_limit(L, "max_host_connections");
+  mc = opt_limit(L, "max_connections", "0: automatic");
+  mh = opt_limit(L, "max_host_connections", "0: no limit");
+  sb = opt_limit(L, "start_batch", "0: no limit");
   ah__http_limits(get_http(L), mc, mh);
+  ah__http_start_batch(get_http(L), sb);
   return 0;
 }
 
-/* core.http.stats() -> {active, sockets} */
+/* core.http.stats() -> {active, queued, sockets} */
 static int h_stats(lua_State *L) {
   ah_http *h = ah__context_peek(L, &HTTP_KEY);
-  lua_createtable(L, 0, 2);
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, h ? ah__http_queued(h) : 0);
+  lua_setfield(L, -2, "queued");
   lua_pushinteger(L, h ? ah__http_active(h) : 0);
   lua_setfield(L, -2, "active");
   lua_pushinteger(L, h ? ah__http_sockets(h) : 0);

@@ -184,6 +184,10 @@ struct ah_http_req {
   void *easy;
   void *lane;                      /* the multi handle's lane it runs on */
   int running;
+  int queued;                      /* waiting in the start queue */
+  ah_http_req *qnext, *qprev;
+  uint64_t queued_at;              /* uv_hrtime() when it was queued */
+  char *copies;                    /* url, body and ca_file while queued */
 };
 
 int ah__http_open(ah_http **out, uv_loop_t *loop, long max_connects,
@@ -191,6 +195,11 @@ int ah__http_open(ah_http **out, uv_loop_t *loop, long max_connects,
 /* Closes the multi handle and every watcher; in-flight transfers must have
  * been freed first.  The memory goes once the handles have closed. */
 void ah__http_close(ah_http *h);
+/* Starts the transfer, or queues it behind the requests already waiting,
+ * or when start_batch transfers have started in this loop iteration (it
+ * then starts in a following one, with url, body and ca_file copied
+ * meanwhile).  A queued transfer that cannot start, or whose timeout runs
+ * out while it waits, ends through done() with its error. */
 int ah__http_start(ah_http *h, ah_http_req *r);
 /* Aborts the transfer if it is running (no done call) and frees its
  * buffers; the easy handle goes back to the pool. */
@@ -203,6 +212,12 @@ int ah__http_sockets(const ah_http *h);
  * and the connections per host (0: no limit); a negative value leaves that
  * setting as it is.  ah__http_open takes the same values. */
 void ah__http_limits(ah_http *h, long max_connects, long max_host_connections);
+/* Transfers started per loop iteration at most (0: no limit); < 0 keeps
+ * the setting.  The default is AH_HTTP_START_BATCH. */
+#define AH_HTTP_START_BATCH 128
+void ah__http_start_batch(ah_http *h, long n);
+/* Transfers waiting in the start queue. */
+int ah__http_queued(const ah_http *h);
 /* Lets a paused streaming transfer go on (call after taking the body). */
 void ah__http_resume(ah_http_req *r);
 /* The URL without user:password@, for messages. */

@@ -65,6 +65,164 @@ describe("ah.http.request", function()
     for i = 1, 1000 do assert.equal(200, statuses[i]) end
   end)
 
+  describe("start queue", function()
+    -- Each test sets its own start_batch; the default comes back after.
+    after_each(function() run(function() http.configure { start_batch = 128 } end) end)
+
+    -- Spawns n tasks that each wait on a slow request, and a last one that
+    -- reads the stats once all n have asked (tasks run in spawn order).
+    local function spawn_slow(n)
+      local hs = {}
+      for i = 1, n do
+        hs[i] = task.spawn(function() return http.get(srv.url("/delay?ms=5000")) end)
+      end
+      local ok, st = task.spawn(function() return http.stats() end):result()
+      assert.is_true(ok, tostring(st))
+      return hs, st
+    end
+
+    it("starts start_batch requests per loop iteration, first come first started", function()
+      run(function()
+        http.configure { start_batch = 4 }
+        task.sleep(0.01) -- a new iteration: no request started in this one yet
+        local hs, st = spawn_slow(12)
+        assert.same({ 4, 8 }, { st.active, st.queued })
+        task.sleep(0) -- one more iteration: one more batch
+        assert.same({ 8, 4 }, { http.stats().active, http.stats().queued })
+        -- First come, first started: the last four are the ones waiting.
+        for i = 9, 12 do hs[i]:cancel() end
+        assert.same({ 8, 0 }, { http.stats().active, http.stats().queued })
+        for i = 9, 12 do
+          local ok, err = hs[i]:result()
+          assert.is_false(ok)
+          assert.is_true(ah.error.is(err, "cancelled"), tostring(err))
+        end
+        for i = 1, 8 do hs[i]:cancel() end
+        assert.equal(0, http.stats().active)
+      end)
+    end)
+
+    it("starts the queued requests in the iterations that follow, without waiting for any to end", function()
+      run(function()
+        http.configure { start_batch = 3 }
+        -- Open connections first: requests reusing them start without any
+        -- I/O event that would wake the loop.
+        local items = {}
+        for i = 1, 30 do items[i] = i end
+        task.map(items, function() return http.get(srv.url("/fixed")).status end)
+        task.sleep(0.01)
+        local hs, st = spawn_slow(30)
+        assert.same({ 3, 27 }, { st.active, st.queued })
+        -- A request queued behind them starts once they all have; nothing
+        -- else happens on the loop meanwhile (the 5 s requests run on), so
+        -- it ends only if the queue empties without waiting for I/O.
+        assert.equal(200, http.get(srv.url("/delay?ms=100")).status)
+        assert.same({ 30, 0 }, { http.stats().active, http.stats().queued })
+        for i = 1, 30 do hs[i]:cancel() end
+      end)
+    end)
+
+    it("sends a queued request's url and body as given, after the caller's strings are gone", function()
+      local C = require("agenthost.core")._http -- no wrapper holding the options
+      local port = srv.url("/"):match(":(%d+)/")
+      local got = run(function()
+        http.configure { start_batch = 1 }
+        task.sleep(0.01)
+        local hs = {}
+        for i = 1, 10 do
+          hs[i] = task.spawn(function()
+            return C.request { method = "PUT", url = "http://127.0.0.1:" .. port .. "/echo?n=" .. i * 7,
+                               body = string.rep(string.char(64 + i), 1000 + i) }
+          end)
+        end
+        -- All 10 have asked; 9 wait in the queue while their strings are
+        -- collected and their memory is used again.
+        local ok, queued = task.spawn(function()
+          collectgarbage("collect")
+          collectgarbage("collect")
+          local junk = {}
+          for k = 1, 20000 do junk[k] = string.rep("Z", 1000 + k % 20) .. k end
+          return http.stats().queued
+        end):result()
+        assert.is_true(ok, tostring(queued))
+        assert.equal(9, queued)
+        local out = {}
+        for i = 1, 10 do
+          local ok2, r = hs[i]:result()
+          assert.is_true(ok2, tostring(r))
+          out[i] = require("cjson").decode(r.body)
+        end
+        return out
+      end)
+      for i = 1, 10 do
+        assert.equal("n=" .. i * 7, got[i].query)
+        assert.equal(string.rep(string.char(64 + i), 1000 + i), got[i].body)
+      end
+    end)
+
+    -- Keeps the loop's thread busy for at least ms milliseconds.
+    local function busy(ms)
+      local t0 = ah.clock()
+      while (ah.clock() - t0) * 1000 < ms do end
+    end
+
+    it("counts a request's timeout from the call, time in the queue included", function()
+      local late, fresh = run(function()
+        http.configure { start_batch = 1 }
+        task.sleep(0.01)
+        -- Queued behind a slow request for longer than its timeout: fails
+        -- when its turn comes, with the reason.
+        local slow = task.spawn(function() return http.get(srv.url("/delay?ms=5000")) end)
+        local waiting = task.spawn(function() return http.get(srv.url("/fixed"), { timeout = 0.02 }) end)
+        task.spawn(function() busy(60) end):join()
+        local _, late = waiting:result()
+        slow:cancel()
+        -- Work done in the iteration before the call does not count.
+        task.sleep(0.01)
+        local first, second = task.spawn(function()
+          busy(60)
+          local a = task.spawn(function() return http.get(srv.url("/fixed")) end)
+          local b = task.spawn(function() return http.get(srv.url("/fixed"), { timeout = 0.05 }) end)
+          return a, b
+        end):join()
+        assert.equal(200, first:join().status)
+        return late, select(2, second:result())
+      end)
+      assert.is_true(ah.error.is(late, "timeout"), tostring(late))
+      assert.matches("timed out waiting in the start queue", tostring(late), 1, true)
+      assert.equal(200, fresh.status)
+    end)
+
+    it("runs 2,000 requests through a queue one start at a time", function()
+      local n = run(function()
+        http.configure { start_batch = 1 }
+        local items = {}
+        for i = 1, 2000 do items[i] = i end
+        local statuses = task.map(items, function() return http.get(srv.url("/fixed")).status end)
+        local ok = 0
+        for i = 1, 2000 do if statuses[i] == 200 then ok = ok + 1 end end
+        return ok
+      end)
+      assert.equal(2000, n)
+    end)
+
+    it("queues nothing with start_batch 0, and refuses bad values", function()
+      run(function()
+        http.configure { start_batch = 0 }
+        task.sleep(0.01)
+        local hs, st = spawn_slow(300)
+        assert.same({ 300, 0 }, { st.active, st.queued })
+        for i = 1, 300 do hs[i]:cancel() end
+      end)
+      for _, bad in ipairs { -1, 100001, 2.5, "all" } do
+        local ok, err = pcall(run, function() http.configure { start_batch = bad } end)
+        assert.is_false(ok)
+        assert.is_true(ah.error.is(err, "invalid_argument"), tostring(err))
+        assert.matches("start_batch must be an integer 0..100000", tostring(err), 1, true)
+      end
+    end)
+  end)
+
   it("reuses its connection for 10,000 sequential requests", function()
     local before = connections()
     run(function()
