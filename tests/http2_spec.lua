@@ -53,16 +53,26 @@ end
 describe("ah.http over HTTP/2", function()
   it("multiplexes a burst of requests over one new connection", function()
     local before = stats()
-    -- by another name, so that no connection is open yet when all 50 start
-    local cold = "https://localhost:" .. srv.port
-    local got = task.run(function()
+    -- In a process of its own, whose HTTP client has done nothing before
+    -- (a peak of more than 128 requests in flight earlier in this one
+    -- would have spread the burst over several lanes, one connection each;
+    -- see docs/http.md).  By another name than the other tests use, so
+    -- that no connection is open yet when all 50 start.
+    local r = proc.cli { proc.script([[
+      local ah = require "agenthost"
+      local cold, cert = ...
       local items = {}
       for i = 1, 50 do items[i] = i end
-      return task.map(items, function()
+      local got = ah.task.map(items, function()
         local r = ah.http.get(cold .. "/delay?ms=100", { ca_file = cert })
         return r.version .. " " .. r.status .. " " .. r.body
       end)
-    end)
+      print(table.concat(got, "\n"))
+    ]]), "https://localhost:" .. srv.port, cert }
+    assert.equal(0, r.code, r.err)
+    local got = {}
+    for line in r.out:gmatch("[^\n]+") do got[#got + 1] = line end
+    assert.equal(50, #got)
     for i = 1, 50 do assert.equal("2 200 h2 ok", got[i]) end
     local after = stats()
     assert.equal(50, after.streams - before.streams)
