@@ -120,6 +120,14 @@ describe("ah.http against Node's http server", function()
     assert.is_true(tonumber(r.headers["content-length"]) < #text)
   end)
 
+  it("counts the decoded bytes against max_body, not the compressed ones", function()
+    -- 4,800 bytes that travel as far fewer: a small compressed response
+    -- must not slip a large body past the cap
+    local err = fails("too_large", function() http.get(srv.url("/gzip"), { max_body = 1000 }) end)
+    assert.matches("larger than max_body", tostring(err), 1, true)
+    assert.equal(4800, #run(function() return http.get(srv.url("/gzip"), { max_body = 4800 }) end).body)
+  end)
+
   it("keeps the connection alive: 200 sequential requests use at most 2 connections", function()
     local before = stats()
     run(function()
