@@ -11,14 +11,7 @@ local ah = require "agenthost"
 local httpd = require "support.httpd"
 local http, task = ah.http, ah.task
 
-local function which(cmd)
-  local p = io.popen("command -v " .. cmd .. " 2>/dev/null")
-  local path = p:read("l")
-  p:close()
-  return path ~= "" and path or nil
-end
-
-local node = which("node")
+local node = require("support.proc").which("node")
 if not node then
   print("# http1_node_spec: skipped: needs node on PATH")
   return
@@ -38,12 +31,7 @@ end)
 
 local function run(fn) return task.run(fn) end
 
-local function fails(kind, fn)
-  local ok, err = pcall(task.run, fn)
-  assert.is_false(ok, "expected a " .. kind .. " error")
-  assert.is_true(ah.error.is(err, kind), "expected kind " .. kind .. ", got " .. tostring(err))
-  return err
-end
+local fails = require("support.spec").fails
 
 local function stats()
   return run(function() return http.get(srv.url("/stats")).json end)

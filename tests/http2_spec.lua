@@ -9,14 +9,7 @@ local proc = require "support.proc"
 local httpd = require "support.httpd"
 local task = ah.task
 
-local function which(cmd)
-  local p = io.popen("command -v " .. cmd .. " 2>/dev/null")
-  local path = p:read("l")
-  p:close()
-  return path ~= "" and path or nil
-end
-
-local node, openssl = which("node"), which("openssl")
+local node, openssl = proc.which("node"), proc.which("openssl")
 if not (node and openssl) then
   print("# http2_spec: skipped: needs node and openssl on PATH (node: " ..
     tostring(node) .. ", openssl: " .. tostring(openssl) .. ")")

@@ -13,12 +13,7 @@ teardown(function() if srv then srv:stop() end end)
 
 local function run(fn) return task.run(fn) end
 
-local function fails(kind, fn)
-  local ok, err = pcall(task.run, fn)
-  assert.is_false(ok, "expected a " .. kind .. " error")
-  assert.is_true(ah.error.is(err, kind), "expected kind " .. kind .. ", got " .. tostring(err))
-  return err
-end
+local fails = require("support.spec").fails
 
 local function connections()
   return run(function() return http.get(srv.url("/stats")).json.connections end)

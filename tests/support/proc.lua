@@ -41,6 +41,14 @@ M.sh = sh
 
 local dirs = {}
 
+-- The path of command cmd on PATH, or nil.
+function M.which(cmd)
+  local f = io.popen("command -v " .. q(cmd) .. " 2>/dev/null")
+  local path = f:read("l")
+  f:close()
+  return path ~= "" and path or nil
+end
+
 -- A fresh temporary directory, removed by M.cleanup().
 function M.tmpdir()
   local p = io.popen("mktemp -d")
