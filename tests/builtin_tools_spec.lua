@@ -62,6 +62,7 @@ describe("tools/", function()
       local v = res.value
       assert.is_true(v.tasks.live >= 1)
       assert.equal(0, v.http.in_flight)
+      assert.equal(0, v.http.queued)
       assert.is_number(v.loop_lag_ms)
       assert.is_number(v.store.queued)
       assert.is_true(v.max_rss_mb > 0)

@@ -1,6 +1,6 @@
 -- metrics: the host's own runtime metrics, for an agent that watches the
--- system it runs on: tasks, HTTP transfers in flight, the memory store's
--- queue, loop lag, CPU time and peak memory.
+-- system it runs on: tasks, HTTP transfers in flight and waiting to start,
+-- the memory store's queue, loop lag, CPU time and peak memory.
 
 local ah = require "agenthost"
 local task = ah.task
@@ -23,9 +23,10 @@ end
 function M.run(_, ctx)
   local s = task.stats()
   local ru = ah.rusage() or {}
+  local hs = ah.http.stats()
   local out = {
     tasks = { live = s.live, ready = s.ready, sleeping = s.sleeping, spawned = s.spawned },
-    http = { in_flight = ah.http.stats().active },
+    http = { in_flight = hs.active, queued = hs.queued },
     loop_lag_ms = math.floor(loop_lag_ms() * 1000 + 0.5) / 1000,
     cpu_seconds = ru.cpu and math.floor(ru.cpu * 1000 + 0.5) / 1000,
     max_rss_mb = ru.maxrss_kb and math.floor(ru.maxrss_kb / 1024 + 0.5),
