@@ -175,13 +175,4 @@ const server = http.createServer((req, res) => {
 
 server.on('connection', () => { stats.connections += 1; });
 
-server.listen(0, '127.0.0.1', () => {
-  process.stdout.write(`port=${server.address().port}\n`);
-});
-
-// Open keep-alive connections would hold server.close() up: leave at once.
-const stop = () => process.exit(0);
-process.on('SIGTERM', stop);
-process.on('SIGINT', stop);
-process.stdin.on('end', stop);
-process.stdin.resume();
+require('./serve')(server);

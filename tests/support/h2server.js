@@ -53,13 +53,4 @@ server.on('request', (req, res) => {
   res.end('not found');
 });
 
-server.listen(0, '127.0.0.1', () => {
-  process.stdout.write(`port=${server.address().port}\n`);
-});
-
-// Open connections would hold server.close() up: leave at once.
-const stop = () => process.exit(0);
-process.on('SIGTERM', stop);
-process.on('SIGINT', stop);
-process.stdin.on('end', stop);
-process.stdin.resume();
+require('./serve')(server);
