@@ -69,6 +69,13 @@ void ah__task_detach(lua_State *L, int nargs);
 
 /* Suspends t (which must be running in L) on op.  Use as a return value. */
 int ah__task_suspend(lua_State *L, ah_task *t, const ah_op *op, void *opdata);
+/* Suspends the running task on op as the only one waiting in *slot, which
+ * it takes (the op clears it), keeping the first `keep` values of L's
+ * stack.  Another task in the slot already is an invalid_argument error
+ * "<what>: another task is already <busy>".  Use as a return value. */
+int ah__task_suspend_alone(lua_State *L, const char *what, const char *busy,
+                           ah_task **slot, int keep, const ah_op *op,
+                           void *opdata);
 /* Makes a suspended t ready.  nargs values are already on its thread; when
  * is_error is set there is one value and it is raised at the await point. */
 void ah__task_wake(ah_sched *S, ah_task *t, int nargs, int is_error);

@@ -391,7 +391,6 @@ static int h_stream(lua_State *L) {
 /* s:read() -> the next chunk, or nil at the end; raises a transfer error. */
 static int s_read(lua_State *L) {
   lreq *lr = luaL_checkudata(L, 1, "agenthost.http_stream");
-  ah_task *me;
   if (lr->r.body.len > 0) {
     lua_pushlstring(L, lr->r.body.data, lr->r.body.len);
     lr->r.body.len = 0;
@@ -406,14 +405,8 @@ static int s_read(lua_State *L) {
     }
     return 0;
   }
-  me = ah__task_require(L, "stream:read");
-  if (lr->t)
-    return ah__error_raise(L, "invalid_argument", 0,
-                           "stream:read: another task is already reading this "
-                           "stream");
-  lr->t = me;
-  lua_settop(L, 1);
-  return ah__task_suspend(L, me, &stream_read_op, lr);
+  return ah__task_suspend_alone(L, "stream:read", "reading this stream", &lr->t,
+                                1, &stream_read_op, lr);
 }
 
 static int stream_read_after(lua_State *L, ah_task *t, int nargs) {

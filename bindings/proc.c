@@ -489,15 +489,10 @@ static const ah_op wait_op = {"process wait", waiter_cancel, NULL, wait_after};
 /* Suspends the caller until stdout has more data or ends. */
 static int wait_for_output(lua_State *L, lproc *lp, const char *what,
                            const ah_op *op) {
-  ah_task *me = ah__task_require(L, what);
-  if (lp->reader)
-    return ah__error_raise(L, "invalid_argument", 0,
-                           "%s: another task is already reading this process's "
-                           "stdout", what);
-  lp->reader = me;
-  ah__proc_want(&lp->p->out);
-  lua_settop(L, 2);
-  return ah__task_suspend(L, me, op, lp);
+  ah__task_require(L, what);
+  if (!lp->reader) ah__proc_want(&lp->p->out);
+  return ah__task_suspend_alone(L, what, "reading this process's stdout",
+                                &lp->reader, 2, op, lp);
 }
 
 static int not_running(lua_State *L, const char *what) {
@@ -650,20 +645,13 @@ static void push_wait_result(lua_State *L, lproc *lp) {
 /* p:wait() -> {code, signal, stderr} once the process has exited. */
 static int pr_wait(lua_State *L) {
   lproc *lp = check_proc(L);
-  ah_task *me;
   if (!lp->p) return not_running(L, "process:wait");
   if (lp->p->exited) {
     push_wait_result(L, lp);
     return 1;
   }
-  me = ah__task_require(L, "process:wait");
-  if (lp->waiter)
-    return ah__error_raise(L, "invalid_argument", 0,
-                           "process:wait: another task is already waiting for "
-                           "this process");
-  lp->waiter = me;
-  lua_settop(L, 1);
-  return ah__task_suspend(L, me, &wait_op, lp);
+  return ah__task_suspend_alone(L, "process:wait", "waiting for this process",
+                                &lp->waiter, 1, &wait_op, lp);
 }
 
 static int wait_after(lua_State *L, ah_task *t, int nargs) {

@@ -295,6 +295,18 @@ int ah__task_suspend(lua_State *L, ah_task *t, const ah_op *op, void *opdata) {
   return lua_yieldk(L, 0, (lua_KContext)(intptr_t)op, resume_k);
 }
 
+int ah__task_suspend_alone(lua_State *L, const char *what, const char *busy,
+                           ah_task **slot, int keep, const ah_op *op,
+                           void *opdata) {
+  ah_task *me = ah__task_require(L, what);
+  if (*slot)
+    return ah__error_raise(L, "invalid_argument", 0,
+                           "%s: another task is already %s", what, busy);
+  *slot = me;
+  lua_settop(L, keep);
+  return ah__task_suspend(L, me, op, opdata);
+}
+
 static int resume_k(lua_State *L, int status, lua_KContext ctx) {
   const ah_op *op = (const ah_op *)(intptr_t)ctx;
   ah_task *t = ah__task_current(L);
