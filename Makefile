@@ -14,6 +14,8 @@
 #   make examples   the C examples, built from a PREFIX under build/ with
 #                   only the installed header and pkg-config's flags
 #   make valgrind   the C tests under valgrind
+#   make check-layers  fails when a layer reaches where it must not
+#                   (DESIGN.md §1; run by make test)
 
 BUILD   ?= build
 CC      ?= cc
@@ -29,7 +31,9 @@ OPT      := -O1 -g
 endif
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
-CFLAGS  += $(OPT) $(WARN) -fPIC -D_POSIX_C_SOURCE=200809L $(SANFLAGS) $(PKG_CFLAGS)
+# -MMD -MP: every object depends on the headers it includes.
+CFLAGS  += $(OPT) $(WARN) -fPIC -D_POSIX_C_SOURCE=200809L -Iinclude -MMD -MP \
+           $(SANFLAGS) $(PKG_CFLAGS)
 LDFLAGS += $(SANFLAGS)
 
 HOST_SRC := host/loop.c host/timer.c host/watch.c host/http.c host/sse.c host/store.c
@@ -39,7 +43,7 @@ BIND_SRC += bindings/embed.c
 HOST_SRC += host/proc.c
 BIND_SRC += bindings/proc.c
 CORE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(HOST_SRC) $(BIND_SRC))
-MAIN_OBJ := $(BUILD)/obj/bindings/main.o
+MAIN_OBJ := $(BUILD)/obj/cli/main.o
 CTESTS   := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
 
 DEB_PKGS := liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libsqlite3-dev \
@@ -72,9 +76,11 @@ endef
 deps:
 	$(call install_missing,$(DEB_PKGS))
 
-$(BUILD)/obj/%.o: %.c host/host.h host/agenthost.h bindings/bindings.h
+$(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+-include $(CORE_OBJ:.o=.d) $(MAIN_OBJ:.o=.d) $(CTESTS:=.d)
 
 $(BUILD)/libagenthost.a: $(CORE_OBJ)
 	@rm -f $@
@@ -87,7 +93,7 @@ $(BUILD)/agenthost: $(MAIN_OBJ) $(BUILD)/libagenthost.a
 $(BUILD)/agenthost.so: $(CORE_OBJ)
 	$(CC) $(LDFLAGS) -shared -o $@ $^ $(filter-out -llua5.4,$(PKG_LIBS)) -ldl
 
-$(BUILD)/tests/%: tests/c/%.c $(BUILD)/libagenthost.a tests/c/ctest.h
+$(BUILD)/tests/%: tests/c/%.c $(BUILD)/libagenthost.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libagenthost.a $(PKG_LIBS) -lm -ldl
 
@@ -106,6 +112,21 @@ run: all
 
 test: all
 	@BUILD=$(BUILD) SAN=$(SAN) sh tests/run
+
+# The layers of DESIGN.md §1: host/ knows libuv, libcurl, sqlite3 and libpq
+# but never Lua; bindings/ marshals between Lua and host/ and never includes
+# curl, sqlite or libpq; the command uses the public header and Lua only.
+.PHONY: check-layers
+check-layers:
+	@bad=$$(grep -nE '^[[:space:]]*#[[:space:]]*include[[:space:]]*[<"](lua|lauxlib|lualib|luaconf)\.h' host/*.c host/*.h); \
+	[ -z "$$bad" ] || { echo "check-layers: host/ must not use Lua:"; echo "$$bad"; exit 1; }; \
+	bad=$$(grep -nE '^[[:space:]]*#[[:space:]]*include[[:space:]]*[<"](curl/|sqlite3|libpq-fe|postgresql/)' bindings/*.c bindings/*.h cli/*.c); \
+	[ -z "$$bad" ] || { echo "check-layers: bindings/ and cli/ must not include curl, sqlite or libpq:"; echo "$$bad"; exit 1; }; \
+	bad=$$(grep -nE '^[[:space:]]*#[[:space:]]*include[[:space:]]*"[^"]*(host|bindings)\.h"' cli/*.c include/*.h); \
+	[ -z "$$bad" ] || { echo "check-layers: cli/ and include/ use the public header only:"; echo "$$bad"; exit 1; }; \
+	bad=$$(grep -nE '\bah__[a-z_]+\(' cli/*.c include/*.h); \
+	[ -z "$$bad" ] || { echo "check-layers: cli/ and include/ must not call internal ah__ functions:"; echo "$$bad"; exit 1; }; \
+	echo "check-layers: ok"
 
 asan:
 	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 test
@@ -135,7 +156,7 @@ clean:
 # ---- the library for embedders -------------------------------------------
 
 PREFIX  ?= /usr/local
-VERSION := $(shell sed -n 's/^\#define AH_VERSION_STRING "\(.*\)"/\1/p' host/agenthost.h)
+VERSION := $(shell sed -n 's/^\#define AH_VERSION_STRING "\(.*\)"/\1/p' include/agenthost.h)
 EX_PREFIX := $(abspath $(BUILD))/examples/prefix
 EXAMPLES  := game_loop automation_host
 
@@ -156,7 +177,7 @@ endef
 
 lib: $(BUILD)/libagenthost.a $(BUILD)/agenthost.pc
 
-$(BUILD)/agenthost.pc: Makefile host/agenthost.h
+$(BUILD)/agenthost.pc: Makefile include/agenthost.h
 	$(call write_pc,$(PREFIX),$@)
 
 install: $(BUILD)/agenthost $(BUILD)/agenthost.so $(BUILD)/libagenthost.a
@@ -164,7 +185,7 @@ install: $(BUILD)/agenthost $(BUILD)/agenthost.so $(BUILD)/libagenthost.a
 	  $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/lib/lua/5.4 \
 	  $(DESTDIR)$(PREFIX)/share/agenthost
 	install -m 755 $(BUILD)/agenthost $(DESTDIR)$(PREFIX)/bin/agenthost
-	install -m 644 host/agenthost.h $(DESTDIR)$(PREFIX)/include/agenthost.h
+	install -m 644 include/agenthost.h $(DESTDIR)$(PREFIX)/include/agenthost.h
 	install -m 644 $(BUILD)/libagenthost.a $(DESTDIR)$(PREFIX)/lib/libagenthost.a
 	install -m 755 $(BUILD)/agenthost.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/agenthost.so
 	rm -rf $(DESTDIR)$(PREFIX)/share/agenthost/scripts $(DESTDIR)$(PREFIX)/share/agenthost/tools

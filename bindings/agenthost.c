@@ -10,7 +10,7 @@
  */
 #define _GNU_SOURCE /* dladdr */
 #include "bindings.h"
-#include "../host/agenthost.h"
+#include "agenthost.h"
 
 #include <dlfcn.h>
 #include <stdio.h>

@@ -12,7 +12,7 @@
  * host/post.c.
  */
 #include "bindings.h"
-#include "../host/agenthost.h"
+#include "agenthost.h"
 
 #include <lualib.h>
 #include <stdarg.h>
@@ -502,4 +502,22 @@ uv_loop_t *ah_loop(ah_host *h) { return h ? h->uv : NULL; }
 
 const char *ah_errmsg(const ah_host *h) {
   return h ? h->errmsg : "no host (NULL)";
+}
+
+/* ---- programs that are the whole process ---------------------------------------- */
+
+int ah_handle_signals(ah_host *h) {
+  if (!h) return AH_EINVAL;
+  if (ah__sched_signals(h->L) != 0)
+    return fail(h, AH_ERROR, "ah_handle_signals: cannot install the handlers");
+  return AH_OK;
+}
+
+int ah_signal_seen(const ah_host *h) {
+  return h ? ah__sched_signal_seen(h->L) : 0;
+}
+
+const char *ah_traceback(const ah_host *h) {
+  const char *tb = h ? ah__last_traceback(h->L) : NULL;
+  return tb ? tb : "";
 }

@@ -7,7 +7,7 @@
  * on how long anything took.  AH_TEST_OPENS sets the open/close count
  * (1000 by default; the valgrind target uses fewer).
  */
-#include "../../host/agenthost.h"
+#include "agenthost.h"
 #include "ctest.h"
 
 #include <uv.h>

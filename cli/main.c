@@ -12,14 +12,18 @@
  * task have finished, 1 when the main task fails, 2 for usage errors,
  * 128+N after signal N (SIGINT, SIGTERM cancel every task and let detached
  * work drain; a second one exits at once).
+ *
+ * The command is a client of the public API (agenthost.h) and the Lua C
+ * API only, like any other program that embeds agenthost.
  */
-#include "bindings.h"
-#include "../host/agenthost.h"
+#include "agenthost.h"
 
+#include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <uv.h>
 
 static const char *progname = "agenthost";
 
@@ -54,8 +58,8 @@ static void set_arg(lua_State *L, int argc, char **argv, int script) {
   lua_setglobal(L, "arg");
 }
 
-static int report_failure(lua_State *L) {
-  const char *tb = ah__last_traceback(L);
+static int report_failure(ah_host *h, lua_State *L) {
+  const char *tb = ah_traceback(h);
   const char *msg = luaL_tolstring(L, -1, NULL);
   fprintf(stderr, "%s: %s\n", progname, msg);
   if (tb && *tb) fprintf(stderr, "%s\n", tb);
@@ -77,7 +81,7 @@ int main(int argc, char **argv) {
       usage(stdout);
       return 0;
     } else if (strcmp(argv[i], "--version") == 0) {
-      printf("agenthost %s (%s, libuv %s)\n", AH_VERSION_STRING, LUA_RELEASE,
+      printf("agenthost %s (%s, libuv %s)\n", ah_version(), LUA_RELEASE,
              uv_version_string());
       return 0;
     } else if (strcmp(argv[i], "--watch") == 0) {
@@ -159,15 +163,15 @@ int main(int argc, char **argv) {
   nargs = argc - script - 1;
   luaL_checkstack(L, nargs + 1, "too many arguments");
   for (i = script + 1; i < argc; i++) lua_pushstring(L, argv[i]);
-  ah__sched_signals(L);
+  ah_handle_signals(h);
   if (lua_pcall(L, nargs + 1, 0, 0) != LUA_OK) {
-    int sig = ah__sched_signal_seen(L);
+    int sig = ah_signal_seen(h);
     if (sig)
       code = 128 + sig;
     else
-      code = report_failure(L);
-  } else if (ah__sched_signal_seen(L)) {
-    code = 128 + ah__sched_signal_seen(L);
+      code = report_failure(h, L);
+  } else if (ah_signal_seen(h)) {
+    code = 128 + ah_signal_seen(h);
   }
   fflush(stdout);
   ah_close(h);

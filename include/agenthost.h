@@ -148,6 +148,19 @@ struct uv_loop_s *ah_loop(ah_host *h); /* the uv_loop_t in use */
 /* The message of the host's last failed call ("" when none). */
 const char *ah_errmsg(const ah_host *h);
 
+/* ---- programs that are the whole process ------------------------------- */
+
+/* For a program that owns the process (the agenthost command is one):
+ * SIGINT and SIGTERM cancel every task that is not detached and let
+ * detached work drain; a second one exits at once with status 128+N.
+ * Returns AH_OK, or AH_ERROR when the handlers cannot be installed. */
+int ah_handle_signals(ah_host *h);
+/* The last SIGINT or SIGTERM seen since ah_handle_signals, or 0. */
+int ah_signal_seen(const ah_host *h);
+/* The Lua traceback of the last failure of a main task that task.run ran
+ * ("" when none), for a program that reports the failure itself. */
+const char *ah_traceback(const ah_host *h);
+
 /* ---- the Lua module ---------------------------------------------------- */
 
 /* The core module (C parts only): require "agenthost.core". */
