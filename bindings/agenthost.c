@@ -44,8 +44,8 @@ static int m_rusage(lua_State *L) {
 
 /* ah.isatty(fd) -> whether the descriptor is a terminal (0, 1, 2 ...) */
 static int m_isatty(lua_State *L) {
-  lua_Integer fd = luaL_checkinteger(L, 1);
-  lua_pushboolean(L, fd >= 0 && fd <= 1 << 20 && uv_guess_handle((int)fd) == UV_TTY);
+  lua_Integer fd = ah__arg_integer(L, 1, "ah.isatty", "fd", 0, 1 << 20);
+  lua_pushboolean(L, uv_guess_handle((int)fd) == UV_TTY);
   return 1;
 }
 
@@ -76,7 +76,7 @@ void ah__log_sink(lua_State *L, void (*fn)(void *ud, int level, const char *msg)
 
 /* ah.log(level, ...): the values as print shows them, joined by spaces. */
 static int m_log(lua_State *L) {
-  int level = luaL_checkoption(L, 1, NULL, log_levels);
+  int level = ah__arg_word(L, 1, "ah.log", "level", log_levels);
   int i, n = lua_gettop(L);
   luaL_Buffer b;
   log_sink *s;
@@ -102,22 +102,21 @@ static int m_log(lua_State *L) {
  * that owns its frame loop: runs ready tasks for at most the budget (at
  * least one; default 0.001 s), then turns the loop once without blocking. */
 static int m_step(lua_State *L) {
-  double s = luaL_optnumber(L, 1, 0.001);
+  double s = lua_isnoneornil(L, 1)
+                 ? 0.001
+                 : ah__arg_number(L, 1, "ah.step", "the budget (seconds)", 0, 3600);
   ah_sched *S = ah__sched_get(L);
   int rc;
-  if (!(s >= 0) || s > 3600)
-    return ah__error_raise(L, "invalid_argument", 0,
-                           "ah.step(budget): budget must be 0 to 3600 seconds");
   if (ah__task_current(L))
     return ah__error_raise(L, "invalid_argument", 0,
                            "ah.step cannot be called inside a task: it is for "
                            "the host's frame loop");
-  rc = ah__sched_step(S, L, (uint64_t)(s * 1e9));
-  if (rc < 0)
+  rc = ah__sched_drive(S, L, AH_DRIVE_STEP, (uint64_t)(s * 1e9));
+  if (rc == UV_EBUSY)
     return ah__error_raise(L, "invalid_argument", 0,
                            "ah.step: the loop is already running (task.run "
                            "or another step)");
-  lua_pushboolean(L, rc > 0);
+  lua_pushboolean(L, ah__sched_busy(S) > 0);
   return 1;
 }
 
@@ -157,9 +156,25 @@ void *ah__context(lua_State *L, const void *key, ah_context_open open,
   lua_pushcfunction(L, context_gc);
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
-  if (open(&b->p, ah__sched_uv(ah__sched_get(L))) != 0) luaL_error(L, "%s", what);
+  if (open(&b->p, ah__sched_uv(ah__sched_get(L))) != 0)
+    ah__error_raise(L, "resource", 1, "%s", what);
   lua_rawsetp(L, LUA_REGISTRYINDEX, key);
   return b->p;
+}
+
+void ah__metatable(lua_State *L, const char *name, const luaL_Reg *methods,
+                   const luaL_Reg *meta, lua_CFunction index, const void *key) {
+  if (luaL_newmetatable(L, name)) {
+    if (meta) luaL_setfuncs(L, meta, 0);
+    if (methods) {
+      lua_newtable(L);
+      luaL_setfuncs(L, methods, 0);
+      if (index) lua_pushcclosure(L, index, 1);
+      lua_setfield(L, -2, "__index");
+    }
+  }
+  if (key) lua_rawsetp(L, LUA_REGISTRYINDEX, key);
+  else lua_pop(L, 1);
 }
 
 int luaopen_agenthost_core(lua_State *L) {

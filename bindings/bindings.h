@@ -100,11 +100,54 @@ void *ah__context(lua_State *L, const void *key, ah_context_open open,
                   void (*close)(void *p), const char *what);
 void *ah__context_peek(lua_State *L, const void *key);
 
-/* Makes the metatable `name` once: `meta` are its metamethods and, when
- * given, `methods` become a table at __index.  Leaves nothing on the
- * stack. */
+/* Makes the metatable `name` once: `meta` are its metamethods (__gc,
+ * __close, __tostring, ...).  `methods`, when given, are reached through
+ * __index: a table of them, or, when `index` is given, the closure of
+ * index with that table as its upvalue (for objects with fields besides
+ * their methods).  When key is not NULL the metatable is also kept in the
+ * registry under key, for lua_rawgetp.  Leaves nothing on the stack. */
 void ah__metatable(lua_State *L, const char *name, const luaL_Reg *methods,
-                   const luaL_Reg *meta);
+                   const luaL_Reg *meta, lua_CFunction index, const void *key);
+
+/* ---- reading arguments (args.c) --------------------------------------------
+ * Every public entry point reads its arguments with these, so a wrong one
+ * raises one shape: invalid_argument, "fn: name must be what", with the
+ * position of the user's code.  They do not return on error.  Option
+ * readers read field k of the table at idx (idx may be absent or nil: no
+ * options) and return def when it is absent or nil.  Ranges are inclusive;
+ * numbers must be Lua numbers, integers integral ones. */
+int ah__arg_error(lua_State *L, const char *fn, const char *name,
+                  const char *what);
+/* Raises a `resource` error "fn: out of memory". */
+int ah__nomem(lua_State *L, const char *fn);
+double ah__arg_number(lua_State *L, int arg, const char *fn, const char *name,
+                      double lo, double hi);
+lua_Integer ah__arg_integer(lua_State *L, int arg, const char *fn,
+                            const char *name, lua_Integer lo, lua_Integer hi);
+const char *ah__arg_string(lua_State *L, int arg, const char *fn,
+                           const char *name, size_t *len);
+void ah__arg_type(lua_State *L, int arg, int type, const char *fn,
+                  const char *name);
+/* The userdata of metatable tname at arg; `what` names it in the message
+ * ("a task", "a store"). */
+void *ah__arg_udata(lua_State *L, int arg, const char *tname, const char *fn,
+                    const char *what);
+/* Checks that arg is a table of options, nil or absent. */
+void ah__arg_options(lua_State *L, int arg, const char *fn);
+double ah__opt_number(lua_State *L, int idx, const char *fn, const char *k,
+                      double def, double lo, double hi);
+lua_Integer ah__opt_integer(lua_State *L, int idx, const char *fn,
+                            const char *k, lua_Integer def, lua_Integer lo,
+                            lua_Integer hi);
+int ah__opt_boolean(lua_State *L, int idx, const char *fn, const char *k,
+                    int def);
+const char *ah__opt_string(lua_State *L, int idx, const char *fn, const char *k,
+                           const char *def, size_t *len);
+/* One of the words (NULL-terminated); returns its index. */
+int ah__arg_word(lua_State *L, int arg, const char *fn, const char *name,
+                 const char *const words[]);
+int ah__opt_word(lua_State *L, int idx, const char *fn, const char *k,
+                 const char *const words[], int def);
 
 /* Module parts; each pushes its table. */
 int ah__open_task(lua_State *L);
@@ -128,15 +171,15 @@ int ah__find_root(const char *path, char *out, size_t size);
 /* Prepends ROOT/scripts and ROOT/tools to package.path. */
 void ah__add_paths(lua_State *L, const char *root);
 
-/* Stepping, for hosts that own the frame loop.  ah__sched_step runs ready
- * tasks until budget_ns have passed (at least one task when any is ready),
- * turns the loop once without blocking, and returns ah__sched_busy(S), or
- * UV_EBUSY when the loop is already being driven (task.run, a step).
- * ah__sched_run runs the loop until no task is live: 0, UV_EBUSY, or
- * UV_EAGAIN when every task waits and nothing can wake them.  from is the
- * thread driving the loop (the main thread for C callers). */
-int ah__sched_step(ah_sched *S, lua_State *from, uint64_t budget_ns);
-int ah__sched_run(ah_sched *S, lua_State *from);
+/* Driving the loop (drive.c).  AH_DRIVE_STEP runs ready tasks until
+ * budget_ns have passed (at least one task when any is ready) and turns the
+ * loop once without blocking; AH_DRIVE_IDLE runs the loop until no task is
+ * live; AH_DRIVE_MAIN is task.run's.  Returns 0, UV_EBUSY when the loop is
+ * already being driven, or UV_EAGAIN when every task waited and nothing
+ * could wake them (they were cancelled, so their cleanup ran).  from is
+ * the thread driving the loop (the main thread for C callers). */
+enum { AH_DRIVE_MAIN, AH_DRIVE_IDLE, AH_DRIVE_STEP };
+int ah__sched_drive(ah_sched *S, lua_State *from, int mode, uint64_t budget_ns);
 /* 2 when tasks are ready to run now, 1 when tasks are live but waiting,
  * 0 when no task is live. */
 int ah__sched_busy(const ah_sched *S);
@@ -152,17 +195,14 @@ void ah__sched_budget(ah_sched *S, int instructions);
  * cancelled before that caught it and wait again. */
 void ah__sched_cancel_all(ah_sched *S, int again);
 
-/* Queues: ah__queue_new pushes a task.queue of the capacity given;
- * ah__queue_offer queues the value on the top of L without waiting (to the
- * first waiting popper, or into the ring): pops it and returns 1, or leaves
- * it and returns 0 when the queue is full. */
-void ah__queue_new(lua_State *L, lua_Integer cap);
-int ah__queue_offer(lua_State *L, int qidx);
 
 /* For the CLI: run the main task to completion, with signals handled. */
 int ah__sched_signals(lua_State *L);
 int ah__sched_signal_seen(lua_State *L);
-/* Reports a failure the way uncaught task errors are reported. */
+/* Reports the error at erridx (and its traceback, NULL for none) the way
+ * uncaught task errors are: it is queued, and the scheduler hands it to
+ * the error handler outside every task and callback.  For completions
+ * whose failure nobody waits for. */
 void ah__report(lua_State *L, int erridx, const char *traceback);
 /* The traceback recorded for the last failure of task.run's main task. */
 const char *ah__last_traceback(lua_State *L);

@@ -292,7 +292,7 @@ int ah_close(ah_host *h) {
     int turns = 0;
     ah__sched_cancel_all(h->S, round > 0);
     while (ah__sched_busy(h->S) == 2 && turns++ < 1000)
-      ah__sched_step(h->S, h->L, UINT64_MAX / 2);
+      ah__sched_drive(h->S, h->L, AH_DRIVE_STEP, UINT64_MAX / 2);
   }
   lua_close(h->L); /* closes databases (committing queued writes) and the loop */
   ah__posts_free(&h->posts);
@@ -349,11 +349,12 @@ int ah_step(ah_host *h, int budget_us) {
    * of the loop happens (and takes the posts) even when nothing else of
    * ours is active. */
   uv_ref((uv_handle_t *)&h->posts.async);
-  rc = ah__sched_step(h->S, h->L, (uint64_t)budget_us * 1000u);
+  rc = ah__sched_drive(h->S, h->L, AH_DRIVE_STEP, (uint64_t)budget_us * 1000u);
   uv_unref((uv_handle_t *)&h->posts.async);
   h->busy = 0;
   if (rc < 0) return fail(h, AH_EMISUSE, "ah_step: the loop is already running");
-  return rc > 0 || ah__posts_pending(&h->posts) > 0 ? AH_AGAIN : AH_OK;
+  return ah__sched_busy(h->S) > 0 || ah__posts_pending(&h->posts) > 0 ? AH_AGAIN
+                                                                      : AH_OK;
 }
 
 int ah_run(ah_host *h) {
@@ -367,12 +368,13 @@ int ah_run(ah_host *h) {
   /* Posts from other threads are what a task waiting on a channel waits
    * for: they keep the loop alive while ah_run runs. */
   uv_ref((uv_handle_t *)&h->posts.async);
-  rc = ah__sched_run(h->S, h->L);
+  rc = ah__sched_drive(h->S, h->L, AH_DRIVE_IDLE, 0);
   uv_unref((uv_handle_t *)&h->posts.async);
   h->busy = 0;
   if (rc == UV_EBUSY) return fail(h, AH_EMISUSE, "ah_run: the loop is already running");
   if (rc == UV_EAGAIN)
-    return fail(h, AH_ERROR, "ah_run: every task is waiting and nothing can wake them");
+    return fail(h, AH_ERROR, "ah_run: every task was waiting and nothing could "
+                             "wake them; they were cancelled");
   return AH_OK;
 }
 

@@ -430,16 +430,15 @@ static int s_close(lua_State *L) {
   return 0;
 }
 
+/* The response's fields (status, headers, ...), else the methods (the
+ * upvalue). */
 static int s_index(lua_State *L) {
   lua_getiuservalue(L, 1, 1);
   lua_pushvalue(L, 2);
   lua_rawget(L, -2);
   if (!lua_isnil(L, -1)) return 1;
-  lua_pop(L, 2);
-  lua_getmetatable(L, 1);
-  lua_getfield(L, -1, "methods");
   lua_pushvalue(L, 2);
-  lua_rawget(L, -2);
+  lua_rawget(L, lua_upvalueindex(1));
   return 1;
 }
 
@@ -553,22 +552,11 @@ int ah__open_http(lua_State *L) {
   static const luaL_Reg sse_methods[] = {{"feed", sse_feed}, {NULL, NULL}};
   static const luaL_Reg sse_meta[] = {{"__gc", sse_gc}, {NULL, NULL}};
   static const luaL_Reg req_meta[] = {{"__gc", lreq_gc}, {NULL, NULL}};
-  ah__metatable(L, "agenthost.http_req", NULL, req_meta);
-  if (luaL_newmetatable(L, "agenthost.http_stream")) {
-    lua_newtable(L);
-    luaL_setfuncs(L, s_methods, 0);
-    lua_setfield(L, -2, "methods");
-    lua_pushcfunction(L, s_index);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, s_call);
-    lua_setfield(L, -2, "__call");
-    lua_pushcfunction(L, s_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, lreq_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
-  ah__metatable(L, "agenthost.sse", sse_methods, sse_meta);
+  static const luaL_Reg s_meta[] = {{"__call", s_call}, {"__close", s_close},
+                                    {"__gc", lreq_gc}, {NULL, NULL}};
+  ah__metatable(L, "agenthost.http_req", NULL, req_meta, NULL, NULL);
+  ah__metatable(L, "agenthost.http_stream", s_methods, s_meta, s_index, NULL);
+  ah__metatable(L, "agenthost.sse", sse_methods, sse_meta, NULL, NULL);
   lua_newtable(L);
   luaL_setfuncs(L, fns, 0);
   return 1;

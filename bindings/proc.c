@@ -828,20 +828,12 @@ int ah__open_proc(lua_State *L) {
                                      {"stderr", pr_stderr},
                                      {NULL, NULL}};
   static const luaL_Reg run_meta[] = {{"__gc", lrun_gc}, {NULL, NULL}};
-  ah__metatable(L, "agenthost.proc_run", NULL, run_meta);
-  if (luaL_newmetatable(L, "agenthost.proc")) {
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_pushcclosure(L, pr_index, 1);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, pr_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, pr_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, pr_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
-  lua_pop(L, 1);
+  static const luaL_Reg proc_meta[] = {{"__close", pr_close},
+                                       {"__gc", pr_gc},
+                                       {"__tostring", pr_tostring},
+                                       {NULL, NULL}};
+  ah__metatable(L, "agenthost.proc_run", NULL, run_meta, NULL, NULL);
+  ah__metatable(L, "agenthost.proc", methods, proc_meta, pr_index, NULL);
   lua_newtable(L);
   luaL_setfuncs(L, fns, 0);
   return 1;

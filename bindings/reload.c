@@ -11,13 +11,11 @@
  *   w:close()
  *   core.reload.hash(s) -> integer
  *
- * A watcher never keeps the loop alive by itself.  Relies on host/watch.c
- * and the scheduler.
+ * A watcher never keeps the loop alive by itself.  Relies on host/watch.c,
+ * host/loop.c (which owns the SIGHUP handle) and the scheduler.
  */
 #include "bindings.h"
 
-#include <signal.h>
-#include <stdlib.h>
 #include <string.h>
 
 /* Lua userdata; the ah_watch it points to is freed by ah__watch_close. */
@@ -26,7 +24,9 @@ typedef struct rwatch {
   lua_State *L;
   int handler;   /* registry ref, released in close */
   int self;      /* registry ref to this userdata while open */
-  uv_signal_t *hup; /* malloc'd; freed in its close callback */
+  ah_evloop *loop;
+  ah_loop_hup hup;  /* added to the loop while sighup is on */
+  int hup_on;
 } rwatch;
 
 static void on_change(ah_watch *w, const char *path, const char *data,
@@ -45,28 +45,26 @@ static void on_change(ah_watch *w, const char *path, const char *data,
   }
 }
 
-static void on_hup(uv_signal_t *h, int signum) {
-  rwatch *rw = h->data;
-  (void)signum;
+static void on_hup(ah_loop_hup *h) {
+  rwatch *rw = container_of(h, rwatch, hup);
   if (rw->w) ah__watch_rescan(rw->w);
 }
 
-static void on_hup_closed(uv_handle_t *h) { free(h); }
-
-static rwatch *check_watch(lua_State *L) {
-  rwatch *rw = luaL_checkudata(L, 1, "agenthost.watch");
-  if (!rw->w) luaL_error(L, "the watcher is closed");
+static rwatch *check_watch(lua_State *L, const char *fn) {
+  rwatch *rw = ah__arg_udata(L, 1, "agenthost.watch", fn, "a watcher");
+  if (!rw->w)
+    ah__error_raise(L, "invalid_argument", 0, "%s: the watcher is closed", fn);
   return rw;
 }
 
 static int w_close(lua_State *L) {
-  rwatch *rw = luaL_checkudata(L, 1, "agenthost.watch");
+  rwatch *rw = ah__arg_udata(L, 1, "agenthost.watch", "watcher:close", "a watcher");
   if (!rw->w) return 0;
   ah__watch_close(rw->w);
   rw->w = NULL;
-  if (rw->hup) {
-    uv_close((uv_handle_t *)rw->hup, on_hup_closed);
-    rw->hup = NULL;
+  if (rw->hup_on) {
+    ah__loop_hup_remove(rw->loop, &rw->hup);
+    rw->hup_on = 0;
   }
   luaL_unref(L, LUA_REGISTRYINDEX, rw->handler);
   luaL_unref(L, LUA_REGISTRYINDEX, rw->self);
@@ -75,23 +73,23 @@ static int w_close(lua_State *L) {
 }
 
 static int w_file(lua_State *L) {
-  rwatch *rw = check_watch(L);
-  const char *path = luaL_checkstring(L, 2);
+  rwatch *rw = check_watch(L, "watcher:file");
+  const char *path = ah__arg_string(L, 2, "watcher:file", "path", NULL);
   size_t len;
-  const char *data = luaL_checklstring(L, 3, &len);
+  const char *data = ah__arg_string(L, 3, "watcher:file", "content", &len);
   if (ah__watch_file(rw->w, path, ah__hash(data, len)) != 0)
-    return luaL_error(L, "out of memory");
+    return ah__nomem(L, "watcher:file");
   return 0;
 }
 
 static int w_rescan(lua_State *L) {
-  ah__watch_rescan(check_watch(L)->w);
+  ah__watch_rescan(check_watch(L, "watcher:rescan")->w);
   return 0;
 }
 
 static int w_add(lua_State *L) {
-  rwatch *rw = check_watch(L);
-  const char *dir = luaL_checkstring(L, 2);
+  rwatch *rw = check_watch(L, "watcher:add");
+  const char *dir = ah__arg_string(L, 2, "watcher:add", "dir", NULL);
   int rc = ah__watch_add(rw->w, dir);
   if (rc != 0)
     return ah__error_raise(L, "invalid_argument", 0,
@@ -101,41 +99,24 @@ static int w_add(lua_State *L) {
 }
 
 static int w_polling(lua_State *L) {
-  lua_pushboolean(L, ah__watch_polling(check_watch(L)->w));
+  lua_pushboolean(L, ah__watch_polling(check_watch(L, "watcher:polling")->w));
   return 1;
 }
 
-static int opt_int(lua_State *L, int t, const char *k, int def) {
-  int v = def;
-  if (lua_istable(L, t)) {
-    lua_getfield(L, t, k);
-    if (!lua_isnil(L, -1)) v = (int)luaL_checkinteger(L, -1);
-    lua_pop(L, 1);
-  }
-  return v;
-}
-
-static int opt_bool(lua_State *L, int t, const char *k) {
-  int v = 0;
-  if (lua_istable(L, t)) {
-    lua_getfield(L, t, k);
-    v = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-  }
-  return v;
-}
+#define FN_WATCH "ah.reload.watch"
 
 /* core.reload.watch(dir, handler [, opts]) -> watcher */
 static int r_watch(lua_State *L) {
   ah_sched *S = ah__sched_get(L);
-  const char *dir = luaL_checkstring(L, 1);
-  int debounce = opt_int(L, 3, "debounce_ms", 50);
+  const char *dir = ah__arg_string(L, 1, FN_WATCH, "dir", NULL);
+  int debounce, poll, sighup;
   rwatch *rw;
   int rc;
-  luaL_checktype(L, 2, LUA_TFUNCTION);
-  if (debounce < 0 || debounce > 60000)
-    return ah__error_raise(L, "invalid_argument", 0,
-                           "debounce_ms must be between 0 and 60000");
+  ah__arg_type(L, 2, LUA_TFUNCTION, FN_WATCH, "handler");
+  ah__arg_options(L, 3, FN_WATCH);
+  debounce = (int)ah__opt_integer(L, 3, FN_WATCH, "debounce_ms", 50, 0, 60000);
+  poll = ah__opt_boolean(L, 3, FN_WATCH, "poll", 0);
+  sighup = ah__opt_boolean(L, 3, FN_WATCH, "sighup", 0);
   rw = lua_newuserdatauv(L, sizeof *rw, 0);
   memset(rw, 0, sizeof *rw);
   rw->handler = rw->self = LUA_NOREF;
@@ -145,8 +126,11 @@ static int r_watch(lua_State *L) {
   lua_pop(L, 1);
   if ((rc = ah__watch_open(&rw->w, ah__sched_uv(S), (unsigned)debounce,
                            on_change, rw)) != 0)
-    return luaL_error(L, "cannot create a watcher: %s", uv_strerror(rc));
-  if (opt_bool(L, 3, "poll")) ah__watch_force_polling(rw->w);
+    return ah__error_raise(L, "resource", 1, "%s: cannot create a watcher: %s",
+                           FN_WATCH, uv_strerror(rc));
+  rw->loop = ah__sched_loop(S);
+  rw->hup.fn = on_hup;
+  if (poll) ah__watch_force_polling(rw->w);
   lua_pushvalue(L, 2);
   rw->handler = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, -1);
@@ -159,21 +143,13 @@ static int r_watch(lua_State *L) {
                            "cannot watch '%s': %s (give an existing directory)",
                            dir, uv_strerror(rc));
   }
-  if (opt_bool(L, 3, "sighup")) {
-    rw->hup = malloc(sizeof *rw->hup);
-    if (rw->hup) {
-      uv_signal_init(ah__sched_uv(S), rw->hup);
-      rw->hup->data = rw;
-      uv_signal_start(rw->hup, on_hup, SIGHUP);
-      uv_unref((uv_handle_t *)rw->hup);
-    }
-  }
+  if (sighup) rw->hup_on = ah__loop_hup_add(rw->loop, &rw->hup) == 0;
   return 1;
 }
 
 static int r_hash(lua_State *L) {
   size_t len;
-  const char *s = luaL_checklstring(L, 1, &len);
+  const char *s = ah__arg_string(L, 1, "ah.reload.hash", "the text", &len);
   lua_pushinteger(L, (lua_Integer)ah__hash(s, len));
   return 1;
 }
@@ -185,7 +161,7 @@ int ah__open_reload(lua_State *L) {
   static const luaL_Reg fns[] = {{"watch", r_watch}, {"hash", r_hash},
                                  {NULL, NULL}};
   static const luaL_Reg meta[] = {{"__gc", w_close}, {NULL, NULL}};
-  ah__metatable(L, "agenthost.watch", methods, meta);
+  ah__metatable(L, "agenthost.watch", methods, meta, NULL, NULL);
   lua_newtable(L);
   luaL_setfuncs(L, fns, 0);
   return 1;

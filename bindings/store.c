@@ -238,7 +238,7 @@ static ah_store_job *job_from_args(lua_State *L, lstore *ls, int type,
     ah__error_raise(L, "invalid_argument", 0, "%s: the SQL must be a string", what);
   sql = lua_tolstring(L, 2, &sql_len);
   bytes = sql_len + param_bytes(L, 3, top, what);
-  if (!(j = ah__store_job_new(ls->st, type, 1, np, bytes))) luaL_error(L, "out of memory");
+  if (!(j = ah__store_job_new(ls->st, type, 1, np, bytes))) ah__nomem(L, what);
   j->label = what;
   j->stmts[0].sql = ah__store_job_copy(j, sql, sql_len);
   j->stmts[0].sql_len = sql_len;
@@ -293,7 +293,7 @@ static int db_post(lua_State *L) {
     if (s.queued >= (uint64_t)ls->max_queue) {
       j->owner = ls;
       submit(ls, j);
-      if (!(j = ah__store_job_new(ls->st, AH_JOB_FLUSH, 0, 0, 0))) return luaL_error(L, "out of memory");
+      if (!(j = ah__store_job_new(ls->st, AH_JOB_FLUSH, 0, 0, 0))) return ah__nomem(L, "db:post");
       lua_settop(L, 1);
       return submit_wait(L, ls, me, j);
     }
@@ -355,7 +355,7 @@ static int db_batch(lua_State *L) {
     np += len - 1;
     lua_settop(L, 2);
   }
-  if (!(j = ah__store_job_new(ls->st, AH_JOB_WRITE, n, np, bytes))) return luaL_error(L, "out of memory");
+  if (!(j = ah__store_job_new(ls->st, AH_JOB_WRITE, n, np, bytes))) return ah__nomem(L, "db:batch");
   j->label = "db:batch";
   v = j->stmts[0].params;
   for (i = 1; i <= n; i++) {
@@ -395,13 +395,13 @@ static int db_flush(lua_State *L) {
   lstore *ls = check_db(L, "db:flush");
   ah_task *me = ah__task_require(L, "db:flush");
   ah_store_job *j = ah__store_job_new(ls->st, AH_JOB_FLUSH, 0, 0, 0);
-  if (!j) return luaL_error(L, "out of memory");
+  if (!j) return ah__nomem(L, "db:flush");
   lua_settop(L, 1);
   return submit_wait(L, ls, me, j);
 }
 
 static int db_stats(lua_State *L) {
-  lstore *ls = luaL_checkudata(L, 1, MT);
+  lstore *ls = ah__arg_udata(L, 1, MT, "db:stats", "a database");
   ah_store_stats s;
   memset(&s, 0, sizeof s);
   if (ls->st) ah__store_stats(ls->st, &s);
@@ -455,7 +455,7 @@ static const ah_op close_op = {"store close", close_cancel, NULL, NULL};
 /* db:close(): drains the queued writes and closes.  In a task it waits
  * without blocking the loop; elsewhere it blocks until done. */
 static int db_close(lua_State *L) {
-  lstore *ls = luaL_checkudata(L, 1, MT);
+  lstore *ls = ah__arg_udata(L, 1, MT, "db:close", "a database");
   ah_task *me = ah__task_current(L);
   ah_store *st = ls->st;
   if (!st) return 0;
@@ -492,7 +492,7 @@ static int db_gc(lua_State *L) {
 }
 
 static int db_tostring(lua_State *L) {
-  lstore *ls = luaL_checkudata(L, 1, MT);
+  lstore *ls = ah__arg_udata(L, 1, MT, "db:__tostring", "a database");
   lua_pushfstring(L, "agenthost.store(%s%s)", ls->path, ls->st ? "" : ", closed");
   return 1;
 }
@@ -523,22 +523,6 @@ static void open_cancel(ah_sched *S, ah_task *t) {
 }
 
 
-static lua_Integer opt_int(lua_State *L, int idx, const char *k, lua_Integer def,
-                           lua_Integer lo, lua_Integer hi) {
-  lua_Integer v = def;
-  lua_getfield(L, idx, k);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return def;
-  }
-  if (!lua_isinteger(L, -1) || (v = lua_tointeger(L, -1)) < lo || v > hi)
-    ah__error_raise(L, "invalid_argument", 0,
-                    "ah.store.open: %s must be an integer from %d to %d", k,
-                    (int)lo, (int)hi);
-  lua_pop(L, 1);
-  return v;
-}
-
 /* Fails an open that could not even start: raises after cleaning up. */
 static int open_error(lua_State *L, lstore *ls, const char *msg) {
   lua_pushnil(L);
@@ -566,9 +550,12 @@ static int open_after(lua_State *L, ah_task *t, int nargs) {
 
 static const ah_op open_op = {"store open", open_cancel, NULL, open_after};
 
+#define FN_OPEN "ah.store.open"
+static const char *const sync_words[] = {"normal", "full", NULL};
+
 /* ah.store.open([path [, opts]]) -> db, once the database is ready; no
  * path means the embedding host's database */
-static int s_open(lua_State *L) {
+static int db_open(lua_State *L) {
   ah_task *me = ah__task_require(L, "ah.store.open");
   ah_store_opts o;
   const char *path;
@@ -586,40 +573,19 @@ static int s_open(lua_State *L) {
     lua_replace(L, 1);
   }
   if (lua_type(L, 1) != LUA_TSTRING)
-    return ah__error_raise(L, "invalid_argument", 0,
-                           "ah.store.open: the path must be a string");
+    return ah__arg_error(L, FN_OPEN, "the path", "a string");
   path = lua_tolstring(L, 1, &plen);
   if (plen == 0 || plen >= sizeof ls->path || strlen(path) != plen)
     return ah__error_raise(L, "invalid_argument", 0,
                            "ah.store.open: the path must be 1 to %d bytes without NUL",
                            (int)sizeof ls->path - 1);
-  if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2))
-    return ah__error_raise(L, "invalid_argument", 0,
-                           "ah.store.open: options must be a table");
-  o.readers = 2;
-  o.busy_timeout_ms = 5000;
-  if (lua_istable(L, 2)) {
-    const char *sync;
-    lua_getfield(L, 2, "synchronous");
-    sync = lua_tostring(L, -1);
-    if (!lua_isnil(L, -1) && (lua_type(L, -1) != LUA_TSTRING ||
-                              (strcmp(sync, "normal") != 0 && strcmp(sync, "full") != 0)))
-      return ah__error_raise(L, "invalid_argument", 0,
-                             "ah.store.open: synchronous must be \"normal\" or \"full\"");
-    o.synchronous_full = sync && strcmp(sync, "full") == 0;
-    lua_pop(L, 1);
-    o.readers = (int)opt_int(L, 2, "readers", 2, 0, 64);
-    lua_getfield(L, 2, "busy_timeout");
-    if (!lua_isnil(L, -1)) {
-      double s = lua_tonumber(L, -1);
-      if (!lua_isnumber(L, -1) || !(s >= 0 && s <= 3600))
-        return ah__error_raise(L, "invalid_argument", 0,
-                               "ah.store.open: busy_timeout must be 0 to 3600 seconds");
-      o.busy_timeout_ms = (int)(s * 1000 + 0.5);
-    }
-    lua_pop(L, 1);
-    o.max_result = (size_t)opt_int(L, 2, "max_result", 64 << 20, 1024, (lua_Integer)1 << 40);
-  }
+  ah__arg_options(L, 2, FN_OPEN);
+  o.synchronous_full = ah__opt_word(L, 2, FN_OPEN, "synchronous", sync_words, 0);
+  o.readers = (int)ah__opt_integer(L, 2, FN_OPEN, "readers", 2, 0, 64);
+  o.busy_timeout_ms =
+      (int)(ah__opt_number(L, 2, FN_OPEN, "busy_timeout", 5, 0, 3600) * 1000 + 0.5);
+  o.max_result = (size_t)ah__opt_integer(L, 2, FN_OPEN, "max_result", 64 << 20,
+                                         1024, (lua_Integer)1 << 40);
   ls = lua_newuserdatauv(L, sizeof *ls, 0);
   memset(ls, 0, sizeof *ls);
   memcpy(ls->path, path, plen + 1);
@@ -628,9 +594,8 @@ static int s_open(lua_State *L) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   ls->L = lua_tothread(L, -1);
   lua_pop(L, 1);
-  ls->max_queue = lua_istable(L, 2)
-                      ? (long)opt_int(L, 2, "max_queue", 1000000, 0, (lua_Integer)1 << 30)
-                      : 1000000;
+  ls->max_queue = (long)ah__opt_integer(L, 2, FN_OPEN, "max_queue", 1000000, 0,
+                                        (lua_Integer)1 << 30);
   luaL_setmetatable(L, MT);
   ls->opener = me;
   if ((rc = ah__store_open(&ls->st, ah__sched_uv(ls->S), path, &o, on_opened, ls)) != 0)
@@ -658,14 +623,14 @@ int ah__open_store(lua_State *L) {
                                   {"__close", db_close},
                                   {"__tostring", db_tostring},
                                   {NULL, NULL}};
-  static const luaL_Reg fns[] = {{"open", s_open}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"open", db_open}, {NULL, NULL}};
   lua_rawgetp(L, LUA_REGISTRYINDEX, &ANCHOR_KEY);
   if (lua_isnil(L, -1)) {
     lua_newtable(L);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &ANCHOR_KEY);
   }
   lua_pop(L, 1);
-  ah__metatable(L, MT, methods, meta);
+  ah__metatable(L, MT, methods, meta, NULL, NULL);
   lua_newtable(L);
   luaL_setfuncs(L, fns, 0);
   return 1;

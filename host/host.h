@@ -11,6 +11,11 @@
 #include <stdint.h>
 #include <uv.h>
 
+/* The struct of type T whose member m is at p. */
+#ifndef container_of
+#define container_of(p, T, m) ((T *)(void *)((char *)(p)-offsetof(T, m)))
+#endif
+
 /* ---- timer heap ------------------------------------------------------ */
 
 /*
@@ -71,6 +76,13 @@ typedef struct ah_evloop ah_evloop;
 typedef void (*ah_loop_drain_cb)(ah_evloop *lp);
 typedef void (*ah_loop_signal_cb)(ah_evloop *lp, int signum);
 
+/* A listener for SIGHUP, embedded in its owner's record; fn runs on the
+ * loop thread.  Linked while added. */
+typedef struct ah_loop_hup {
+  struct ah_loop_hup *next;
+  void (*fn)(struct ah_loop_hup *h);
+} ah_loop_hup;
+
 struct ah_evloop {
   uv_loop_t *uv;
   uv_loop_t own;
@@ -81,6 +93,9 @@ struct ah_evloop {
   uv_idle_t idle;          /* active while work is pending: no blocking poll */
   uv_signal_t sigint, sigterm;
   int signals_on;
+  uv_signal_t sighup;      /* started while hups is not empty */
+  int hup_open;            /* sighup is initialised (closed at loop close) */
+  ah_loop_hup *hups;       /* the SIGHUP listeners */
   ah_timers timers;        /* every timer of this loop */
   ah_loop_drain_cb drain;
   ah_loop_signal_cb on_signal;
@@ -93,9 +108,14 @@ int ah__loop_init(ah_evloop *lp, uv_loop_t *borrow, ah_loop_drain_cb drain,
                   ah_timer_fire_cb fire);
 /* Keeps the next poll from blocking, because work is waiting. */
 void ah__loop_pending(ah_evloop *lp, int pending);
-/* Delivers SIGINT and SIGTERM to cb instead of the default action. */
+/* Delivers SIGINT and SIGTERM to cb instead of the default action.  The
+ * loop owns every signal handle of the host (these and SIGHUP's). */
 int ah__loop_signals(ah_evloop *lp, ah_loop_signal_cb cb);
 void ah__loop_signals_off(ah_evloop *lp);
+/* Adds or removes a SIGHUP listener.  While any is added SIGHUP goes to
+ * them all instead of its default action (ending the process). */
+int ah__loop_hup_add(ah_evloop *lp, ah_loop_hup *h);
+void ah__loop_hup_remove(ah_evloop *lp, ah_loop_hup *h);
 /* Closes our handles, runs the loop until they are closed, and closes an
  * owned loop.  Returns 0, or UV_EBUSY when other handles are still open on
  * an owned loop (they are walked and closed first, so this is a report). */

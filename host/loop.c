@@ -1,6 +1,8 @@
 /*
  * The loop: an owned or borrowed uv_loop_t, the hooks that run ready work
- * around every poll, the shared timer heap, and signal delivery.
+ * around every poll, the shared timer heap, and signal delivery: the loop
+ * owns every signal handle of the host (SIGINT and SIGTERM for programs
+ * that own the process, SIGHUP for its listeners).
  *
  * The owner's drain callback runs in uv_prepare (before the loop blocks)
  * and in uv_check (right after I/O callbacks), so work made ready by timers
@@ -33,6 +35,16 @@ static void on_signal(uv_signal_t *h, int signum) {
 
 static void on_closed(uv_handle_t *h) { loop_of(h)->open_handles--; }
 
+static void on_hup(uv_signal_t *h, int signum) {
+  ah_evloop *lp = loop_of((uv_handle_t *)h);
+  ah_loop_hup *l, *next;
+  (void)signum;
+  for (l = lp->hups; l; l = next) {
+    next = l->next; /* a listener may remove itself */
+    l->fn(l);
+  }
+}
+
 /* The timer heap's handle points at the heap, whose data is the loop. */
 static void on_timers_closed(uv_handle_t *h) {
   ((ah_evloop *)((ah_timers *)h->data)->data)->open_handles--;
@@ -55,7 +67,18 @@ int ah__loop_init(ah_evloop *lp, uv_loop_t *borrow, ah_loop_drain_cb drain,
   uv_check_init(lp->uv, &lp->check);
   uv_idle_init(lp->uv, &lp->idle);
   rc = ah__timers_init(&lp->timers, lp->uv, fire);
-  if (rc) return rc; /* the three inits above cannot fail on Unix */
+  if (rc) {
+    /* The three inits above cannot fail on Unix; undo them, and an owned
+     * loop, so that a failed init leaves nothing behind. */
+    lp->prepare.data = lp->check.data = lp->idle.data = lp;
+    lp->open_handles = 3;
+    uv_close((uv_handle_t *)&lp->prepare, on_closed);
+    uv_close((uv_handle_t *)&lp->check, on_closed);
+    uv_close((uv_handle_t *)&lp->idle, on_closed);
+    while (lp->open_handles > 0) uv_run(lp->uv, UV_RUN_NOWAIT);
+    if (lp->owned) uv_loop_close(lp->uv);
+    return rc;
+  }
   lp->prepare.data = lp->check.data = lp->idle.data = lp;
   lp->timers.data = lp;
   lp->open_handles = 4;
@@ -95,10 +118,43 @@ int ah__loop_signals(ah_evloop *lp, ah_loop_signal_cb cb) {
 }
 
 void ah__loop_signals_off(ah_evloop *lp) {
+  if (lp->hup_open) {
+    lp->hup_open = 0;
+    lp->hups = NULL;
+    uv_close((uv_handle_t *)&lp->sighup, on_closed);
+  }
   if (!lp->signals_on) return;
   lp->signals_on = 0;
   uv_close((uv_handle_t *)&lp->sigint, on_closed);
   uv_close((uv_handle_t *)&lp->sigterm, on_closed);
+}
+
+int ah__loop_hup_add(ah_evloop *lp, ah_loop_hup *h) {
+  int rc;
+  if (lp->closing) return UV_EINVAL;
+  if (!lp->hup_open) {
+    if ((rc = uv_signal_init(lp->uv, &lp->sighup))) return rc;
+    lp->sighup.data = lp;
+    lp->hup_open = 1;
+    lp->open_handles++;
+  }
+  if (!lp->hups) {
+    if ((rc = uv_signal_start(&lp->sighup, on_hup, SIGHUP))) return rc;
+    uv_unref((uv_handle_t *)&lp->sighup);
+  }
+  h->next = lp->hups;
+  lp->hups = h;
+  return 0;
+}
+
+void ah__loop_hup_remove(ah_evloop *lp, ah_loop_hup *h) {
+  ah_loop_hup **pp = &lp->hups;
+  while (*pp && *pp != h) pp = &(*pp)->next;
+  if (!*pp) return;
+  *pp = h->next;
+  h->next = NULL;
+  /* Without listeners SIGHUP has its default action again. */
+  if (!lp->hups && lp->hup_open) uv_signal_stop(&lp->sighup);
 }
 
 static void close_stray(uv_handle_t *h, void *arg) {

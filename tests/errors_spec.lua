@@ -162,25 +162,26 @@ describe("misuse inside a task", function()
     end)
   end)
 
-  it("wrong argument types name the argument and the expected type", function()
+  it("wrong argument types name the function, the argument and the expected type", function()
     task.run(function()
       local h = task.spawn(function() end)
       local cases = {
-        { "function expected", task.spawn, 42 },
-        { "function expected", task.detach, nil },
-        { "number expected", task.sleep, {} },
-        { "number expected", task.sleep, nil },
-        { "agenthost.task expected", h.join, 42 },
-        { "agenthost.task expected", h.cancel, "h" },
-        { "agenthost.task expected", h.status, {} },
-        { "agenthost.event expected", task.event().wait, {} },
-        { "agenthost.semaphore expected", task.semaphore(1).release, task.queue(1) },
-        { "agenthost.queue expected", task.queue(1).push, task.event(), 1 },
-        { "function expected", task.on_error, 42 },
+        { "task.spawn: fn must be a function", task.spawn, 42 },
+        { "task.detach: fn must be a function", task.detach, nil },
+        { "task.sleep: seconds must be a number >= 0", task.sleep, {} },
+        { "task.sleep: seconds must be a number >= 0", task.sleep, nil },
+        { "task:join: self must be a task", h.join, 42 },
+        { "task:cancel: self must be a task", h.cancel, "h" },
+        { "task:status: self must be a task", h.status, {} },
+        { "event:wait: self must be an event", task.event().wait, {} },
+        { "semaphore:release: self must be a semaphore", task.semaphore(1).release, task.queue(1) },
+        { "queue:push: self must be a queue", task.queue(1).push, task.event(), 1 },
+        { "task.on_error: the handler must be a function", task.on_error, 42 },
       }
       for i, c in ipairs(cases) do
         local err = raised(c[2], table.unpack(c, 3, 4))
-        assert.matches(c[1], tostring(err), 1, true, "case " .. i)
+        assert.is_true(ah.error.is(err, "invalid_argument"), "case " .. i .. ": " .. tostring(err))
+        assert.matches(c[1], err.message, 1, true, "case " .. i)
       end
       h:join()
     end)

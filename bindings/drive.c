@@ -1,0 +1,173 @@
+/*
+ * Driving the loop.  One driver serves the three ways the loop is driven:
+ *
+ *   AH_DRIVE_MAIN  task.run: until its main task and every detached task
+ *                  have finished
+ *   AH_DRIVE_IDLE  ah_run: until no task is live
+ *   AH_DRIVE_STEP  ah_step: ready tasks within a time budget, then one
+ *                  turn of the loop that does not block
+ *
+ * and handles a deadlock the same way for all: when every task waits and
+ * nothing can wake them (no live handle, nothing ready), every task is
+ * cancelled so that its cleanup runs, and the driver reports UV_EAGAIN.
+ * Also here: the counters of the scheduler and SIGINT/SIGTERM for
+ * programs that own the process.
+ *
+ * Relies on the scheduler core (task.c) and host/loop.c.
+ */
+#include "sched.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Has the drive of this mode reached its end? */
+static int drive_finished(const ah_sched *S, int mode) {
+  if (mode == AH_DRIVE_MAIN)
+    return S->root->state >= T_DONE && S->detached == 0;
+  return !ah__sched_busy(S);
+}
+
+int ah__sched_drive(ah_sched *S, lua_State *from, int mode, uint64_t budget_ns) {
+  int stuck = 0;
+  if (S->running || S->draining || S->closed) return UV_EBUSY;
+  S->running = 1;
+  S->from = from;
+  if (mode == AH_DRIVE_STEP) {
+    S->step_runs = 0;
+    S->deadline = uv_hrtime() + budget_ns;
+    if (S->deadline < budget_ns) S->deadline = UINT64_MAX; /* no wrap-around */
+    if (S->deadline == 0) S->deadline = 1;
+    /* Ready work first, then one non-blocking turn of the loop: due
+     * timers, I/O callbacks, and the drains around the poll (which stop at
+     * the deadline too, leaving the rest for the next step). */
+    ah__sched_drain(&S->loop);
+    uv_run(S->loop.uv, UV_RUN_NOWAIT);
+    S->deadline = 0;
+  } else {
+    S->until_idle = mode == AH_DRIVE_IDLE;
+    while (!drive_finished(S, mode)) {
+      int alive = uv_run(S->loop.uv, UV_RUN_ONCE);
+      if (drive_finished(S, mode)) break;
+      if (!alive && !ah__sched_has_work(S) && S->nreports == 0) {
+        /* Nothing can wake the waiting tasks: cancel them all so their
+         * cleanup runs; if even that leaves them waiting, give up. */
+        if (stuck++) break;
+        ah__sched_cancel_all(S, 0);
+      }
+    }
+    S->until_idle = 0;
+  }
+  S->from = S->L;
+  S->running = 0;
+  return stuck ? UV_EAGAIN : 0;
+}
+
+/* ---- task.run --------------------------------------------------------------- */
+
+/* Keeps the traceback of a failed main task for ah_traceback. */
+static void drive_keep_traceback(ah_sched *S, ah_task *root) {
+  free(S->last_tb);
+  S->last_tb = NULL;
+  if (lua_isstring(root->co, 2)) {
+    size_t len;
+    const char *tb = lua_tolstring(root->co, 2, &len);
+    S->last_tb = malloc(len + 1);
+    if (S->last_tb) memcpy(S->last_tb, tb, len + 1);
+  }
+}
+
+/* task.run(fn, ...) -> fn's results; runs the loop until fn's task and every
+ * detached task have finished. */
+static int drive_run(lua_State *L) {
+  ah_sched *S = sched_up(L);
+  ah_task *root;
+  int rc;
+  if (ah__task_current(L))
+    return ah__error_raise(L, "invalid_argument", 0,
+                           "task.run cannot be called inside a task: use "
+                           "task.spawn(fn):join() or call fn directly");
+  if (S->running || S->draining)
+    return ah__error_raise(L, "invalid_argument", 0,
+                           "task.run is already running the loop");
+  ah__arg_type(L, 1, LUA_TFUNCTION, "task.run", "fn");
+  root = ah__task_new(L, S, 1, NULL, F_ROOT); /* stack: [handle] */
+  S->root = root;
+  rc = ah__sched_drive(S, L, AH_DRIVE_MAIN, 0);
+  S->root = NULL;
+  if (root->state == T_FAILED) ah__task_observe(root);
+  ah__reports_unobserved(S);
+  if (rc == UV_EAGAIN)
+    return ah__error_raise(L, "deadlock", 0,
+                           "task.run: every task is waiting and nothing can "
+                           "wake them (an event never set, a queue never "
+                           "filled, a join on a task that waits for its "
+                           "joiner?)");
+  if (root->state != T_DONE && root->state != T_FAILED)
+    return ah__error_raise(L, "deadlock", 0,
+                           "task.run: the main task did not finish");
+  if (root->state == T_FAILED) drive_keep_traceback(S, root);
+  lua_settop(L, 1);
+  {
+    int n = ah__task_outcome(L, root, 0);
+    if (root->state == T_FAILED) return lua_error(L);
+    return n;
+  }
+}
+
+const luaL_Reg ah__drive_fns[] = {{"run", drive_run}, {NULL, NULL}};
+
+/* ---- what embedders and the module ask of the scheduler ---------------------------- */
+
+int ah__sched_inside(const ah_sched *S) { return S->running || S->draining; }
+
+int ah__sched_busy(const ah_sched *S) {
+  if (ah__sched_has_work(S) || S->nreports > 0) return 2;
+  return S->live > 0;
+}
+
+size_t ah__sched_live(const ah_sched *S) { return S->live; }
+
+void ah__sched_budget(ah_sched *S, int instructions) {
+  S->hook_count = instructions > 0 ? instructions : 0;
+}
+
+/* Clears the cancelled mark of t and its children, so that a task that
+ * caught its cancellation and waits again can be cancelled again. */
+static void drive_uncancel(ah_task *t) {
+  ah_link *l;
+  t->flags &= ~F_CANCELLED;
+  for (l = t->children.next; l != &t->children; l = l->next)
+    drive_uncancel(container_of(l, ah_task, sibling));
+}
+
+void ah__sched_cancel_all(ah_sched *S, int again) {
+  ah_link *l, *next;
+  for (l = S->orphans.next; l != &S->orphans; l = next) {
+    ah_task *t = container_of(l, ah_task, sibling);
+    next = l->next;
+    if (again) drive_uncancel(t);
+    ah__task_cancel(S, t);
+  }
+}
+
+const char *ah__last_traceback(lua_State *L) {
+  ah_sched *S = ah__sched_get(L);
+  return S ? S->last_tb : NULL;
+}
+
+/* ---- signals, for programs that own the process ------------------------------------ */
+
+static void drive_on_signal(ah_evloop *lp, int signum) {
+  ah_sched *S = lp->data;
+  if (S->signal) _Exit(128 + signum); /* a second signal: leave now */
+  S->signal = signum;
+  /* Cancel every task that is not detached; detached work drains. */
+  if (S->root) ah__task_cancel(S, S->root);
+}
+
+int ah__sched_signals(lua_State *L) {
+  ah_sched *S = ah__sched_get(L);
+  return ah__loop_signals(&S->loop, drive_on_signal);
+}
+
+int ah__sched_signal_seen(lua_State *L) { return ah__sched_get(L)->signal; }
