@@ -83,7 +83,7 @@ Client.__index = Client
 
 -- Sends one message (a table) without waiting for an answer.
 function Client:_send(msg)
-  return self._transport.send(self, cjson.encode(msg))
+  return self._transport:send(cjson.encode(msg))
 end
 
 -- Marks the client broken: every call waiting and every later call fails
@@ -92,7 +92,7 @@ function Client:_fail(e)
   if self._dead then return end
   self._dead = e
   for _, slot in pairs(self._pending) do slot.ev:set() end
-  if self._transport.broken then self._transport.broken(self) end
+  if self._transport.broken then self._transport:broken() end
 end
 
 -- What the server sent that was not JSON-RPC since `since` (a count of
@@ -196,7 +196,8 @@ function Client:request(method, params, opts)
   local msg = { jsonrpc = "2.0", id = id, method = method }
   if params ~= nil then msg.params = params end
   local timeout = opts.timeout or self.timeout
-  local ok, res = pcall(task.timeout, timeout, self._transport.roundtrip, self, msg, slot)
+  local transport = self._transport
+  local ok, res = pcall(task.timeout, timeout, transport.roundtrip, transport, msg, slot)
   self._pending[id] = nil
   if not ok then
     local e = res
@@ -277,7 +278,7 @@ function Client:close()
   self._closed = true
   if not self._dead then self._dead = err("io", "mcp " .. self.name .. ": the client is closed") end
   for _, slot in pairs(self._pending) do slot.ev:set() end
-  self._transport.close(self)
+  self._transport:close()
 end
 
 -- As a <close> variable: close, or while an error unwinds the task (when
@@ -287,7 +288,7 @@ function Client:__close(e)
   if self._closed then return end
   self._closed = true
   if not self._dead then self._dead = err("io", "mcp " .. self.name .. ": the client is closed") end
-  if self._transport.broken then self._transport.broken(self) end
+  if self._transport.broken then self._transport:broken() end
 end
 
 -- The initialize handshake, then notifications/initialized.
@@ -317,7 +318,10 @@ local function initialize(c, opts)
   return c
 end
 
-local function new_client(name, opts, transport)
+-- new_client(name, opts) -> a client with no transport yet: the caller opens one
+-- for it and sets c._transport before the first call.  Checks the options
+-- every client has (timeout, on_notification).
+local function new_client(name, opts)
   if opts.timeout ~= nil and not (type(opts.timeout) == "number" and opts.timeout > 0) then
     misuse("mcp: timeout must be a number of seconds > 0")
   end
@@ -328,7 +332,6 @@ local function new_client(name, opts, transport)
     name = name,
     timeout = opts.timeout or DEFAULT_TIMEOUT,
     tools_changed = false,
-    _transport = transport,
     _pending = {},
     _next_id = 1,
     _ignored = 0,
@@ -337,27 +340,49 @@ local function new_client(name, opts, transport)
   }, Client)
 end
 
--- Connects with opts.connect_timeout (or the client's timeout) and runs
--- the handshake; a failure closes what was opened.
-local function start(c, opts)
-  local ok, e = pcall(initialize, c, opts)
-  if not ok then
-    pcall(c.close, c)
-    error(e, 0)
-  end
-  return c
-end
-
 -- stdio ------------------------------------------------------------------------
 
 local stdio = {}
 
-function stdio.send(c, data)
-  local ok, e = pcall(c._proc.write, c._proc, data .. "\n")
+local Stdio = {}
+Stdio.__index = Stdio
+
+-- check(opts) -> the server's command line, the client's name unless
+-- opts.name is given; raises invalid_argument for options that cannot
+-- start a server.
+function stdio.check(opts)
+  if type(opts) ~= "table" or type(opts.cmd) ~= "string" then
+    misuse("mcp.stdio: expected {cmd = \"program\", args = {...}}")
+  end
+  local words = { opts.cmd }
+  for i, a in ipairs(opts.args or {}) do words[i + 1] = tostring(a) end
+  return excerpt(table.concat(words, " "), 60)
+end
+
+-- open(c, opts) -> the transport of client c: the server started with
+-- ah.proc.spawn.  A command that cannot be started raises here.
+function stdio.open(c, opts)
+  local t = setmetatable({
+    c = c,
+    max_line = opts.max_line or DEFAULT_MAX_LINE,
+    exit_grace = opts.exit_grace or 2,
+    -- True while one caller reads the server's output for every caller.
+    reading = false,
+  }, Stdio)
+  t.proc = ah.proc.spawn {
+    cmd = opts.cmd, args = opts.args, env = opts.env, cwd = opts.cwd,
+    max_line = t.max_line, kill_grace = opts.kill_grace,
+  }
+  return t
+end
+
+function Stdio:send(data)
+  local c = self.c
+  local ok, e = pcall(self.proc.write, self.proc, data .. "\n")
   if not ok then
     if ah.error.is(e, "io") then
       e = err("io", string.format("mcp %s: cannot write to the server: %s%s",
-        c.name, e.message, stdio.exit_note(c)))
+        c.name, e.message, self:exit_note()))
       c:_fail(e)
     end
     error(e, 0)
@@ -365,8 +390,8 @@ function stdio.send(c, data)
 end
 
 -- ", it exited with code N; its stderr ends: ..." when that is known.
-function stdio.exit_note(c)
-  local p = c._proc
+function Stdio:exit_note()
+  local p = self.proc
   local note = ""
   if p:status() == "exited" then
     local st = p:wait()
@@ -379,13 +404,14 @@ function stdio.exit_note(c)
 end
 
 -- Reads and dispatches one line; raises a transport failure.
-function stdio.read_one(c)
-  local ok, line = pcall(c._proc.read_line, c._proc)
+function Stdio:read_one()
+  local c, p = self.c, self.proc
+  local ok, line = pcall(p.read_line, p)
   if not ok then
     local e = line
     if ah.error.is(e, "too_large") then
       c:_fail(err("too_large", string.format("mcp %s: the server wrote a line longer than max_line (%d bytes)",
-        c.name, c._max_line)))
+        c.name, self.max_line)))
       return
     end
     if ah.error.is(e, "cancelled") then error(e, 0) end
@@ -394,12 +420,12 @@ function stdio.read_one(c)
   end
   if line == nil then
     -- The output ended: the server has exited or is about to.
-    if c._proc:status() ~= "exited" then
+    if p:status() ~= "exited" then
       -- Give it a moment to be reaped so the message can say how it ended.
-      pcall(task.timeout, 1, c._proc.wait, c._proc)
+      pcall(task.timeout, 1, p.wait, p)
     end
     c:_fail(err("io", string.format("mcp %s: the server closed its output%s",
-      c.name, stdio.exit_note(c))))
+      c.name, self:exit_note())))
     return
   end
   if line:sub(-1) == "\r" then line = line:sub(1, -2) end
@@ -421,16 +447,17 @@ end
 -- One caller at a time reads the server's output and hands each answer to
 -- its caller; the others wait on their slot's event.  A caller that leaves
 -- (answered, failed, timed out, cancelled) passes the reading on.
-function stdio.roundtrip(c, msg, slot)
+function Stdio:roundtrip(msg, slot)
+  local c = self.c
   c:_send(msg)
   slot.sent = true
   local ok, e = pcall(function()
     while not slot.msg do
       if c._dead then error(c._dead, 0) end
-      if not c._reading then
-        c._reading = true
-        local read_ok, read_err = pcall(stdio.read_one, c)
-        c._reading = false
+      if not self.reading then
+        self.reading = true
+        local read_ok, read_err = pcall(self.read_one, self)
+        self.reading = false
         if not read_ok then error(read_err, 0) end
       else
         slot.ev:wait()
@@ -439,50 +466,63 @@ function stdio.roundtrip(c, msg, slot)
     end
   end)
   slot.gone = true
-  if not c._reading then hand_off(c, slot) end
+  if not self.reading then hand_off(c, slot) end
   if not ok then error(e, 0) end
   return slot.msg
 end
 
-function stdio.broken(c)
-  c._proc:close()
+function Stdio:broken()
+  self.proc:close()
 end
 
-function stdio.close(c)
-  local p = c._proc
+function Stdio:close()
+  local p = self.proc
   p:close_stdin()
   -- The server should exit once its input ends; if not, end it.
-  if not pcall(task.timeout, c._exit_grace, p.wait, p) then
+  if not pcall(task.timeout, self.exit_grace, p.wait, p) then
     p:close()
     pcall(p.wait, p)
   end
-end
-
--- mcp.stdio{cmd, args, env, cwd, timeout, init_timeout, max_line,
---           exit_grace, kill_grace, client_info, roots, on_notification}
-function M.stdio(opts)
-  if type(opts) ~= "table" or type(opts.cmd) ~= "string" then
-    misuse("mcp.stdio: expected {cmd = \"program\", args = {...}}")
-  end
-  local words = { opts.cmd }
-  for i, a in ipairs(opts.args or {}) do words[i + 1] = tostring(a) end
-  local c = new_client(opts.name or excerpt(table.concat(words, " "), 60), opts, stdio)
-  c._max_line = opts.max_line or DEFAULT_MAX_LINE
-  c._exit_grace = opts.exit_grace or 2
-  c._proc = ah.proc.spawn {
-    cmd = opts.cmd, args = opts.args, env = opts.env, cwd = opts.cwd,
-    max_line = c._max_line, kill_grace = opts.kill_grace,
-  }
-  return start(c, opts)
 end
 
 -- Streamable HTTP -------------------------------------------------------------
 
 local http = {}
 
-function http.headers(c)
+local Http = {}
+Http.__index = Http
+
+-- check(opts) -> the endpoint's URL, the client's name unless opts.name
+-- is given; raises invalid_argument for options that name no endpoint.
+function http.check(opts)
+  if type(opts) ~= "table" or type(opts.url) ~= "string" then
+    misuse("mcp.http: expected {url = \"http://host:port/mcp\"}")
+  end
+  if opts.headers ~= nil and type(opts.headers) ~= "table" then
+    misuse("mcp.http: headers must be a table of name = value")
+  end
+  return opts.url
+end
+
+-- open(c, opts) -> the transport of client c.  Nothing is connected yet:
+-- every message is a request of its own.
+function http.open(c, opts)
+  return setmetatable({
+    c = c,
+    url = opts.url,
+    headers = opts.headers or {},
+    max_line = opts.max_line or DEFAULT_MAX_LINE,
+    -- The transfer's own limit: 5 s past the client's timeout, so that
+    -- a call's timeout normally ends it first.
+    http_timeout = c.timeout + 5,
+  }, Http)
+end
+
+-- The headers of every request: the caller's, then the protocol's.
+function Http:request_headers()
+  local c = self.c
   local h = {}
-  for k, v in pairs(c._headers) do h[k] = v end
+  for k, v in pairs(self.headers) do h[k] = v end
   h["content-type"] = "application/json"
   h["accept"] = "application/json, text/event-stream"
   if c.session_id then h["mcp-session-id"] = c.session_id end
@@ -493,10 +533,11 @@ end
 -- POSTs one message and hands every message of the answer to dispatch;
 -- returns when the answer is read (or, with `until_slot`, once that slot
 -- has its message).
-function http.post(c, body, until_slot)
+function Http:post(body, until_slot)
+  local c = self.c
   local ok, s = pcall(ah.http.stream, {
-    method = "POST", url = c._url, headers = http.headers(c), body = body,
-    timeout = c._http_timeout, max_body = c._max_line,
+    method = "POST", url = self.url, headers = self:request_headers(), body = body,
+    timeout = self.http_timeout, max_body = self.max_line,
   })
   if not ok then
     local e = s
@@ -515,12 +556,12 @@ function http.post(c, body, until_slot)
   end
   if status < 200 or status > 299 then
     local chunk = s:read() or ""
-    error(err("http", string.format("mcp %s: HTTP %d from %s: %s", c.name, status, c._url, excerpt(chunk)),
+    error(err("http", string.format("mcp %s: HTTP %d from %s: %s", c.name, status, self.url, excerpt(chunk)),
       { status = status, retryable = status == 429 or status >= 500 }), 0)
   end
   local ctype = (s.headers["content-type"] or ""):lower()
   if ctype:find("text/event-stream", 1, true) then
-    local parser = ah.http.sse_parser(c._max_line)
+    local parser = ah.http.sse_parser(self.max_line)
     while not (until_slot and until_slot.msg) do
       local chunk = s:read()
       if not chunk then break end
@@ -543,13 +584,14 @@ function http.post(c, body, until_slot)
   end
 end
 
-function http.send(c, data)
-  http.post(c, data, nil)
+function Http:send(data)
+  self:post(data, nil)
 end
 
-function http.roundtrip(c, msg, slot)
+function Http:roundtrip(msg, slot)
+  local c = self.c
   slot.sent = true
-  http.post(c, cjson.encode(msg), slot)
+  self:post(cjson.encode(msg), slot)
   if not slot.msg then
     error(err("io", string.format("mcp %s: the server's answer to '%s' had no JSON-RPC response%s",
       c.name, msg.method, c:_ignored_note(slot.ignored))), 0)
@@ -557,30 +599,46 @@ function http.roundtrip(c, msg, slot)
   return slot.msg
 end
 
-function http.close(c)
-  if not c.session_id then return end
-  local h = http.headers(c)
+function Http:close()
+  if not self.c.session_id then return end
+  local h = self:request_headers()
   h["content-type"] = nil
   pcall(task.timeout, 5, ah.http.request, {
-    method = "DELETE", url = c._url, headers = h, timeout = 5,
+    method = "DELETE", url = self.url, headers = h, timeout = 5,
   })
+end
+
+-- Connecting --------------------------------------------------------------------
+
+-- Runs the handshake (within opts.init_timeout, or the client's timeout);
+-- a failure closes what was opened.
+local function start(c, opts)
+  local ok, e = pcall(initialize, c, opts)
+  if not ok then
+    pcall(c.close, c)
+    error(e, 0)
+  end
+  return c
+end
+
+-- A client of the server that transport (stdio or http) reaches with opts.
+local function connect(transport, opts)
+  local name = transport.check(opts)
+  local c = new_client(opts.name or name, opts)
+  c._transport = transport.open(c, opts)
+  return start(c, opts)
+end
+
+-- mcp.stdio{cmd, args, env, cwd, timeout, init_timeout, max_line,
+--           exit_grace, kill_grace, client_info, roots, on_notification}
+function M.stdio(opts)
+  return connect(stdio, opts)
 end
 
 -- mcp.http{url, headers, timeout, init_timeout, max_line, client_info,
 --          roots, on_notification}
 function M.http(opts)
-  if type(opts) ~= "table" or type(opts.url) ~= "string" then
-    misuse("mcp.http: expected {url = \"http://host:port/mcp\"}")
-  end
-  if opts.headers ~= nil and type(opts.headers) ~= "table" then
-    misuse("mcp.http: headers must be a table of name = value")
-  end
-  local c = new_client(opts.name or opts.url, opts, http)
-  c._url = opts.url
-  c._headers = opts.headers or {}
-  c._max_line = opts.max_line or DEFAULT_MAX_LINE
-  c._http_timeout = (opts.timeout or DEFAULT_TIMEOUT) + 5
-  return start(c, opts)
+  return connect(http, opts)
 end
 
 -- Agent tools ---------------------------------------------------------------------
