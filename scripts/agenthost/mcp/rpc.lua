@@ -6,11 +6,15 @@
 -- requests (ping, and roots/list when it has roots); once the connection
 -- is broken or closed, every waiting and every later call fails with the
 -- same error.  agenthost.mcp adds the MCP calls (ping, list_tools,
--- call_tool) and the handshake to this class.  Relies on agenthost (task
--- events and timeouts, structured errors) and cjson.
+-- call_tool) to this class and runs the handshake.  Relies on agenthost
+-- (task events and timeouts, structured errors) and cjson.
 --
--- A transport (agenthost.mcp.stdio, agenthost.mcp.http) is an object that
--- the client keeps in c._transport and calls through these methods:
+-- A transport module (agenthost.mcp.stdio, agenthost.mcp.http) has
+-- check(opts), which raises invalid_argument for options it cannot use and
+-- returns the client's name when opts.name is not given, and open(c, opts),
+-- which starts what it needs and returns the transport of client c: an
+-- object that the client keeps in c._transport and calls through these
+-- methods:
 --
 --   t:send(data)            writes one encoded message without waiting
 --                           for an answer; raises a structured error.
@@ -41,18 +45,22 @@ local task = ah.task
 
 local M = {}
 
--- The one JSON codec of the client and its transports.
+-- A codec of the client's own (cjson.new), so that settings other code
+-- makes on the shared cjson module do not change what it sends or reads;
+-- the transports and agenthost.mcp use it too.
 M.json = cjson
 
 M.DEFAULT_TIMEOUT = 60
 -- The largest message a transport accepts unless given max_line.
 M.DEFAULT_MAX_LINE = 16 << 20
 
+-- err(kind, message [, fields]) -> a structured error (ah.error.new).
 function M.err(kind, message, fields)
   return ah.error.new(kind, message, fields)
 end
 local err = M.err
 
+-- misuse(message): raises invalid_argument, for a call the caller got wrong.
 function M.misuse(message)
   error(err("invalid_argument", message), 3)
 end
