@@ -8,8 +8,9 @@
  * Positional readers take the argument's index and its name in messages;
  * option readers take the index of the options table and a key, and
  * return the default when the key is absent or nil.  Numbers must be Lua
- * numbers (a numeric string is refused, as it usually is a mistake), and
- * NaN is never in range.
+ * numbers and strings Lua strings (no conversion between the two: "5" for
+ * a timeout is a mistake to report, not to guess at), and NaN is never in
+ * range.
  *
  * Relies on the structured errors of the scheduler (bindings/errors.c).
  */
@@ -73,8 +74,7 @@ static lua_Integer integer_at(lua_State *L, int idx, const char *fn,
 
 static const char *string_at(lua_State *L, int idx, const char *fn,
                              const char *name, size_t *len) {
-  int t = lua_type(L, idx);
-  if (t != LUA_TSTRING && t != LUA_TNUMBER) ah__arg_error(L, fn, name, "a string");
+  if (lua_type(L, idx) != LUA_TSTRING) ah__arg_error(L, fn, name, "a string");
   return lua_tolstring(L, idx, len);
 }
 
@@ -160,20 +160,6 @@ int ah__opt_boolean(lua_State *L, int idx, const char *fn, const char *k,
   if (field(L, idx, k)) {
     if (!lua_isboolean(L, -1)) ah__arg_error(L, fn, k, "a boolean");
     v = lua_toboolean(L, -1);
-  }
-  lua_pop(L, 1);
-  return v;
-}
-
-/* The string stays valid while the options table holds it. */
-const char *ah__opt_string(lua_State *L, int idx, const char *fn, const char *k,
-                           const char *def, size_t *len) {
-  const char *v = def;
-  idx = lua_absindex(L, idx);
-  if (field(L, idx, k)) {
-    v = string_at(L, -1, fn, k, len);
-  } else if (len) {
-    *len = def ? strlen(def) : 0;
   }
   lua_pop(L, 1);
   return v;

@@ -141,8 +141,6 @@ lua_Integer ah__opt_integer(lua_State *L, int idx, const char *fn,
                             lua_Integer hi);
 int ah__opt_boolean(lua_State *L, int idx, const char *fn, const char *k,
                     int def);
-const char *ah__opt_string(lua_State *L, int idx, const char *fn, const char *k,
-                           const char *def, size_t *len);
 /* One of the words (NULL-terminated); returns its index. */
 int ah__arg_word(lua_State *L, int arg, const char *fn, const char *name,
                  const char *const words[]);
@@ -187,7 +185,6 @@ int ah__sched_busy(const ah_sched *S);
  * loop the embedder runs itself)?  Then it must not be stepped or closed. */
 int ah__sched_inside(const ah_sched *S);
 size_t ah__sched_live(const ah_sched *S);
-unsigned long long ah__sched_resumes(const ah_sched *S);
 /* A task that runs this many VM instructions without waiting is made to
  * yield (0: no budget). */
 void ah__sched_budget(ah_sched *S, int instructions);

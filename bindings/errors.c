@@ -55,20 +55,25 @@ static void push_where(lua_State *L) {
   lua_pushliteral(L, "");
 }
 
+/* Raises the structured error on the top of L with the caller's position
+ * in front of its message, as luaL_error does, but the position of the
+ * user's code: frames of the library's own Lua wrappers
+ * (scripts/agenthost/) are skipped. */
+static int raise_here(lua_State *L) {
+  push_where(L);
+  lua_getfield(L, -2, "message");
+  lua_concat(L, 2);
+  lua_setfield(L, -2, "message");
+  return lua_error(L);
+}
+
 int ah__error_raise(lua_State *L, const char *kind, int retryable,
                     const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   error_vpush(L, kind, retryable, fmt, ap);
   va_end(ap);
-  /* Misuse errors carry the caller's position, as luaL_error does, but the
-   * position of the user's code: frames of the library's own Lua wrappers
-   * (scripts/agenthost/) are skipped. */
-  push_where(L);
-  lua_getfield(L, -2, "message");
-  lua_concat(L, 2);
-  lua_setfield(L, -2, "message");
-  return lua_error(L);
+  return raise_here(L);
 }
 
 int ah__error_is(lua_State *L, int idx, const char *kind) {
@@ -95,8 +100,10 @@ static int err_tostring(lua_State *L) {
 
 /* ah.error.new(kind, message [, fields]) */
 static int err_new(lua_State *L) {
-  const char *kind = luaL_checkstring(L, 1);
-  const char *msg = luaL_optstring(L, 2, kind);
+  const char *kind = ah__arg_string(L, 1, "ah.error.new", "kind", NULL);
+  const char *msg = lua_isnoneornil(L, 2)
+                        ? kind
+                        : ah__arg_string(L, 2, "ah.error.new", "message", NULL);
   ah__error_push(L, kind, 0, "%s", msg);
   if (lua_istable(L, 3)) {
     lua_pushnil(L);
@@ -109,6 +116,15 @@ static int err_new(lua_State *L) {
   return 1;
 }
 
+/* ah.error.raise(kind, message [, fields]): raises ah.error.new's error
+ * with the position of the user's code in front of its message, as the
+ * primitives' own misuse errors have it (frames of the library's scripts
+ * are skipped).  For the Lua parts of the library. */
+static int err_raise(lua_State *L) {
+  err_new(L);
+  return raise_here(L);
+}
+
 /* ah.error.is(value [, kind]) */
 static int err_is(lua_State *L) {
   lua_pushboolean(L, ah__error_is(L, 1, luaL_optstring(L, 2, NULL)));
@@ -116,7 +132,8 @@ static int err_is(lua_State *L) {
 }
 
 void ah__error_open(lua_State *L) {
-  static const luaL_Reg fns[] = {{"new", err_new}, {"is", err_is}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {
+      {"new", err_new}, {"raise", err_raise}, {"is", err_is}, {NULL, NULL}};
   luaL_newlib(L, fns);
 }
 

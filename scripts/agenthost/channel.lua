@@ -37,7 +37,7 @@ function M.channel(name)
   local ch = channels[name]
   if ch then return ch end
   if type(name) ~= "string" or name == "" then
-    error(core.error.new("invalid_argument", "ah.channel(name): name must be a non-empty string"), 2)
+    core.error.raise("invalid_argument", "ah.channel: name must be a non-empty string")
   end
   ch = setmetatable({ name = name, queue = task.queue(capacity),
                       backlog_items = {}, first = 1, last = 0, pumping = false }, Channel)

@@ -21,7 +21,7 @@ end
 -- Copies opts with `json` turned into an encoded body and headers.
 local function prepare(opts, what, accept)
   if type(opts) ~= "table" then
-    error(core.error.new("invalid_argument", what .. ": expected a table of options"), 3)
+    core.error.raise("invalid_argument", what .. ": the options must be a table")
   end
   if opts.json == nil and not accept then return opts end
   local o = {}
@@ -31,7 +31,7 @@ local function prepare(opts, what, accept)
   if opts.json ~= nil then
     local ok, body = pcall(cjson.encode, opts.json)
     if not ok then
-      error(core.error.new("invalid_argument", what .. ": json cannot be encoded: " .. tostring(body)), 3)
+      core.error.raise("invalid_argument", what .. ": json cannot be encoded: " .. tostring(body))
     end
     if not has_header(headers, "content-type") then headers["content-type"] = "application/json" end
     o.body, o.json = body, nil

@@ -12,15 +12,18 @@ local task = core.task
 -- first error cancels the calls still running and is raised.
 function task.map(items, fn, opts)
   if type(items) ~= "table" then
-    error("task.map: items must be a table (an array)", 2)
+    core.error.raise("invalid_argument", "task.map: items must be a table (an array)")
   end
   if type(fn) ~= "function" then
-    error("task.map: fn must be a function", 2)
+    core.error.raise("invalid_argument", "task.map: fn must be a function")
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    core.error.raise("invalid_argument", "task.map: the options must be a table")
   end
   local n = #items
   local limit = opts and opts.limit or math.max(n, 1)
   if math.type(limit) ~= "integer" or limit < 1 then
-    error("task.map: opts.limit must be an integer >= 1", 2)
+    core.error.raise("invalid_argument", "task.map: limit must be an integer >= 1")
   end
   if n == 0 then return {} end
   local results, next_index = {}, 0

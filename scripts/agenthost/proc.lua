@@ -17,13 +17,13 @@ local M = {}
 
 local function options(opts, what)
   if type(opts) ~= "table" then
-    error(core.error.new("invalid_argument",
-      what .. ": expected a table of options such as {cmd = \"ls\", args = {\"-l\"}}"), 3)
+    core.error.raise("invalid_argument",
+      what .. ": the options must be a table such as {cmd = \"ls\", args = {\"-l\"}}")
   end
   if opts.cmd ~= nil or opts[1] == nil then return opts end
   if opts.args ~= nil then
-    error(core.error.new("invalid_argument",
-      what .. ": give the command either as a list or as cmd = and args =, not both"), 3)
+    core.error.raise("invalid_argument",
+      what .. ": give the command either as a list or as cmd = and args =, not both")
   end
   local o, args = {}, {}
   for k, v in pairs(opts) do
