@@ -154,6 +154,11 @@ void ah__task_observe(ah_task *t);
 void ah__task_recycle(ah_sched *S, ah_task *t, lua_State *L, int idx);
 /* The cancel hook of every operation that waits on a list: unlinks t. */
 void ah__task_unwait(ah_sched *S, ah_task *t);
+/* Suspends the running task (a misuse error naming `what` outside a task)
+ * at the end of the wait list `list`, keeping the first `keep` values of
+ * L's stack; op->cancel must be ah__task_unwait.  Use as a return value. */
+int ah__task_wait(lua_State *L, const char *what, ah_link *list, int keep,
+                  const ah_op *op, void *opdata);
 /* Runs ready tasks (the loop's drain hook). */
 void ah__sched_drain(ah_evloop *lp);
 /* Is any task ready, or waiting to run again after a yield? */

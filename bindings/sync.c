@@ -77,12 +77,8 @@ static int ev_is_set(lua_State *L) {
 
 static int ev_wait(lua_State *L) {
   ah_event *e = ah__arg_udata(L, 1, "agenthost.event", "event:wait", "an event");
-  ah_task *me;
   if (e->set) return 0;
-  me = ah__task_require(L, "event:wait");
-  lua_settop(L, 1);
-  link_append(&e->waiters, &me->link);
-  return ah__task_suspend(L, me, &event_op, e);
+  return ah__task_wait(L, "event:wait", &e->waiters, 1, &event_op, e);
 }
 
 static int sync_semaphore(lua_State *L) {
@@ -96,15 +92,11 @@ static int sync_semaphore(lua_State *L) {
 
 static int sem_acquire(lua_State *L) {
   ah_sem *s = ah__arg_udata(L, 1, "agenthost.semaphore", "semaphore:acquire", "a semaphore");
-  ah_task *me;
   if (s->count > 0 && link_empty(&s->waiters)) {
     s->count--;
     return 0;
   }
-  me = ah__task_require(L, "semaphore:acquire");
-  lua_settop(L, 1);
-  link_append(&s->waiters, &me->link);
-  return ah__task_suspend(L, me, &sem_op, s);
+  return ah__task_wait(L, "semaphore:acquire", &s->waiters, 1, &sem_op, s);
 }
 
 static int sem_try_acquire(lua_State *L) {
@@ -188,15 +180,13 @@ static void check_item(lua_State *L, const char *what) {
 }
 
 static int q_push(lua_State *L) {
-  ah_task *me;
+  ah_queue *q;
   check_item(L, "queue:push");
   if (queue_offer(L, 1)) return 0;
-  me = ah__task_require(L, "queue:push (on a full queue)");
-  {
-    ah_queue *q = lua_touserdata(L, 1);
-    link_append(&q->pushers, &me->link);
-    return ah__task_suspend(L, me, &push_op, q); /* the item stays at 2 */
-  }
+  q = lua_touserdata(L, 1);
+  /* The item stays at 2 until a slot is free. */
+  return ah__task_wait(L, "queue:push (on a full queue)", &q->pushers, 2,
+                       &push_op, q);
 }
 
 /* queue:try_push(v) -> true, or false when the queue is full */
@@ -227,12 +217,9 @@ static int q_pop_now(lua_State *L, ah_queue *q) {
 
 static int q_pop(lua_State *L) {
   ah_queue *q = ah__arg_udata(L, 1, "agenthost.queue", "queue:pop", "a queue");
-  ah_task *me;
   if (q->len > 0) return q_pop_now(L, q);
-  me = ah__task_require(L, "queue:pop (on an empty queue)");
-  lua_settop(L, 1);
-  link_append(&q->poppers, &me->link);
-  return ah__task_suspend(L, me, &pop_op, q);
+  return ah__task_wait(L, "queue:pop (on an empty queue)", &q->poppers, 1,
+                       &pop_op, q);
 }
 
 static int q_try_pop(lua_State *L) {

@@ -556,6 +556,14 @@ static ah_task *check_task(lua_State *L, const char *fn) {
   return ah__arg_udata(L, 1, "agenthost.task", fn, "a task");
 }
 
+int ah__task_wait(lua_State *L, const char *what, ah_link *list, int keep,
+                  const ah_op *op, void *opdata) {
+  ah_task *me = ah__task_require(L, what);
+  lua_settop(L, keep);
+  link_append(list, &me->link);
+  return ah__task_suspend(L, me, op, opdata);
+}
+
 void ah__task_unwait(ah_sched *S, ah_task *t) {
   (void)S;
   link_remove(&t->link);
@@ -565,7 +573,6 @@ static const ah_op result_op = {"result", ah__task_unwait, NULL, NULL};
 
 static int join_or_result(lua_State *L, const ah_op *op) {
   ah_task *t = check_task(L, op == &join_op ? "task:join" : "task:result");
-  ah_task *me;
   if (t->state >= T_DONE) {
     int n;
     ah__task_observe(t);
@@ -573,13 +580,12 @@ static int join_or_result(lua_State *L, const ah_op *op) {
     if (op == &join_op && t->state == T_FAILED) return lua_error(L);
     return n;
   }
-  me = ah__task_require(L, op == &join_op ? "task:join" : "task:result");
-  if (me == t)
+  if (ah__task_current(L) == t)
     return ah__error_raise(L, "invalid_argument", 0,
                            "a task cannot wait for itself");
-  lua_settop(L, 1); /* keeps the handle alive while we wait */
-  link_append(&t->waiters, &me->link);
-  return ah__task_suspend(L, me, op, t);
+  /* The handle stays on the stack, alive, while we wait. */
+  return ah__task_wait(L, op == &join_op ? "task:join" : "task:result",
+                       &t->waiters, 1, op, t);
 }
 
 static int th_join(lua_State *L) { return join_or_result(L, &join_op); }
@@ -647,8 +653,7 @@ static int task_drain(lua_State *L) {
                            "task.drain cannot be called from a detached task "
                            "(it would wait for itself)");
   if (S->detached == 0) return 0;
-  link_append(&S->drainers, &me->link);
-  return ah__task_suspend(L, me, &drain_op, NULL);
+  return ah__task_wait(L, "task.drain", &S->drainers, 0, &drain_op, NULL);
 }
 
 /* task.current() -> handle of the running task, or nil */
