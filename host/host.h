@@ -149,12 +149,34 @@ void ah__watch_close(ah_watch *w);
 /* FNV-1a, the content hash used to tell a real change from a re-save. */
 uint64_t ah__hash(const void *p, size_t n);
 
-/* ---- HTTP ------------------------------------------------------------- */
+/* ---- growable buffer (buf.c) ------------------------------------------ */
 
+/*
+ * A byte buffer that grows by doubling.  The content is data[0..len) and
+ * cap is the size of data.  Owned by whoever embeds it: data is malloc'd
+ * (NULL until the first reserve) and freed by ah__buf_free; a zeroed
+ * ah_buf is an empty buffer.
+ */
 typedef struct ah_buf {
-  char *data;
+  char *data;          /* owned; NULL when nothing was reserved yet */
   size_t len, cap;
 } ah_buf;
+
+/* Makes room for at least n bytes past len, so that a read may write into
+ * data + len directly (and then add to len).  0, or UV_ENOMEM with b
+ * unchanged. */
+int ah__buf_reserve(ah_buf *b, size_t n);
+/* Appends n bytes of p and puts a NUL after the content (not counted in
+ * len), so that text can be read as a C string.  0, or UV_ENOMEM with b
+ * unchanged. */
+int ah__buf_append(ah_buf *b, const void *p, size_t n);
+/* Empties b (a NUL at data[0] when it has memory), keeping the memory for
+ * the next content. */
+void ah__buf_reset(ah_buf *b);
+/* Frees the memory and leaves b empty and usable. */
+void ah__buf_free(ah_buf *b);
+
+/* ---- HTTP ------------------------------------------------------------- */
 
 struct curl_slist;
 typedef struct ah_http ah_http;
@@ -333,9 +355,10 @@ struct ah_store_job {
   /* read results: ncols names then nrows * ncols values; text in space */
   int ncols;
   size_t nrows;
-  ah_store_val *vals;
-  char *space;
-  size_t space_len, space_cap, vals_cap;
+  ah_store_val *vals;        /* malloc'd; freed with the job */
+  ah_buf space;              /* the values' text, each with a NUL; freed
+                              * with the job */
+  size_t vals_cap;
   /* private */
   ah_store_job *next;
   ah_store *st;

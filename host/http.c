@@ -26,9 +26,10 @@
  * timeouts and a response size cap always set.  Easy handles are reused;
  * connections and DNS answers are cached by each lane's multi handle.
  *
- * Relies on libuv and libcurl.  Ownership: ah_http is malloc'd and freed
- * once its handles have closed; each ah_http_req is owned by the caller
- * between ah__http_start and ah__http_req_free.
+ * Relies on libuv, libcurl and the host's buffers (buf.c).  Ownership:
+ * ah_http is malloc'd and freed once its handles have closed; each
+ * ah_http_req is owned by the caller between ah__http_start and
+ * ah__http_req_free.
  */
 #define _DEFAULT_SOURCE /* strncasecmp */
 #include "host.h"
@@ -113,27 +114,6 @@ struct ah_http {
   ah_http_req *qhead, *qtail;
   int nqueued;
 };
-
-static size_t buf_add(ah_buf *b, const char *p, size_t n) {
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 1024;
-    char *d;
-    while (cap < b->len + n + 1) cap *= 2;
-    if (!(d = realloc(b->data, cap))) return 0;
-    b->data = d;
-    b->cap = cap;
-  }
-  memcpy(b->data + b->len, p, n);
-  b->len += n;
-  b->data[b->len] = '\0';
-  return n;
-}
-
-static void buf_free(ah_buf *b) {
-  free(b->data);
-  b->data = NULL;
-  b->len = b->cap = 0;
-}
 
 /* ---- sockets and timer ---------------------------------------------------- */
 
@@ -424,7 +404,7 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud) {
     r->paused = 1;
     return CURL_WRITEFUNC_PAUSE;
   }
-  if (buf_add(&r->body, p, len) != len) return 0;
+  if (ah__buf_append(&r->body, p, len) != 0) return 0;
   r->total += len;
   if (r->stream) {
     if (!r->headers_done) {
@@ -442,12 +422,12 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
   size_t len = size * n;
   /* A new status line starts the headers of the next response (after a
    * redirect or a 100 Continue): only the last response's are kept. */
-  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) r->headers.len = 0;
+  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) ah__buf_reset(&r->headers);
   if (r->headers.len + len > (1u << 20)) {
     r->too_large = 1;
     return 0;
   }
-  if (buf_add(&r->headers, p, len) != len) return 0;
+  if (ah__buf_append(&r->headers, p, len) != 0) return 0;
   if (r->stream && !r->headers_done && (len == 2 || len == 1) &&
       (p[0] == '\r' || p[0] == '\n')) {
     /* The blank line ends a response's headers; it is the final response
@@ -959,6 +939,6 @@ void ah__http_req_free(ah_http_req *r) {
   if (r->h) release_easy(r->h, r);
   curl_slist_free_all(r->header_list);
   r->header_list = NULL;
-  buf_free(&r->body);
-  buf_free(&r->headers);
+  ah__buf_free(&r->body);
+  ah__buf_free(&r->headers);
 }

@@ -16,11 +16,12 @@
  * when SIGPIPE is at its default action, opening the context ignores it
  * (write errors then come back as UV_EPIPE).
  *
- * Relies on libuv only.  Ownership: ah_procs is malloc'd by ah__procs_open
- * and freed by ah__procs_close.  An ah_proc is malloc'd by ah__proc_new and
- * freed by the host once its owner has released it, its process has been
- * reaped and its handles have closed (every handle is freed only through
- * its close callback).  Write requests are freed in their callback.
+ * Relies on libuv and the host's buffers (buf.c).  Ownership: ah_procs is
+ * malloc'd by ah__procs_open and freed by ah__procs_close.  An ah_proc is
+ * malloc'd by ah__proc_new and freed by the host once its owner has
+ * released it, its process has been reaped and its handles have closed
+ * (every handle is freed only through its close callback).  Write requests
+ * are freed in their callback.
  */
 #include "host.h"
 
@@ -105,8 +106,8 @@ static void maybe_free(ah_proc *p) {
     if (p->next) p->next->prev = p->prev;
     p->ps->live--;
   }
-  free(p->out.buf.data);
-  free(p->err.buf.data);
+  ah__buf_free(&p->out.buf);
+  ah__buf_free(&p->err.buf);
   free(p);
 }
 
@@ -191,17 +192,10 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b) {
   ah_proc_out *o = out_of(h->data, h);
   ah_buf *buf = &o->buf;
   (void)hint;
-  if (buf->cap - buf->len < READ_CHUNK) {
-    size_t cap = buf->cap ? buf->cap : READ_CHUNK;
-    char *d;
-    while (cap - buf->len < READ_CHUNK) cap *= 2;
-    if (!(d = realloc(buf->data, cap))) {
-      b->base = NULL; /* libuv reports UV_ENOBUFS to on_read */
-      b->len = 0;
-      return;
-    }
-    buf->data = d;
-    buf->cap = cap;
+  if (ah__buf_reserve(buf, READ_CHUNK) != 0) {
+    b->base = NULL; /* libuv reports UV_ENOBUFS to on_read */
+    b->len = 0;
+    return;
   }
   b->base = buf->data + buf->len;
   b->len = buf->cap - buf->len;

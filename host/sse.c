@@ -2,27 +2,17 @@
  * The text/event-stream parser (WHATWG HTML, "Server-sent events",
  * interpreting an event stream).  Byte-oriented and incremental: a chunk
  * may end anywhere, even between the CR and LF of a line end.  Relies on
- * nothing but the C library.
+ * the C library and the host's buffers (buf.c).
  */
 #include "host.h"
 
-#include <stdlib.h>
 #include <string.h>
 
+/* Appends to one of the parser's buffers, which hold at most max bytes
+ * (their NUL included). */
 static int add(ah_buf *b, const char *p, size_t n, size_t max) {
   if (b->len + n + 1 > max) return UV_E2BIG;
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 256;
-    char *d;
-    while (cap < b->len + n + 1) cap *= 2;
-    if (!(d = realloc(b->data, cap))) return UV_ENOMEM;
-    b->data = d;
-    b->cap = cap;
-  }
-  if (n) memcpy(b->data + b->len, p, n);
-  b->len += n;
-  b->data[b->len] = '\0';
-  return 0;
+  return ah__buf_append(b, p, n);
 }
 
 void ah__sse_init(ah_sse *p, size_t max) {
@@ -33,10 +23,10 @@ void ah__sse_init(ah_sse *p, size_t max) {
 }
 
 void ah__sse_free(ah_sse *p) {
-  free(p->line.data);
-  free(p->data.data);
-  free(p->event.data);
-  free(p->id.data);
+  ah__buf_free(&p->line);
+  ah__buf_free(&p->data);
+  ah__buf_free(&p->event);
+  ah__buf_free(&p->id);
   memset(p, 0, sizeof *p);
 }
 
@@ -53,9 +43,8 @@ static int dispatch(ah_sse *p, int (*cb)(void *, const ah_sse_event *),
     ev.retry = p->retry;
     rc = cb(ud, &ev);
   }
-  p->data.len = 0;
-  p->event.len = 0;
-  if (p->event.data) p->event.data[0] = '\0';
+  ah__buf_reset(&p->data);
+  ah__buf_reset(&p->event);
   p->retry = -1;
   return rc;
 }
@@ -70,7 +59,7 @@ static int field(ah_sse *p, const char *line, size_t n) {
     vlen--;
   }
   if (name_len == 5 && memcmp(line, "event", 5) == 0) {
-    p->event.len = 0;
+    ah__buf_reset(&p->event);
     return add(&p->event, v, vlen, p->max);
   }
   if (name_len == 4 && memcmp(line, "data", 4) == 0) {
@@ -79,7 +68,7 @@ static int field(ah_sse *p, const char *line, size_t n) {
   }
   if (name_len == 2 && memcmp(line, "id", 2) == 0) {
     if (memchr(v, '\0', vlen)) return 0;
-    p->id.len = 0;
+    ah__buf_reset(&p->id);
     return add(&p->id, v, vlen, p->max);
   }
   if (name_len == 5 && memcmp(line, "retry", 5) == 0) {
@@ -103,7 +92,7 @@ static int line_done(ah_sse *p, int (*cb)(void *, const ah_sse_event *),
     rc = 0; /* a comment */
   else
     rc = field(p, p->line.data, p->line.len);
-  p->line.len = 0;
+  ah__buf_reset(&p->line);
   return rc;
 }
 

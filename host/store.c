@@ -19,9 +19,10 @@
  * error) fails its job, and the group is run again without it, so the
  * other jobs are neither lost nor doubled.
  *
- * Relies on libuv (threads, mutexes, async) and sqlite3.  Ownership: the
- * ah_store is malloc'd and freed in the close callback of its async handle;
- * each job belongs to the store from submit until its done callback.
+ * Relies on libuv (threads, mutexes, async), sqlite3 and the host's buffers
+ * (buf.c).  Ownership: the ah_store is malloc'd and freed in the close
+ * callback of its async handle; each job belongs to the store from submit
+ * until its done callback.
  */
 #include "host.h"
 
@@ -337,10 +338,9 @@ const char *ah__store_job_copy(ah_store_job *j, const char *s, size_t n) {
 /* Frees what a job holds besides its block. */
 static void job_clear(ah_store_job *j) {
   free(j->vals);
-  free(j->space);
+  ah__buf_free(&j->space);
   free(j->errmsg);
   j->vals = NULL;
-  j->space = NULL;
   j->errmsg = NULL;
 }
 
@@ -371,7 +371,7 @@ static void job_free_locked(ah_store *st, ah_store_job *j) {
 }
 
 const char *ah__store_text(const ah_store_job *j, const ah_store_val *v) {
-  return j->space + v->u.off;
+  return j->space.data + v->u.off;
 }
 
 static const char *kind_of(int rc) {
@@ -408,19 +408,13 @@ static void job_fail(ah_store_job *j, int rc, const char *kind, const char *msg,
 
 /* Copies n bytes of text into j's result space and points v at them. */
 static int add_text(ah_store_job *j, ah_store_val *v, const void *p, size_t n) {
-  if (j->space_len + n + 1 > j->space_cap) {
-    size_t cap = j->space_cap ? j->space_cap * 2 : 1024;
-    char *s;
-    while (cap < j->space_len + n + 1) cap *= 2;
-    if (!(s = realloc(j->space, cap))) return -1;
-    j->space = s;
-    j->space_cap = cap;
-  }
-  if (n) memcpy(j->space + j->space_len, p, n);
-  j->space[j->space_len + n] = '\0';
-  v->u.off = j->space_len;
+  size_t off = j->space.len;
+  /* The NUL that ah__buf_append puts after the text is kept: each text
+   * in the space ends with one. */
+  if (ah__buf_append(&j->space, p, n) != 0) return -1;
+  j->space.len++;
+  v->u.off = off;
   v->len = n;
-  j->space_len += n + 1;
   return 0;
 }
 
@@ -432,7 +426,7 @@ static int add_row(ah_store_job *j, sqlite3_stmt *st, size_t max) {
     j->ncols = n;
     need += (size_t)n; /* the names come first */
   }
-  if (j->space_len > max) return SQLITE_TOOBIG;
+  if (j->space.len > max) return SQLITE_TOOBIG;
   if ((j->nrows + 2) * (size_t)n * sizeof(ah_store_val) > max) return SQLITE_TOOBIG;
   {
     size_t used = (j->nrows + 1) * (size_t)n; /* names + rows so far */
@@ -609,7 +603,7 @@ static void reset_results(ah_store_job *j) {
   j->rowid = 0;
   j->nrows = 0;
   j->ncols = 0;
-  j->space_len = 0;
+  ah__buf_reset(&j->space);
   free(j->vals);
   j->vals = NULL;
   j->vals_cap = 0;
