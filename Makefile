@@ -41,6 +41,7 @@ LDFLAGS += $(SANFLAGS)
 HOST_SRC := host/loop.c host/timer.c host/watch.c host/http.c host/sse.c host/store.c
 HOST_SRC += host/post.c
 HOST_SRC += host/buf.c
+HOST_SRC += host/json.c
 BIND_SRC := bindings/task.c bindings/errors.c bindings/group.c bindings/sync.c
 BIND_SRC += bindings/drive.c bindings/args.c bindings/reload.c bindings/http.c bindings/store.c bindings/agenthost.c
 BIND_SRC += bindings/embed.c

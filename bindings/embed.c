@@ -8,8 +8,8 @@
  * full channel's posts in a backlog.  Until a post is in its channel it
  * counts against post_capacity.
  *
- * Relies on the scheduler (bindings/task.c), the agenthost module and
- * host/post.c.
+ * Relies on the scheduler (bindings/task.c), the agenthost module,
+ * host/post.c and host/json.c (the check of a post's text).
  */
 #include "bindings.h"
 #include "agenthost.h"

@@ -475,8 +475,11 @@ void ah__posts_leave(ah_posts *p);
 void ah__posts_close(ah_posts *p, uv_close_cb cb);
 void ah__posts_free(ah_posts *p);
 
+/* ---- JSON syntax (json.c) ----------------------------------------------- */
+
 /* 0 when s[0..len) is one JSON value (RFC 8259: UTF-8, nesting at most
- * AH_JSON_MAX_DEPTH, which is what lua-cjson decodes by default). */
+ * AH_JSON_MAX_DEPTH, which is what lua-cjson decodes by default), else -1.
+ * Any thread may call it. */
 #define AH_JSON_MAX_DEPTH 1000
 int ah__json_check(const char *s, size_t len);
 
