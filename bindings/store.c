@@ -58,7 +58,7 @@ typedef struct lstore {
 } lstore;
 
 static void kick(ah_defer *d) {
-  lstore *ls = (lstore *)((char *)d - offsetof(lstore, defer));
+  lstore *ls = container_of(d, lstore, defer);
   if (ls->st) ah__store_kick(ls->st);
 }
 

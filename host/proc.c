@@ -55,7 +55,7 @@ typedef struct proc_block {
   proc_private v;
 } proc_block;
 
-static proc_private *priv(ah_proc *p) { return &((proc_block *)(void *)p)->v; }
+static proc_private *priv(ah_proc *p) { return &container_of(p, proc_block, p)->v; }
 
 int ah__procs_open(ah_procs **out, uv_loop_t *loop) {
   struct sigaction sa;
@@ -272,7 +272,7 @@ void ah__proc_consume(ah_proc_out *o, size_t n) {
 /* ---- input --------------------------------------------------------------------- */
 
 static void on_written(uv_write_t *req, int status) {
-  ah_proc_write *w = (ah_proc_write *)(void *)req;
+  ah_proc_write *w = container_of(req, ah_proc_write, req);
   ah_proc *p = w->p;
   p->writes--;
   if (w->done && !quiet(p)) w->done(w, status);
