@@ -104,11 +104,8 @@ static void push_headers(lua_State *L, const ah_buf *b) {
 static void push_error(lua_State *co, lreq *lr) {
   ah_http_req *r = &lr->r;
   char safe_url[512];
-  int retryable = strcmp(r->kind, "connect") == 0 ||
-                  strcmp(r->kind, "timeout") == 0 ||
-                  strcmp(r->kind, "dns") == 0;
   ah__http_safe_url(lr->url, safe_url, sizeof safe_url);
-  ah__error_push(co, r->kind, retryable, "%s %s: %s", lr->method, safe_url,
+  ah__error_push(co, r->kind, r->retryable, "%s %s: %s", lr->method, safe_url,
                  r->errbuf);
 }
 

@@ -79,11 +79,11 @@ static void push_job_error(lua_State *L, const ah_store_job *j, const char *what
     size_t n = s->sql_len > SQL_IN_MESSAGE ? SQL_IN_MESSAGE : s->sql_len;
     memcpy(snip, s->sql, n);
     strcpy(snip + n, s->sql_len > n ? "..." : "");
-    ah__error_push(L, j->kind, strcmp(j->kind, "busy") == 0, "%s: %s (in: %s)",
+    ah__error_push(L, j->kind, j->retryable, "%s: %s (in: %s)",
                    what, j->errmsg ? j->errmsg : "", snip);
   }
   else
-    ah__error_push(L, j->kind, strcmp(j->kind, "busy") == 0, "%s: %s", what,
+    ah__error_push(L, j->kind, j->retryable, "%s: %s", what,
                    j->errmsg ? j->errmsg : "");
   lua_pushinteger(L, j->rc);
   lua_setfield(L, -2, "code");

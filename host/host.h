@@ -215,6 +215,8 @@ struct ah_http_req {
   int version;                     /* HTTP version: 10, 11, 20 or 30 */
   int code;                        /* CURLcode */
   const char *kind;                /* NULL on success, else an error kind */
+  int retryable;                   /* with kind: trying again may succeed
+                                    * (dns, connect, timeout) */
   char errbuf[256];
   ah_buf headers, body;
   int too_large;
@@ -349,6 +351,7 @@ struct ah_store_job {
   /* results */
   int rc;                    /* SQLite's extended result code, 0 on success */
   const char *kind;          /* NULL on success, else an error kind */
+  int retryable;             /* with kind: trying again may succeed (busy) */
   char *errmsg;              /* malloc'd; NULL on success */
   int failed;                /* index of the failing statement */
   int64_t changes, rowid;

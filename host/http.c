@@ -445,19 +445,24 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
   return len;
 }
 
-static const char *kind_of(ah_http_req *r, CURLcode rc) {
+/* The error kind of a transfer that ended with rc (NULL for success), and
+ * in *retryable whether the same request may succeed when tried again: a
+ * failed lookup, connection or deadline can be passing; the rest would
+ * fail the same way. */
+static const char *kind_of(ah_http_req *r, CURLcode rc, int *retryable) {
+  *retryable = 0;
   if (r->too_large) return "too_large";
   if (r->blocked[0]) return "forbidden";
   switch (rc) {
   case CURLE_OK: return NULL;
   case CURLE_COULDNT_RESOLVE_HOST:
-  case CURLE_COULDNT_RESOLVE_PROXY: return "dns";
+  case CURLE_COULDNT_RESOLVE_PROXY: *retryable = 1; return "dns";
   case CURLE_COULDNT_CONNECT:
   case CURLE_SEND_ERROR:
   case CURLE_RECV_ERROR:
   case CURLE_GOT_NOTHING:
-  case CURLE_PARTIAL_FILE: return "connect";
-  case CURLE_OPERATION_TIMEDOUT: return "timeout";
+  case CURLE_PARTIAL_FILE: *retryable = 1; return "connect";
+  case CURLE_OPERATION_TIMEDOUT: *retryable = 1; return "timeout";
   case CURLE_SSL_CONNECT_ERROR:
   case CURLE_PEER_FAILED_VERIFICATION:
   case CURLE_SSL_CERTPROBLEM:
@@ -502,7 +507,7 @@ static void check_done(hlane *lane) {
                    : v == CURL_HTTP_VERSION_3   ? 30
                                                 : 11;
     }
-    r->kind = kind_of(r, r->code);
+    r->kind = kind_of(r, r->code, &r->retryable);
     if (r->kind && !r->errbuf[0])
       snprintf(r->errbuf, sizeof r->errbuf, "%s", curl_easy_strerror(r->code));
     if (r->kind && strcmp(r->kind, "too_large") == 0)
@@ -837,8 +842,10 @@ static int queue_add(ah_http *h, ah_http_req *r) {
 }
 
 /* A queued transfer that cannot start ends with this error. */
-static void queue_fail(ah_http_req *r, const char *kind, const char *msg) {
+static void queue_fail(ah_http_req *r, const char *kind, int retryable,
+                       const char *msg) {
   r->kind = kind;
+  r->retryable = retryable;
   snprintf(r->errbuf, sizeof r->errbuf, "%s", msg);
   r->done(r);
 }
@@ -855,13 +862,14 @@ static void on_pass(uv_check_t *c) {
     int rc;
     queue_unlink(h, r);
     if (r->timeout_ms <= waited) {
-      queue_fail(r, "timeout", "timed out waiting in the start queue");
+      queue_fail(r, "timeout", 1, "timed out waiting in the start queue");
       continue;
     }
     h->started++;
     if ((rc = start_now(h, r, r->timeout_ms - waited)) != 0)
-      queue_fail(r, "resource", rc == UV_ENOMEM ? "cannot start: out of memory"
-                                                : "cannot start the transfer");
+      queue_fail(r, "resource", 0,
+                 rc == UV_ENOMEM ? "cannot start: out of memory"
+                                 : "cannot start the transfer");
   }
   if (!h->qhead) uv_idle_stop(&h->spin);
 }

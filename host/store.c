@@ -374,10 +374,13 @@ const char *ah__store_text(const ah_store_job *j, const ah_store_val *v) {
   return j->space.data + v->u.off;
 }
 
-static const char *kind_of(int rc) {
+/* The error kind of rc, and in *retryable whether the job may succeed when
+ * run again: only when another connection held the lock it needed. */
+static const char *kind_of(int rc, int *retryable) {
+  *retryable = 0;
   switch (rc & 0xff) {
   case SQLITE_BUSY:
-  case SQLITE_LOCKED: return "busy";
+  case SQLITE_LOCKED: *retryable = 1; return "busy";
   case SQLITE_CONSTRAINT: return "constraint";
   case SQLITE_CANTOPEN:
   case SQLITE_IOERR:
@@ -397,10 +400,17 @@ static const char *kind_of(int rc) {
   }
 }
 
+/* Fails j with rc and msg, of the kind rc implies unless kind is given;
+ * only a kind that rc implies may be retryable. */
 static void job_fail(ah_store_job *j, int rc, const char *kind, const char *msg,
                      int index) {
   j->rc = rc ? rc : SQLITE_ERROR;
-  j->kind = kind ? kind : kind_of(j->rc);
+  if (kind) {
+    j->kind = kind;
+    j->retryable = 0;
+  } else {
+    j->kind = kind_of(j->rc, &j->retryable);
+  }
   j->failed = index;
   free(j->errmsg);
   j->errmsg = strdup(msg ? msg : "");
@@ -643,11 +653,13 @@ again:
        * without this job (it keeps its error). */
       if (++attempts < GROUP_RETRIES) goto again;
       for (k = list; k; k = k->next)
-        if (!k->kind && k->type != AH_JOB_FLUSH)
+        if (!k->kind && k->type != AH_JOB_FLUSH) {
           job_fail(k, j->rc, j->kind,
                    "the transaction was rolled back by a failing statement in "
                    "the same group",
                    0);
+          k->retryable = j->retryable; /* it failed for j's reason */
+        }
       return;
     }
     if (failed) step_internal(c, st->s_undo);
