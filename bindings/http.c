@@ -13,15 +13,12 @@
 #include "bindings.h"
 
 #include <ctype.h>
-#include <curl/curl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #define DEFAULT_TIMEOUT 60.0
 #define DEFAULT_CONNECT_TIMEOUT 10.0
 #define DEFAULT_MAX_BODY (64u << 20)
-#define MAX_URL 16384
 
 static char HTTP_KEY;
 
@@ -62,41 +59,23 @@ static int lreq_gc(lua_State *L) {
 
 /* Pushes the response headers as a table, names in lower case; repeated
  * headers are joined with ", ". */
-static void push_headers(lua_State *L, const ah_buf *b) {
-  const char *p = b->data, *end = b->data ? b->data + b->len : NULL;
+static void push_headers(lua_State *L, ah_http_req *r) {
+  ah_http_header h;
+  size_t pos = 0;
   lua_newtable(L);
-  while (p && p < end) {
-    const char *eol = memchr(p, '\n', (size_t)(end - p));
-    const char *line_end = eol ? eol : end;
-    const char *colon = memchr(p, ':', (size_t)(line_end - p));
-    if (colon && colon > p && strncmp(p, "HTTP/", 5) != 0) {
-      char small[64];
-      const char *v = colon + 1, *ve = line_end;
-      size_t i, n = (size_t)(colon - p);
-      while (v < ve && (*v == ' ' || *v == '\t')) v++;
-      while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t')) ve--;
-      if (n <= sizeof small) {
-        for (i = 0; i < n; i++) small[i] = (char)tolower((unsigned char)p[i]);
-        lua_pushlstring(L, small, n);
-      } else {
-        luaL_Buffer name;
-        luaL_buffinit(L, &name);
-        for (i = 0; i < n; i++) luaL_addchar(&name, (char)tolower((unsigned char)p[i]));
-        luaL_pushresult(&name);
-      }
-      lua_pushvalue(L, -1);
-      lua_rawget(L, -3);
-      if (lua_isstring(L, -1)) {
-        lua_pushliteral(L, ", ");
-        lua_pushlstring(L, v, (size_t)(ve - v));
-        lua_concat(L, 3);
-      } else {
-        lua_pop(L, 1);
-        lua_pushlstring(L, v, (size_t)(ve - v));
-      }
-      lua_rawset(L, -3);
+  while (ah__http_header_next(r, &pos, &h)) {
+    lua_pushlstring(L, h.name, h.name_len);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, -3);
+    if (lua_isstring(L, -1)) {
+      lua_pushliteral(L, ", ");
+      lua_pushlstring(L, h.value, h.value_len);
+      lua_concat(L, 3);
+    } else {
+      lua_pop(L, 1);
+      lua_pushlstring(L, h.value, h.value_len);
     }
-    p = eol ? eol + 1 : end;
+    lua_rawset(L, -3);
   }
 }
 
@@ -134,7 +113,7 @@ static void on_done(ah_http_req *r) {
     lua_createtable(co, 0, 3);
     lua_pushinteger(co, r->status);
     lua_setfield(co, -2, "status");
-    push_headers(co, &r->headers);
+    push_headers(co, r);
     lua_setfield(co, -2, "headers");
     lua_pushlstring(co, r->body.data ? r->body.data : "", r->body.len);
     lua_setfield(co, -2, "body");
@@ -172,22 +151,17 @@ static double opt_number(lua_State *L, const char *k, double def) {
   return v;
 }
 
-static int valid_token(const char *s) {
-  if (!*s) return 0;
-  for (; *s; s++)
-    if (!(isalnum((unsigned char)*s) || strchr("!#$%&'*+-.^_`|~", *s))) return 0;
-  return 1;
-}
-
-/* Adds the headers table at idx to the request, refusing what could smuggle
- * a header or a request (CR, LF or NUL in a value, odd names). */
+/* Adds the headers table at idx to the request.  host/http.c refuses what
+ * could smuggle a header or a request (odd names; CR, LF or NUL in a
+ * value); the name is checked first here so that a bad name is reported
+ * before its value's type. */
 static void add_headers(lua_State *L, int idx, lreq *lr) {
-  struct curl_slist *l;
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     size_t vlen;
-    const char *name, *value;
-    if (lua_type(L, -2) != LUA_TSTRING || !valid_token(lua_tostring(L, -2)))
+    const char *value;
+    int rc;
+    if (lua_type(L, -2) != LUA_TSTRING || !ah__http_token(lua_tostring(L, -2)))
       ah__error_raise(L, "invalid_argument", 0,
                       "ah.http.request: header names must be HTTP tokens "
                       "(letters, digits and !#$%%&'*+-.^_`|~)");
@@ -195,22 +169,15 @@ static void add_headers(lua_State *L, int idx, lreq *lr) {
       ah__error_raise(L, "invalid_argument", 0,
                       "ah.http.request: the value of header '%s' must be a string",
                       lua_tostring(L, -2));
-    name = lua_tostring(L, -2);
     value = lua_tolstring(L, -1, &vlen);
-    if (strlen(value) != vlen || strpbrk(value, "\r\n"))
+    rc = ah__http_req_header(&lr->r, lua_tostring(L, -2), value, vlen);
+    if (rc == UV_EILSEQ)
       ah__error_raise(L, "invalid_argument", 0,
                       "ah.http.request: the value of header '%s' contains a "
                       "line break or NUL",
-                      name);
-    lua_pushfstring(L, "%s: %s", name, value);
-    if (!*value) { /* "Name;" sends an empty header with curl */
-      lua_pop(L, 1);
-      lua_pushfstring(L, "%s;", name);
-    }
-    l = curl_slist_append(lr->r.header_list, lua_tostring(L, -1));
-    if (!l) luaL_error(L, "out of memory");
-    lr->r.header_list = l;
-    lua_pop(L, 2);
+                      lua_tostring(L, -2));
+    if (rc != 0) luaL_error(L, "out of memory");
+    lua_pop(L, 1);
   }
 }
 
@@ -223,7 +190,6 @@ static lreq *start(lua_State *L, ah_task *me, int stream) {
   size_t url_len, body_len = 0, i;
   double timeout, connect_timeout, max_body;
   lreq *lr;
-  struct curl_slist *l;
   int rc;
 
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -233,18 +199,19 @@ static lreq *start(lua_State *L, ah_task *me, int stream) {
   if (!url || lua_type(L, 2) != LUA_TSTRING)
     ah__error_raise(L, "invalid_argument", 0,
                            "ah.http.request: url must be a string");
-  if (url_len > MAX_URL)
+  rc = ah__http_check_url(url, url_len);
+  if (rc == UV_ENAMETOOLONG)
     ah__error_raise(L, "invalid_argument", 0,
-                           "ah.http.request: the url is longer than %d bytes", MAX_URL);
-  for (i = 0; i < url_len; i++)
-    if ((unsigned char)url[i] <= ' ' || url[i] == 0x7f)
-      ah__error_raise(L, "invalid_argument", 0,
-                             "ah.http.request: the url contains a space or a "
-                             "control character; percent-encode it");
-  if (strncasecmp(url, "http://", 7) != 0 && strncasecmp(url, "https://", 8) != 0)
+                    "ah.http.request: the url is longer than %d bytes",
+                    AH_HTTP_MAX_URL);
+  if (rc == UV_EINVAL)
     ah__error_raise(L, "invalid_argument", 0,
-                           "ah.http.request: only http:// and https:// URLs are "
-                           "allowed");
+                    "ah.http.request: the url contains a space or a control "
+                    "character; percent-encode it");
+  if (rc != 0)
+    ah__error_raise(L, "invalid_argument", 0,
+                    "ah.http.request: only http:// and https:// URLs are "
+                    "allowed");
   lua_getfield(L, 1, "body"); /* 3 */
   if (!lua_isnil(L, 3)) {
     if (lua_type(L, 3) != LUA_TSTRING)
@@ -256,7 +223,7 @@ static lreq *start(lua_State *L, ah_task *me, int stream) {
   lua_getfield(L, 1, "method"); /* 4 */
   method = lua_isnil(L, 4) ? (body ? "POST" : "GET") : lua_tostring(L, 4);
   if (!method || lua_type(L, 4) == LUA_TNUMBER || strlen(method) >= 16 ||
-      !valid_token(method))
+      !ah__http_token(method))
     ah__error_raise(L, "invalid_argument", 0,
                            "ah.http.request: method must be an HTTP method name "
                            "such as GET or POST");
@@ -277,13 +244,6 @@ static lreq *start(lua_State *L, ah_task *me, int stream) {
                              "ah.http.request: headers must be a table of "
                              "name = value");
     add_headers(L, 6, lr);
-  }
-  /* No "Expect: 100-continue" round trip for request bodies (curl sends it
-   * only with one). */
-  if (body) {
-    if (!(l = curl_slist_append(lr->r.header_list, "Expect:")))
-      luaL_error(L, "out of memory");
-    lr->r.header_list = l;
   }
   lua_getfield(L, 1, "follow_redirects");
   lr->r.follow = lua_toboolean(L, -1);
@@ -371,7 +331,7 @@ static int stream_head_after(lua_State *L, ah_task *t, int nargs) {
   lua_getiuservalue(L, 1, 1);
   lua_pushinteger(L, lr->r.status);
   lua_setfield(L, -2, "status");
-  push_headers(L, &lr->r.headers);
+  push_headers(L, &lr->r);
   lua_setfield(L, -2, "headers");
   lua_pop(L, 1);
   lua_settop(L, 1);

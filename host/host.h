@@ -178,17 +178,16 @@ void ah__buf_free(ah_buf *b);
 
 /* ---- HTTP ------------------------------------------------------------- */
 
-struct curl_slist;
 typedef struct ah_http ah_http;
 typedef struct ah_http_req ah_http_req;
 
-/* One transfer.  The owner fills the first block, calls ah__http_start, and
- * gets done(r) on the loop thread once it ended (never when start failed
- * and never after ah__http_req_free); then reads the results and frees. */
+/* One transfer.  The owner fills the first block (the headers to send
+ * through ah__http_req_header), calls ah__http_start, and gets done(r) on
+ * the loop thread once it ended (never when start failed and never after
+ * ah__http_req_free); then reads the results and frees. */
 struct ah_http_req {
   const char *url;                 /* copied by curl at start */
   const char *method;              /* upper case; copied at start */
-  struct curl_slist *header_list;  /* owned: freed by ah__http_req_free */
   const char *body_data;           /* copied at start; NULL for none */
   size_t body_len;
   long timeout_ms, connect_timeout_ms;
@@ -224,6 +223,8 @@ struct ah_http_req {
   int headers_done, paused;
   size_t total;                    /* body bytes received so far */
   /* private */
+  void *header_list;               /* the curl_slist of the headers to send;
+                                    * owned, freed by ah__http_req_free */
   ah_http *h;
   void *easy;
   void *lane;                      /* the multi handle's lane it runs on */
@@ -243,7 +244,9 @@ void ah__http_close(ah_http *h);
  * or when start_batch transfers have started in this loop iteration (it
  * then starts in a following one, with url, body and ca_file copied
  * meanwhile).  A queued transfer that cannot start, or whose timeout runs
- * out while it waits, ends through done() with its error. */
+ * out while it waits, ends through done() with its error.  A request with
+ * a body is sent without "Expect: 100-continue" (no round trip before the
+ * body). */
 int ah__http_start(ah_http *h, ah_http_req *r);
 /* Aborts the transfer if it is running (no done call) and frees its
  * buffers; the easy handle goes back to the pool. */
@@ -266,6 +269,40 @@ int ah__http_queued(const ah_http *h);
 void ah__http_resume(ah_http_req *r);
 /* The URL without user:password@, for messages. */
 void ah__http_safe_url(const char *url, char *out, size_t size);
+
+/* Is s a non-empty HTTP token (RFC 9110: letters, digits and
+ * !#$%&'*+-.^_`|~), as a method and a header name must be? */
+int ah__http_token(const char *s);
+/* The longest URL ah__http_check_url accepts, in bytes. */
+#define AH_HTTP_MAX_URL 16384
+/* Checks url[0..len) before a request is made with it, in this order:
+ * UV_ENAMETOOLONG when it is longer than AH_HTTP_MAX_URL; UV_EINVAL when
+ * it holds a space or a control character (it must be percent-encoded);
+ * UV_EPROTONOSUPPORT when it is neither http:// nor https:// (in any
+ * case); else 0.  The caller words the message for its own argument. */
+int ah__http_check_url(const char *url, size_t len);
+/* Adds the header "name: value" to those r sends (an empty value sends
+ * the header empty); value has vlen bytes.  Returns 0; UV_EINVAL when name
+ * is not an HTTP token; UV_EILSEQ when the value holds CR, LF or NUL,
+ * which could smuggle in a header or a request; UV_ENOMEM.  Call before
+ * ah__http_start; ah__http_req_free frees the list. */
+int ah__http_req_header(ah_http_req *r, const char *name, const char *value,
+                        size_t vlen);
+
+/* One header of a response: both parts point into r->headers and are not
+ * NUL-terminated. */
+typedef struct ah_http_header {
+  const char *name;                /* in lower case */
+  size_t name_len;
+  const char *value;               /* without blanks around it */
+  size_t value_len;
+} ah_http_header;
+/* Iterates over the headers of r's final response in the order they came:
+ * *pos starts at 0; each call fills h and returns 1, or returns 0 after
+ * the last one.  Status lines and lines without "name:" are skipped; a
+ * repeated name comes as often as it was sent.  Names are lower-cased in
+ * r->headers itself as they are reached. */
+int ah__http_header_next(ah_http_req *r, size_t *pos, ah_http_header *h);
 
 /* ---- server-sent events ------------------------------------------------ */
 

@@ -706,6 +706,79 @@ void ah__http_safe_url(const char *url, char *out, size_t size) {
   snprintf(out, size, "(an invalid URL)");
 }
 
+/* ---- request headers, URLs and response headers ---------------------------- */
+
+int ah__http_token(const char *s) {
+  if (!*s) return 0;
+  for (; *s; s++)
+    if (!(isalnum((unsigned char)*s) || strchr("!#$%&'*+-.^_`|~", *s))) return 0;
+  return 1;
+}
+
+int ah__http_check_url(const char *url, size_t len) {
+  size_t i;
+  if (len > AH_HTTP_MAX_URL) return UV_ENAMETOOLONG;
+  for (i = 0; i < len; i++)
+    if ((unsigned char)url[i] <= ' ' || url[i] == 0x7f) return UV_EINVAL;
+  if (strncasecmp(url, "http://", 7) != 0 && strncasecmp(url, "https://", 8) != 0)
+    return UV_EPROTONOSUPPORT;
+  return 0;
+}
+
+/* Appends one line to r's header list, which curl copies. */
+static int header_line(ah_http_req *r, const char *line) {
+  struct curl_slist *l = curl_slist_append(r->header_list, line);
+  if (!l) return UV_ENOMEM;
+  r->header_list = l;
+  return 0;
+}
+
+int ah__http_req_header(ah_http_req *r, const char *name, const char *value,
+                        size_t vlen) {
+  size_t nlen = strlen(name), size = nlen + vlen + 3;
+  char small[256], *line;
+  int rc;
+  if (!ah__http_token(name)) return UV_EINVAL;
+  if (strlen(value) != vlen || strpbrk(value, "\r\n")) return UV_EILSEQ;
+  if (!(line = size <= sizeof small ? small : malloc(size))) return UV_ENOMEM;
+  /* "Name;" is how curl is told to send a header with an empty value
+   * ("Name:" would remove the header). */
+  if (vlen)
+    snprintf(line, size, "%s: %s", name, value);
+  else
+    snprintf(line, size, "%s;", name);
+  rc = header_line(r, line);
+  if (line != small) free(line);
+  return rc;
+}
+
+int ah__http_header_next(ah_http_req *r, size_t *pos, ah_http_header *h) {
+  char *p = r->headers.data ? r->headers.data + *pos : NULL;
+  char *end = r->headers.data ? r->headers.data + r->headers.len : NULL;
+  while (p && p < end) {
+    char *eol = memchr(p, '\n', (size_t)(end - p));
+    char *line_end = eol ? eol : end, *colon = memchr(p, ':', (size_t)(line_end - p));
+    char *next = eol ? eol + 1 : end;
+    if (colon && colon > p &&
+        !((size_t)(line_end - p) >= 5 && memcmp(p, "HTTP/", 5) == 0)) {
+      const char *v = colon + 1, *ve = line_end;
+      char *c;
+      while (v < ve && (*v == ' ' || *v == '\t')) v++;
+      while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+      for (c = p; c < colon; c++) *c = (char)tolower((unsigned char)*c);
+      h->name = p;
+      h->name_len = (size_t)(colon - p);
+      h->value = v;
+      h->value_len = (size_t)(ve - v);
+      *pos = (size_t)(next - r->headers.data);
+      return 1;
+    }
+    p = next;
+  }
+  if (p) *pos = (size_t)(p - r->headers.data);
+  return 0;
+}
+
 /* The options that are the same for every transfer, set on a new or reset
  * easy handle. */
 static void easy_defaults(ah_http *h, CURL *e) {
@@ -761,7 +834,7 @@ static int start_now(ah_http *h, ah_http_req *r, long timeout_ms) {
    * not the target's: such requests go direct. */
   curl_easy_setopt(e, CURLOPT_PROXY, r->deny_private ? "" : NULL);
   curl_easy_setopt(e, CURLOPT_FORBID_REUSE, r->deny_private ? 1L : 0L);
-  curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->header_list);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, (struct curl_slist *)r->header_list);
   curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
   curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
   if (r->body_data) {
@@ -875,7 +948,11 @@ static void on_pass(uv_check_t *c) {
 }
 
 int ah__http_start(ah_http *h, ah_http_req *r) {
+  int rc;
   if (h->closing) return UV_EINVAL;
+  /* No "Expect: 100-continue" round trip before a request body (curl
+   * sends one only with a body). */
+  if (r->body_data && (rc = header_line(r, "Expect:")) != 0) return rc;
   r->h = h;
   if (h->qhead || (h->start_batch > 0 && h->started >= h->start_batch))
     return queue_add(h, r);
