@@ -27,8 +27,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-extern char **environ;
-
 #define DEFAULT_MAX_OUTPUT (16u << 20)
 #define DEFAULT_MAX_STDERR (64u << 10)
 #define STREAM_MARK (64u << 10)
@@ -131,76 +129,54 @@ static int opt_word(lua_State *L, const char *what, const char *k,
   return i;
 }
 
-static int env_name_ok(const char *s, size_t len) {
-  return len > 0 && !memchr(s, '=', len) && strlen(s) == len;
-}
-
-/* Builds the environment: the host's (unless inherit_env is false) with
- * the env table's entries on top (false removes a variable).  sp->o.env
- * stays NULL when the host's environment is passed unchanged.  Pushes the
- * array and a table anchoring the strings made for it. */
-static void build_env(lua_State *L, spec *sp) {
-  int env_idx, anchor, inherit, n = 0, cap = 1, i;
-  char **v;
+/* Reads env and inherit_env: the env table's entries become changes to the
+ * host's environment (false removes a variable; inherit_env = false starts
+ * from an empty one), which host/proc.c merges at spawn.  Pushes the array
+ * of changes and a table anchoring their values (numbers converted to
+ * strings); the names are anchored by the env table. */
+static void collect_env(lua_State *L, spec *sp) {
+  int env_idx, anchor, n = 0, cap = 0;
+  ah_proc_env *v;
   lua_getfield(L, 1, "inherit_env");
-  inherit = lua_isnil(L, -1) || lua_toboolean(L, -1);
+  sp->o.clear_env = !(lua_isnil(L, -1) || lua_toboolean(L, -1));
   lua_pop(L, 1);
   lua_getfield(L, 1, "env");
   env_idx = lua_gettop(L);
-  if (lua_isnil(L, env_idx) && inherit) return;
-  if (!lua_isnil(L, env_idx) && !lua_istable(L, env_idx))
+  if (lua_isnil(L, env_idx)) return;
+  if (!lua_istable(L, env_idx))
     ah__error_raise(L, "invalid_argument", 0,
                     "%s: env must be a table of NAME = value", sp->what);
-  if (inherit)
-    for (i = 0; environ[i]; i++) cap++;
-  if (!lua_isnil(L, env_idx)) {
-    lua_pushnil(L);
-    while (lua_next(L, env_idx)) {
-      cap++;
-      lua_pop(L, 1);
-    }
+  lua_pushnil(L);
+  while (lua_next(L, env_idx)) {
+    cap++;
+    lua_pop(L, 1);
   }
-  v = lua_newuserdatauv(L, (size_t)cap * sizeof *v, 0);
+  v = lua_newuserdatauv(L, (size_t)(cap ? cap : 1) * sizeof *v, 0);
   lua_newtable(L);
   anchor = lua_gettop(L);
-  if (!lua_isnil(L, env_idx)) {
-    lua_pushnil(L);
-    while (lua_next(L, env_idx)) {
-      if (lua_type(L, -2) != LUA_TSTRING ||
-          !env_name_ok(lua_tostring(L, -2), lua_rawlen(L, -2)))
+  lua_pushnil(L);
+  while (lua_next(L, env_idx)) {
+    if (lua_type(L, -2) != LUA_TSTRING ||
+        !ah__proc_env_name(lua_tostring(L, -2), lua_rawlen(L, -2)))
+      ah__error_raise(L, "invalid_argument", 0,
+                      "%s: env names must be non-empty strings without '=' "
+                      "or NUL", sp->what);
+    v[n].name = lua_tostring(L, -2);
+    v[n].value = NULL;
+    if (!(lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1))) {
+      if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
         ah__error_raise(L, "invalid_argument", 0,
-                        "%s: env names must be non-empty strings without '=' "
-                        "or NUL", sp->what);
-      if (!(lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1))) {
-        if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
-          ah__error_raise(L, "invalid_argument", 0,
-                          "%s: env.%s must be a string (or false to remove it)",
-                          sp->what, lua_tostring(L, -2));
-        lua_pushvalue(L, -1); /* converting a number must not touch the table */
-        check_string(L, -1, sp->what, "an env value", NULL);
-        lua_pushfstring(L, "%s=%s", lua_tostring(L, -3), lua_tostring(L, -1));
-        v[n++] = (char *)lua_tostring(L, -1);
-        lua_rawseti(L, anchor, n);
-        lua_pop(L, 1);
-      }
-      lua_pop(L, 1);
+                        "%s: env.%s must be a string (or false to remove it)",
+                        sp->what, lua_tostring(L, -2));
+      lua_pushvalue(L, -1); /* converting a number must not touch the table */
+      v[n].value = check_string(L, -1, sp->what, "an env value", NULL);
+      lua_rawseti(L, anchor, n + 1);
     }
+    n++;
+    lua_pop(L, 1);
   }
-  if (inherit) {
-    for (i = 0; environ[i]; i++) {
-      const char *eq = strchr(environ[i], '=');
-      int overridden = 0;
-      if (eq && !lua_isnil(L, env_idx)) {
-        lua_pushlstring(L, environ[i], (size_t)(eq - environ[i]));
-        lua_rawget(L, env_idx);
-        overridden = !lua_isnil(L, -1);
-        lua_pop(L, 1);
-      }
-      if (!overridden) v[n++] = environ[i];
-    }
-  }
-  v[n] = NULL;
   sp->o.env = v;
+  sp->o.nenv = (size_t)n;
 }
 
 /* Reads cmd, args, env, inherit_env and cwd from the table at 1; pushes
@@ -246,7 +222,7 @@ static void parse_command(lua_State *L, spec *sp) {
   sp->o.args = argv;
   lua_getfield(L, 1, "cwd");
   sp->o.cwd = lua_isnil(L, -1) ? NULL : check_string(L, -1, sp->what, "cwd", NULL);
-  build_env(L, sp);
+  collect_env(L, sp);
 }
 
 /* Raises the error of a failed spawn. */

@@ -565,13 +565,30 @@ typedef struct ah_proc_out {
   ah_proc *p;
 } ah_proc_out;
 
+/* A change to a child's environment: name set to value, or removed when
+ * value is NULL. */
+typedef struct ah_proc_env {
+  const char *name;    /* must pass ah__proc_env_name */
+  const char *value;   /* NUL-terminated; NULL removes the variable */
+} ah_proc_env;
+
+/* What to run.  Everything here is read during ah__proc_spawn only. */
 typedef struct ah_proc_opts {
   const char *file;    /* looked up in PATH unless it has a slash */
   char **args;         /* NULL-terminated; args[0] is the program name */
-  char **env;          /* NULL-terminated NAME=value list, NULL: inherit */
+  /* The child's environment is the host's (or an empty one, with
+   * clear_env) with the nenv changes in env applied: the variables set
+   * come first, in their order, then the others kept. */
+  const ah_proc_env *env;
+  size_t nenv;
+  int clear_env;
   const char *cwd;     /* NULL: the host's */
   int in;              /* AH_PROC_PIPE, AH_PROC_NULL or AH_PROC_INHERIT */
 } ah_proc_opts;
+
+/* Is name[0..len) usable as an environment variable's name: not empty,
+ * without '=' and without NUL? */
+int ah__proc_env_name(const char *name, size_t len);
 
 struct ah_proc {
   ah_proc_out out, err;
@@ -587,7 +604,8 @@ struct ah_proc {
   int exited;
   int64_t exit_status;
   int term_signal;
-  const char *failed;  /* after a failed spawn: "command" or "cwd" */
+  const char *failed;  /* after a failed spawn: "command", "cwd" or "env"
+                        * (a bad name in opts.env, or no memory for it) */
   /* private */
   uv_process_t proc;
   uv_pipe_t in;

@@ -2,7 +2,9 @@
  * Subprocesses on the loop: uv_spawn with pipes for stdin, stdout and
  * stderr, output kept by one of three policies (collect up to a cap, keep
  * the tail, or stream with a pause mark for backpressure), writes that copy
- * their bytes, and termination that reaches the whole job.
+ * their bytes, and termination that reaches the whole job.  A child's
+ * environment is the host's (or an empty one) with the caller's variables
+ * set or removed, merged here at spawn.
  *
  * Every child runs in a session of its own (UV_PROCESS_DETACHED: setsid),
  * so its process group id is its pid and a signal sent to -pid reaches the
@@ -35,6 +37,8 @@
 #include <sys/wait.h>
 
 #define READ_CHUNK 65536
+
+extern char **environ;
 
 struct ah_procs {
   uv_loop_t *loop;
@@ -348,6 +352,66 @@ static void on_exit_cb(uv_process_t *h, int64_t status, int signum) {
   if (p->on_exit) p->on_exit(p);
 }
 
+/* ---- the environment ------------------------------------------------------- */
+
+int ah__proc_env_name(const char *name, size_t len) {
+  return len > 0 && !memchr(name, '=', len) && strlen(name) == len;
+}
+
+/* Does o set or remove the variable of the environment entry var? */
+static int env_changes(const ah_proc_opts *o, const char *var) {
+  const char *eq = strchr(var, '=');
+  size_t i, n;
+  if (!eq) return 0;
+  n = (size_t)(eq - var);
+  for (i = 0; i < o->nenv; i++)
+    if (strncmp(o->env[i].name, var, n) == 0 && o->env[i].name[n] == '\0')
+      return 1;
+  return 0;
+}
+
+/* The environment o asks for, as uv_spawn takes it.  *out stays NULL when
+ * the child inherits the host's unchanged; else it is one malloc'd block
+ * (the caller frees it) holding the NULL-terminated array and the
+ * NAME=value strings of the variables o sets.  0, UV_EINVAL for a bad
+ * name, or UV_ENOMEM. */
+static int env_build(const ah_proc_opts *o, char ***out) {
+  size_t n = 0, bytes = 0, i, k = 0;
+  char **v, *s;
+  *out = NULL;
+  if (o->nenv == 0 && !o->clear_env) return 0;
+  for (i = 0; i < o->nenv; i++) {
+    size_t len = strlen(o->env[i].name);
+    if (!ah__proc_env_name(o->env[i].name, len)) return UV_EINVAL;
+    if (!o->env[i].value) continue;
+    n++;
+    bytes += len + strlen(o->env[i].value) + 2;
+  }
+  if (!o->clear_env)
+    for (i = 0; environ[i]; i++) n++;
+  if (!(v = malloc((n + 1) * sizeof *v + bytes))) return UV_ENOMEM;
+  s = (char *)(v + n + 1);
+  for (i = 0; i < o->nenv; i++) {
+    size_t nl, vl;
+    if (!o->env[i].value) continue;
+    nl = strlen(o->env[i].name);
+    vl = strlen(o->env[i].value);
+    v[k++] = s;
+    memcpy(s, o->env[i].name, nl);
+    s[nl] = '=';
+    memcpy(s + nl + 1, o->env[i].value, vl + 1);
+    s += nl + vl + 2;
+  }
+  if (!o->clear_env)
+    for (i = 0; environ[i]; i++)
+      if (!env_changes(o, environ[i])) v[k++] = environ[i];
+  v[k] = NULL;
+  *out = v;
+  return 0;
+}
+
+/* ---- spawning ----------------------------------------------------------------- */
+
 static void wire(uv_stdio_container_t *c, int wiring, uv_pipe_t *pipe, int fd,
                  int flags) {
   if (wiring == AH_PROC_PIPE) {
@@ -376,6 +440,7 @@ int ah__proc_spawn(ah_proc *p, const ah_proc_opts *o) {
   uv_process_options_t po;
   uv_stdio_container_t stdio[3];
   struct stat st;
+  char **envp = NULL;
   int rc;
 
   if (o->cwd && stat(o->cwd, &st) != 0) {
@@ -397,6 +462,7 @@ int ah__proc_spawn(ah_proc *p, const ah_proc_opts *o) {
   if (rc == 0 && p->err.wiring == AH_PROC_PIPE &&
       (rc = open_pipe(p, &p->err.pipe)) == 0)
     p->err.open = 1;
+  if (rc == 0 && (rc = env_build(o, &envp)) != 0) p->failed = "env";
   if (rc == 0) {
     memset(&po, 0, sizeof po);
     wire(&stdio[0], o->in, &p->in, 0, UV_READABLE_PIPE);
@@ -405,7 +471,7 @@ int ah__proc_spawn(ah_proc *p, const ah_proc_opts *o) {
     po.exit_cb = on_exit_cb;
     po.file = o->file;
     po.args = o->args;
-    po.env = o->env;
+    po.env = envp;
     po.cwd = o->cwd;
     po.flags = UV_PROCESS_DETACHED;
     po.stdio_count = 3;
@@ -417,6 +483,7 @@ int ah__proc_spawn(ah_proc *p, const ah_proc_opts *o) {
     v->proc_open = 1;
     if (rc != 0) p->failed = "command";
   }
+  free(envp); /* uv_spawn is done with it once it has returned */
   if (rc != 0) {
     close_process(p);
     close_timer(p);

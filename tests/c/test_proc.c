@@ -1,6 +1,7 @@
 /*
  * Subprocesses of host/proc.c on a plain uv loop: collecting output and the
- * exit status, writing stdin, a failed spawn, the collect cap, streaming
+ * exit status, writing stdin, a failed spawn, the environment a child
+ * gets (inherited, changed, cleared, refused), the collect cap, streaming
  * with a pause mark, releasing a running process (terminated, reaped,
  * freed), and closing the context with processes still running (killed and
  * reaped at once).  No assertion depends on how long anything took.
@@ -10,6 +11,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
 
@@ -26,19 +28,33 @@ static void on_output(ah_proc *p, ah_proc_out *o) {
   outputs++;
 }
 
-static ah_proc *start(ah_procs *ps, char **args, int in, int policy, size_t max) {
-  ah_proc_opts o;
+static void opts_init(ah_proc_opts *o, char **args, int in) {
+  memset(o, 0, sizeof *o);
+  o->file = args[0];
+  o->args = args;
+  o->in = in;
+}
+
+/* Spawns o with both outputs kept by policy up to max; *rc is the spawn's
+ * result (after a failure the record is still the caller's to release). */
+static ah_proc *spawn_with(ah_procs *ps, const ah_proc_opts *o, int policy,
+                           size_t max, int *rc) {
   ah_proc *p = ah__proc_new(ps);
-  memset(&o, 0, sizeof o);
-  o.file = args[0];
-  o.args = args;
-  o.in = in;
   p->out.policy = p->err.policy = policy;
   p->out.max = p->err.max = max;
   p->on_exit = on_exit_cb;
   p->on_output = on_output;
-  if (ah__proc_spawn(p, &o) != 0) return NULL;
+  *rc = ah__proc_spawn(p, o);
   return p;
+}
+
+static ah_proc *start(ah_procs *ps, char **args, int in, int policy, size_t max) {
+  ah_proc_opts o;
+  ah_proc *p;
+  int rc;
+  opts_init(&o, args, in);
+  p = spawn_with(ps, &o, policy, max, &rc);
+  return rc == 0 ? p : NULL;
 }
 
 static int finished(const ah_proc *p) {
@@ -91,10 +107,7 @@ static void test_spawn_fails(uv_loop_t *loop, ah_procs *ps) {
   ah_proc_opts o;
   ah_proc *p = ah__proc_new(ps);
   int rc;
-  memset(&o, 0, sizeof o);
-  o.file = args[0];
-  o.args = args;
-  o.in = AH_PROC_NULL;
+  opts_init(&o, args, AH_PROC_NULL);
   exits = 0;
   rc = ah__proc_spawn(p, &o);
   CHECK(rc == UV_ENOENT, "a missing program is UV_ENOENT");
@@ -108,6 +121,60 @@ static void test_spawn_fails(uv_loop_t *loop, ah_procs *ps) {
   ah__proc_release(p);
   uv_run(loop, UV_RUN_NOWAIT);
   CHECK(exits == 0, "a failed spawn never calls back");
+}
+
+/* Runs sh printing three variables with the environment changes given;
+ * returns the process, finished unless the spawn failed with *rc. */
+static ah_proc *run_env(uv_loop_t *loop, ah_procs *ps, const ah_proc_env *env,
+                        size_t nenv, int clear_env, int *rc) {
+  char *args[] = {"/bin/sh", "-c",
+                  "printf '%s|%s|%s' \"${AH_T_SET-unset}\" \"${AH_T_GONE-unset}\" "
+                  "\"${AH_T_KEEP-unset}\"",
+                  NULL};
+  ah_proc_opts o;
+  ah_proc *p;
+  opts_init(&o, args, AH_PROC_NULL);
+  o.env = env;
+  o.nenv = nenv;
+  o.clear_env = clear_env;
+  p = spawn_with(ps, &o, AH_OUT_COLLECT, 4096, rc);
+  if (*rc == 0) run_until(loop, finished, p);
+  return p;
+}
+
+static int out_is(const ah_proc *p, const char *s) {
+  return p->out.buf.len == strlen(s) && memcmp(p->out.buf.data, s, p->out.buf.len) == 0;
+}
+
+static void test_env(uv_loop_t *loop, ah_procs *ps) {
+  static const ah_proc_env changes[] = {{"AH_T_SET", "x=1"}, {"AH_T_GONE", NULL}};
+  static const ah_proc_env bad[] = {{"AH_T_SET", "1"}, {"A=B", "1"}};
+  ah_proc *p;
+  int rc;
+  setenv("AH_T_GONE", "gone", 1);
+  setenv("AH_T_KEEP", "keep", 1);
+  p = run_env(loop, ps, NULL, 0, 0, &rc);
+  CHECK(rc == 0 && out_is(p, "unset|gone|keep"), "no changes: the host's environment");
+  ah__proc_release(p);
+  p = run_env(loop, ps, changes, 2, 0, &rc);
+  CHECK(rc == 0 && out_is(p, "x=1|unset|keep"),
+        "a variable set and one removed over the host's environment");
+  ah__proc_release(p);
+  p = run_env(loop, ps, changes, 2, 1, &rc);
+  CHECK(rc == 0 && out_is(p, "x=1|unset|unset"), "clear_env: only the variables set");
+  ah__proc_release(p);
+  exits = 0;
+  p = run_env(loop, ps, bad, 2, 0, &rc);
+  CHECK(rc == UV_EINVAL && p->failed && strcmp(p->failed, "env") == 0,
+        "a name with '=' fails the spawn, naming env");
+  ah__proc_release(p);
+  uv_run(loop, UV_RUN_NOWAIT);
+  CHECK(exits == 0, "a spawn failed on its environment never calls back");
+  CHECK(ah__proc_env_name("PATH", 4) && !ah__proc_env_name("", 0) &&
+            !ah__proc_env_name("A=B", 3) && !ah__proc_env_name("A\0B", 3),
+        "names: not empty, no '=', no NUL");
+  unsetenv("AH_T_GONE");
+  unsetenv("AH_T_KEEP");
 }
 
 static void test_cap(uv_loop_t *loop, ah_procs *ps) {
@@ -171,6 +238,7 @@ int main(void) {
   CHECK(ah__procs_open(&ps, loop) == 0, "open a process context");
   test_collect(loop, ps);
   test_spawn_fails(loop, ps);
+  test_env(loop, ps);
   test_cap(loop, ps);
   test_stream(loop, ps);
   test_release_running(loop, ps);
