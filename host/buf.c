@@ -15,10 +15,11 @@
 #define BUF_MIN 256
 
 int ah__buf_reserve(ah_buf *b, size_t n) {
-  size_t need = b->len + n, cap;
+  size_t need, cap;
   char *d;
+  if (n > (size_t)-1 - b->len) return UV_ENOMEM; /* no size can hold it */
+  need = b->len + n;
   if (need <= b->cap) return 0;
-  if (need < b->len) return UV_ENOMEM; /* the sum wrapped */
   cap = b->cap ? b->cap : BUF_MIN;
   while (cap < need) cap = cap > (size_t)-1 / 2 ? need : cap * 2;
   if (!(d = realloc(b->data, cap))) return UV_ENOMEM;
