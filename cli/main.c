@@ -16,7 +16,7 @@
  * The command is a client of the public API (agenthost.h) and the Lua C
  * API only, like any other program that embeds agenthost.
  */
-#include "agenthost.h"
+#include <agenthost.h>
 
 #include <lauxlib.h>
 #include <stdio.h>
