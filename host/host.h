@@ -1,6 +1,9 @@
 /*
  * Internal interface of the host layer: the event loop wrapper and the
- * timer heap.  Everything here knows libuv and plain C only; nothing here
+ * timer heap, file watching, the growable buffer, HTTP transfers and
+ * server-sent events, the SQLite store, posts from other threads, the JSON
+ * syntax check and subprocesses.  Everything here knows libuv and plain C
+ * only (libcurl and sqlite3 stay inside their .c files); nothing here
  * includes Lua.  Names with the ah__ prefix are shared between the files of
  * the project and are not part of the public API (see agenthost.h).
  */
