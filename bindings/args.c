@@ -143,6 +143,18 @@ double ah__opt_number(lua_State *L, int idx, const char *fn, const char *k,
   return v;
 }
 
+double ah__opt_positive(lua_State *L, int idx, const char *fn, const char *k,
+                        double def) {
+  double v = def;
+  idx = lua_absindex(L, idx);
+  if (field(L, idx, k)) {
+    v = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : 0;
+    if (!(v > 0)) ah__arg_error(L, fn, k, "a number > 0");
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
 lua_Integer ah__opt_integer(lua_State *L, int idx, const char *fn,
                             const char *k, lua_Integer def, lua_Integer lo,
                             lua_Integer hi) {

@@ -136,6 +136,9 @@ void *ah__arg_udata(lua_State *L, int arg, const char *tname, const char *fn,
 void ah__arg_options(lua_State *L, int arg, const char *fn);
 double ah__opt_number(lua_State *L, int idx, const char *fn, const char *k,
                       double def, double lo, double hi);
+/* A number > 0 (timeouts, sizes). */
+double ah__opt_positive(lua_State *L, int idx, const char *fn, const char *k,
+                        double def);
 lua_Integer ah__opt_integer(lua_State *L, int idx, const char *fn,
                             const char *k, lua_Integer def, lua_Integer lo,
                             lua_Integer hi);

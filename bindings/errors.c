@@ -127,7 +127,10 @@ static int err_raise(lua_State *L) {
 
 /* ah.error.is(value [, kind]) */
 static int err_is(lua_State *L) {
-  lua_pushboolean(L, ah__error_is(L, 1, luaL_optstring(L, 2, NULL)));
+  const char *kind = lua_isnoneornil(L, 2)
+                         ? NULL
+                         : ah__arg_string(L, 2, "ah.error.is", "kind", NULL);
+  lua_pushboolean(L, ah__error_is(L, 1, kind));
   return 1;
 }
 

@@ -135,27 +135,11 @@ static void http_cancel(ah_sched *S, ah_task *t) {
 
 static const ah_op http_op = {"http request", http_cancel, NULL, NULL};
 
-static double opt_number(lua_State *L, const char *k, double def) {
-  double v;
-  lua_getfield(L, 1, k);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return def;
-  }
-  if (!lua_isnumber(L, -1))
-    ah__error_raise(L, "invalid_argument", 0, "ah.http.request: %s must be a number", k);
-  v = lua_tonumber(L, -1);
-  lua_pop(L, 1);
-  if (!(v > 0))
-    ah__error_raise(L, "invalid_argument", 0, "ah.http.request: %s must be > 0", k);
-  return v;
-}
-
 /* Adds the headers table at idx to the request.  host/http.c refuses what
  * could smuggle a header or a request (odd names; CR, LF or NUL in a
  * value); the name is checked first here so that a bad name is reported
  * before its value's type. */
-static void add_headers(lua_State *L, int idx, lreq *lr) {
+static void add_headers(lua_State *L, int idx, lreq *lr, const char *fn) {
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     size_t vlen;
@@ -163,20 +147,19 @@ static void add_headers(lua_State *L, int idx, lreq *lr) {
     int rc;
     if (lua_type(L, -2) != LUA_TSTRING || !ah__http_token(lua_tostring(L, -2)))
       ah__error_raise(L, "invalid_argument", 0,
-                      "ah.http.request: header names must be HTTP tokens "
-                      "(letters, digits and !#$%%&'*+-.^_`|~)");
+                      "%s: header names must be HTTP tokens "
+                      "(letters, digits and !#$%%&'*+-.^_`|~)", fn);
     if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
       ah__error_raise(L, "invalid_argument", 0,
-                      "ah.http.request: the value of header '%s' must be a string",
+                      "%s: the value of header '%s' must be a string", fn,
                       lua_tostring(L, -2));
     value = lua_tolstring(L, -1, &vlen);
     rc = ah__http_req_header(&lr->r, lua_tostring(L, -2), value, vlen);
     if (rc == UV_EILSEQ)
       ah__error_raise(L, "invalid_argument", 0,
-                      "ah.http.request: the value of header '%s' contains a "
-                      "line break or NUL",
-                      lua_tostring(L, -2));
-    if (rc != 0) luaL_error(L, "out of memory");
+                      "%s: the value of header '%s' contains a line break or NUL",
+                      fn, lua_tostring(L, -2));
+    if (rc != 0) ah__nomem(L, fn);
     lua_pop(L, 1);
   }
 }
@@ -186,78 +169,65 @@ static void add_headers(lua_State *L, int idx, lreq *lr) {
 static lreq *start(lua_State *L, ah_task *me, int stream) {
   /* Every failure below raises (ah__error_raise does not return). */
   ah_sched *S = ah__sched_get(L);
+  const char *fn = stream ? "ah.http.stream" : "ah.http.request";
   const char *url, *method, *body = NULL;
   size_t url_len, body_len = 0, i;
   double timeout, connect_timeout, max_body;
   lreq *lr;
   int rc;
 
-  luaL_checktype(L, 1, LUA_TTABLE);
+  ah__arg_type(L, 1, LUA_TTABLE, fn, "the options");
   lua_settop(L, 1);
   lua_getfield(L, 1, "url"); /* 2 */
+  if (lua_type(L, 2) != LUA_TSTRING) ah__arg_error(L, fn, "url", "a string");
   url = lua_tolstring(L, 2, &url_len);
-  if (!url || lua_type(L, 2) != LUA_TSTRING)
-    ah__error_raise(L, "invalid_argument", 0,
-                           "ah.http.request: url must be a string");
   rc = ah__http_check_url(url, url_len);
   if (rc == UV_ENAMETOOLONG)
-    ah__error_raise(L, "invalid_argument", 0,
-                    "ah.http.request: the url is longer than %d bytes",
-                    AH_HTTP_MAX_URL);
+    ah__error_raise(L, "invalid_argument", 0, "%s: the url is longer than %d bytes",
+                    fn, AH_HTTP_MAX_URL);
   if (rc == UV_EINVAL)
     ah__error_raise(L, "invalid_argument", 0,
-                    "ah.http.request: the url contains a space or a control "
-                    "character; percent-encode it");
+                    "%s: the url contains a space or a control character; "
+                    "percent-encode it", fn);
   if (rc != 0)
     ah__error_raise(L, "invalid_argument", 0,
-                    "ah.http.request: only http:// and https:// URLs are "
-                    "allowed");
+                    "%s: only http:// and https:// URLs are allowed", fn);
   lua_getfield(L, 1, "body"); /* 3 */
   if (!lua_isnil(L, 3)) {
     if (lua_type(L, 3) != LUA_TSTRING)
-      ah__error_raise(L, "invalid_argument", 0,
-                             "ah.http.request: body must be a string (use json = "
-                             "for a table)");
+      ah__arg_error(L, fn, "body", "a string (use json = for a table)");
     body = lua_tolstring(L, 3, &body_len);
   }
   lua_getfield(L, 1, "method"); /* 4 */
   method = lua_isnil(L, 4) ? (body ? "POST" : "GET") : lua_tostring(L, 4);
   if (!method || lua_type(L, 4) == LUA_TNUMBER || strlen(method) >= 16 ||
       !ah__http_token(method))
-    ah__error_raise(L, "invalid_argument", 0,
-                           "ah.http.request: method must be an HTTP method name "
-                           "such as GET or POST");
-  timeout = opt_number(L, "timeout", DEFAULT_TIMEOUT);
-  connect_timeout = opt_number(L, "connect_timeout", DEFAULT_CONNECT_TIMEOUT);
-  max_body = opt_number(L, "max_body", DEFAULT_MAX_BODY);
+    ah__arg_error(L, fn, "method", "an HTTP method name such as GET or POST");
+  timeout = ah__opt_positive(L, 1, fn, "timeout", DEFAULT_TIMEOUT);
+  connect_timeout =
+      ah__opt_positive(L, 1, fn, "connect_timeout", DEFAULT_CONNECT_TIMEOUT);
+  max_body = ah__opt_positive(L, 1, fn, "max_body", DEFAULT_MAX_BODY);
 
   lr = lua_newuserdatauv(L, sizeof *lr, 1); /* 5 */
   memset(lr, 0, sizeof *lr);
   luaL_setmetatable(L, stream ? "agenthost.http_stream" : "agenthost.http_req");
   for (i = 0; method[i]; i++) lr->method[i] = (char)toupper((unsigned char)method[i]);
-  if (!(lr->url = malloc(url_len + 1))) luaL_error(L, "out of memory");
+  if (!(lr->url = malloc(url_len + 1))) ah__nomem(L, fn);
   memcpy(lr->url, url, url_len + 1);
   lua_getfield(L, 1, "headers"); /* 6 */
   if (!lua_isnil(L, 6)) {
     if (!lua_istable(L, 6))
-      ah__error_raise(L, "invalid_argument", 0,
-                             "ah.http.request: headers must be a table of "
-                             "name = value");
-    add_headers(L, 6, lr);
+      ah__arg_error(L, fn, "headers", "a table of name = value");
+    add_headers(L, 6, lr, fn);
   }
-  lua_getfield(L, 1, "follow_redirects");
-  lr->r.follow = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  lua_getfield(L, 1, "allow_private");
-  lr->r.deny_private = lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1);
-  lua_pop(L, 1);
+  lr->r.follow = ah__opt_boolean(L, 1, fn, "follow_redirects", 0);
+  lr->r.deny_private = !ah__opt_boolean(L, 1, fn, "allow_private", 1);
   /* The CA bundle's path stays on the stack until the transfer has
    * started (curl copies it then). */
   lua_getfield(L, 1, "ca_file");
   if (!lua_isnil(L, -1)) {
     if (lua_type(L, -1) != LUA_TSTRING)
-      ah__error_raise(L, "invalid_argument", 0,
-                      "ah.http.request: ca_file must be the path of a PEM file");
+      ah__arg_error(L, fn, "ca_file", "the path of a PEM file");
     lr->r.ca_file = lua_tostring(L, -1);
   }
   lr->r.url = url;
@@ -347,10 +317,10 @@ static int h_stream(lua_State *L) {
 
 /* s:read() -> the next chunk, or nil at the end; raises a transfer error. */
 static int s_read(lua_State *L) {
-  lreq *lr = luaL_checkudata(L, 1, "agenthost.http_stream");
+  lreq *lr = ah__arg_udata(L, 1, "agenthost.http_stream", "stream:read", "a stream");
   if (lr->r.body.len > 0) {
     lua_pushlstring(L, lr->r.body.data, lr->r.body.len);
-    lr->r.body.len = 0;
+    ah__buf_reset(&lr->r.body);
     ah__http_resume(&lr->r); /* the consumer caught up */
     return 1;
   }
@@ -379,7 +349,7 @@ static int s_call(lua_State *L) {
 }
 
 static int s_close(lua_State *L) {
-  lreq *lr = luaL_checkudata(L, 1, "agenthost.http_stream");
+  lreq *lr = ah__arg_udata(L, 1, "agenthost.http_stream", "stream:close", "a stream");
   if (lr->t) return 0; /* a reader is waiting: it will see the end */
   lr->ended = 1;
   lr->reported = 1;
@@ -424,9 +394,9 @@ static int push_event(void *ud, const ah_sse_event *ev) {
 
 /* parser:feed(chunk) -> array of the events it completed */
 static int sse_feed(lua_State *L) {
-  lsse *p = luaL_checkudata(L, 1, "agenthost.sse");
+  lsse *p = ah__arg_udata(L, 1, "agenthost.sse", "parser:feed", "an SSE parser");
   size_t n;
-  const char *s = luaL_checklstring(L, 2, &n);
+  const char *s = ah__arg_string(L, 2, "parser:feed", "the chunk", &n);
   int rc;
   lua_newtable(L);
   rc = ah__sse_feed(&p->p, s, n, push_event, L);
@@ -435,18 +405,21 @@ static int sse_feed(lua_State *L) {
                            "server-sent events: a line or event is larger than "
                            "%d bytes",
                            (int)p->p.max);
-  if (rc) return luaL_error(L, "server-sent events: %s", uv_strerror(rc));
+  if (rc) return ah__nomem(L, "parser:feed");
   return 1;
 }
 
 static int sse_gc(lua_State *L) {
-  ah__sse_free(&((lsse *)luaL_checkudata(L, 1, "agenthost.sse"))->p);
+  ah__sse_free(&((lsse *)lua_touserdata(L, 1))->p);
   return 0;
 }
 
 /* core.http.sse_parser([max_bytes]) */
 static int h_sse_parser(lua_State *L) {
-  lua_Integer max = luaL_optinteger(L, 1, 16 << 20);
+  lua_Integer max = lua_isnoneornil(L, 1)
+                        ? 16 << 20
+                        : ah__arg_integer(L, 1, "ah.http.sse_parser", "max_bytes",
+                                          1, LUA_MAXINTEGER);
   lsse *p = lua_newuserdatauv(L, sizeof *p, 0);
   ah__sse_init(&p->p, max > 0 ? (size_t)max : (16u << 20));
   luaL_setmetatable(L, "agenthost.sse");
@@ -454,31 +427,18 @@ static int h_sse_parser(lua_State *L) {
 }
 
 /* Reads the limit k of the table at 1: -1 when absent, else 0..100000. */
-static long opt_limit(lua_State *L, const char *k, const char *what) {
-  lua_Integer v;
-  int isnum;
-  lua_getfield(L, 1, k);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return -1;
-  }
-  v = lua_tointegerx(L, -1, &isnum);
-  lua_pop(L, 1);
-  if (!isnum || v < 0 || v > 100000)
-    ah__error_raise(L, "invalid_argument", 0,
-                    "ah.http.configure: %s must be an integer 0..100000 (%s)",
-                    k, what);
-  return (long)v;
+static long opt_limit(lua_State *L, const char *k) {
+  return (long)ah__opt_integer(L, 1, "ah.http.configure", k, -1, 0, 100000);
 }
 
 /* core.http.configure{max_connections =, max_host_connections =,
  *                     start_batch =} */
 static int h_configure(lua_State *L) {
   long mc, mh, sb;
-  luaL_checktype(L, 1, LUA_TTABLE);
-  mc = opt_limit(L, "max_connections", "0: automatic");
-  mh = opt_limit(L, "max_host_connections", "0: no limit");
-  sb = opt_limit(L, "start_batch", "0: no limit");
+  ah__arg_type(L, 1, LUA_TTABLE, "ah.http.configure", "the options");
+  mc = opt_limit(L, "max_connections");      /* 0: automatic */
+  mh = opt_limit(L, "max_host_connections"); /* 0: no limit */
+  sb = opt_limit(L, "start_batch");          /* 0: no limit */
   ah__http_limits(get_http(L), mc, mh);
   ah__http_start_batch(get_http(L), sb);
   return 0;

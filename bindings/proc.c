@@ -77,58 +77,12 @@ static const char *check_string(lua_State *L, int idx, const char *what,
 
 static double opt_seconds(lua_State *L, const char *what, const char *k,
                           double def) {
-  double v;
-  lua_getfield(L, 1, k);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return def;
-  }
-  if (!lua_isnumber(L, -1))
-    ah__error_raise(L, "invalid_argument", 0, "%s: %s must be a number of seconds",
-                    what, k);
-  v = lua_tonumber(L, -1);
-  lua_pop(L, 1);
-  if (!(v >= 0) || v > 1e9)
-    ah__error_raise(L, "invalid_argument", 0, "%s: %s must be >= 0", what, k);
-  return v;
+  return ah__opt_number(L, 1, what, k, def, 0, 1e9);
 }
 
 static size_t opt_size(lua_State *L, const char *what, const char *k, size_t def) {
-  lua_Integer v;
-  int isnum;
-  lua_getfield(L, 1, k);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return def;
-  }
-  v = lua_tointegerx(L, -1, &isnum);
-  lua_pop(L, 1);
-  if (!isnum || v < 1)
-    ah__error_raise(L, "invalid_argument", 0, "%s: %s must be an integer >= 1 (bytes)",
-                    what, k);
-  return (size_t)v;
+  return (size_t)ah__opt_integer(L, 1, what, k, (lua_Integer)def, 1, LUA_MAXINTEGER);
 }
-
-/* One of the words in `words` (NULL-terminated); returns its index. */
-static int opt_word(lua_State *L, const char *what, const char *k,
-                    const char *const words[], int def) {
-  const char *s;
-  int i;
-  lua_getfield(L, 1, k);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return def;
-  }
-  s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
-  for (i = 0; words[i]; i++)
-    if (strcmp(s, words[i]) == 0) break;
-  lua_pop(L, 1);
-  if (!words[i])
-    ah__error_raise(L, "invalid_argument", 0, "%s: %s must be \"%s\", \"%s\" or \"%s\"",
-                    what, k, words[0], words[1], words[2]);
-  return i;
-}
-
 /* Reads env and inherit_env: the env table's entries become changes to the
  * host's environment (false removes a variable; inherit_env = false starts
  * from an empty one), which host/proc.c merges at spawn.  Pushes the array
@@ -186,7 +140,7 @@ static void parse_command(lua_State *L, spec *sp) {
   size_t len, nargs, i;
   char **argv;
   int args_idx;
-  luaL_checktype(L, 1, LUA_TTABLE);
+  ah__arg_type(L, 1, LUA_TTABLE, sp->what, "the options");
   lua_getfield(L, 1, "cmd");
   if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
     ah__error_raise(L, "invalid_argument", 0,
@@ -357,23 +311,21 @@ static int p_run(lua_State *L) {
 
   memset(&sp, 0, sizeof sp);
   sp.what = "ah.proc.run";
-  luaL_checktype(L, 1, LUA_TTABLE);
+  ah__arg_type(L, 1, LUA_TTABLE, sp.what, "the options");
   lua_settop(L, 1);
   lua_getfield(L, 1, "stdin"); /* 2 */
   if (!lua_isnil(L, 2)) in = check_string(L, 2, sp.what, "stdin", &in_len);
   timeout = opt_seconds(L, sp.what, "timeout", 0);
   grace = opt_seconds(L, sp.what, "kill_grace", DEFAULT_GRACE);
   max_output = opt_size(L, sp.what, "max_output", DEFAULT_MAX_OUTPUT);
-  lua_getfield(L, 1, "truncate");
-  truncate = lua_toboolean(L, -1);
-  lua_pop(L, 1);
+  truncate = ah__opt_boolean(L, 1, sp.what, "truncate", 0);
   lr = lua_newuserdatauv(L, sizeof *lr, 0); /* 3 */
   memset(lr, 0, sizeof *lr);
   luaL_setmetatable(L, "agenthost.proc_run");
   parse_command(L, &sp);
 
   p = ah__proc_new(get_procs(L));
-  if (!p) return luaL_error(L, "ah.proc.run: out of memory");
+  if (!p) return ah__nomem(L, sp.what);
   lr->p = p;
   lr->t = me;
   lr->S = S;
@@ -396,13 +348,13 @@ static int p_run(lua_State *L) {
     if (in_len > 0 && ah__proc_write(p, in, in_len, NULL, NULL, NULL) != 0) {
       /* Only memory can fail here; the process is ended with the run. */
       finish(lr);
-      return luaL_error(L, "ah.proc.run: out of memory");
+      return ah__nomem(L, sp.what);
     }
     ah__proc_close_stdin(p);
   }
   if (timeout > 0 && ah__task_timer(S, me, timeout) != 0) {
     finish(lr);
-    return luaL_error(L, "ah.proc.run: out of memory");
+    return ah__nomem(L, sp.what);
   }
   lua_settop(L, 3); /* the run record stays on this stack while it waits */
   return ah__task_suspend(L, me, &run_op, lr);
@@ -422,8 +374,8 @@ typedef struct lproc {
   char name[NAME_MAX_SHOWN + 8];
 } lproc;
 
-static lproc *check_proc(lua_State *L) {
-  return luaL_checkudata(L, 1, "agenthost.proc");
+static lproc *check_proc(lua_State *L, const char *fn) {
+  return ah__arg_udata(L, 1, "agenthost.proc", fn, "a process");
 }
 
 static void proc_output(ah_proc *p, ah_proc_out *o) {
@@ -489,7 +441,7 @@ static int stdout_error(lua_State *L, lproc *lp, const char *what) {
 /* p:read_line() -> the next line without its "\n", or nil at the end.  A
  * last line without a newline is returned too. */
 static int pr_read_line(lua_State *L) {
-  lproc *lp = check_proc(L);
+  lproc *lp = check_proc(L, "process:read_line");
   ah_proc_out *o;
   const char *nl;
   if (!lp->p) return not_running(L, "process:read_line");
@@ -530,14 +482,13 @@ static int read_line_after(lua_State *L, ah_task *t, int nargs) {
 /* p:read([n]) -> up to n bytes (64 KiB by default) as soon as any are
  * there, or nil at the end. */
 static int pr_read(lua_State *L) {
-  lproc *lp = check_proc(L);
-  lua_Integer n = luaL_optinteger(L, 2, 65536);
+  lproc *lp = check_proc(L, "process:read");
+  lua_Integer n = lua_isnoneornil(L, 2)
+                      ? 65536
+                      : ah__arg_integer(L, 2, "process:read", "n", 1, LUA_MAXINTEGER);
   ah_proc_out *o;
   size_t take;
   if (!lp->p) return not_running(L, "process:read");
-  if (n < 1)
-    return ah__error_raise(L, "invalid_argument", 0,
-                           "process:read: n must be an integer >= 1");
   o = &lp->p->out;
   if (o->wiring != AH_PROC_PIPE) return stdout_error(L, lp, "process:read");
   if (o->buf.len > 0) {
@@ -584,10 +535,10 @@ static const ah_op write_op = {"process write", write_cancel, NULL, NULL};
 
 /* p:write(s): waits until s has been handed to the process's stdin. */
 static int pr_write(lua_State *L) {
-  lproc *lp = check_proc(L);
+  lproc *lp = check_proc(L, "process:write");
   ah_task *me = ah__task_require(L, "process:write");
   size_t len;
-  const char *s = luaL_checklstring(L, 2, &len);
+  const char *s = ah__arg_string(L, 2, "process:write", "the data", &len);
   ah_proc_write *w;
   int rc;
   if (!lp->p) return not_running(L, "process:write");
@@ -604,7 +555,7 @@ static int pr_write(lua_State *L) {
 }
 
 static int pr_close_stdin(lua_State *L) {
-  lproc *lp = check_proc(L);
+  lproc *lp = check_proc(L, "process:close_stdin");
   if (lp->p) ah__proc_close_stdin(lp->p);
   return 0;
 }
@@ -620,7 +571,7 @@ static void push_wait_result(lua_State *L, lproc *lp) {
 
 /* p:wait() -> {code, signal, stderr} once the process has exited. */
 static int pr_wait(lua_State *L) {
-  lproc *lp = check_proc(L);
+  lproc *lp = check_proc(L, "process:wait");
   if (!lp->p) return not_running(L, "process:wait");
   if (lp->p->exited) {
     push_wait_result(L, lp);
@@ -648,20 +599,19 @@ static const struct {
  * sig is a name ("TERM", "SIGKILL", ...) or a number; TERM by default.
  * The signal goes to the process's whole group. */
 static int pr_kill(lua_State *L) {
-  lproc *lp = check_proc(L);
+  lproc *lp = check_proc(L, "process:kill");
   int sig = SIGTERM, i, rc;
   if (lua_type(L, 2) == LUA_TNUMBER) {
-    sig = (int)luaL_checkinteger(L, 2);
+    sig = (int)ah__arg_integer(L, 2, "process:kill", "the signal", 1, 64);
   } else if (!lua_isnoneornil(L, 2)) {
-    const char *s = luaL_checkstring(L, 2);
+    const char *s = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
     if (strncmp(s, "SIG", 3) == 0) s += 3;
     for (i = 0; signals[i].name; i++)
       if (strcmp(s, signals[i].name) == 0) break;
     if (!signals[i].name)
-      return ah__error_raise(L, "invalid_argument", 0,
-                             "process:kill: unknown signal '%s' (use TERM, "
-                             "KILL, INT, HUP, QUIT, USR1, USR2, STOP, CONT or a "
-                             "number)", lua_tostring(L, 2));
+      return ah__arg_error(L, "process:kill", "the signal",
+                           "a name (TERM, KILL, INT, HUP, QUIT, USR1, USR2, "
+                           "STOP, CONT, PIPE, ALRM) or a number");
     sig = signals[i].num;
   }
   if (!lp->p) return not_running(L, "process:kill");
@@ -676,7 +626,7 @@ static int pr_kill(lua_State *L) {
 /* p:close(): closes stdin and ends the process (SIGTERM to its group, then
  * SIGKILL after kill_grace).  Does not wait: p:wait() does. */
 static int pr_close(lua_State *L) {
-  lproc *lp = check_proc(L);
+  lproc *lp = check_proc(L, "process:close");
   if (!lp->p) return 0;
   ah__proc_close_stdin(lp->p);
   ah__proc_terminate(lp->p);
@@ -692,7 +642,7 @@ static int pr_gc(lua_State *L) {
 
 /* p:status() -> "running" or "exited" */
 static int pr_status(lua_State *L) {
-  lproc *lp = check_proc(L);
+  lproc *lp = check_proc(L, "process:status");
   lua_pushstring(L, lp->p && !lp->p->exited ? "running" : "exited");
   return 1;
 }
@@ -700,7 +650,7 @@ static int pr_status(lua_State *L) {
 /* p:stderr() -> what the process wrote on stderr (the last max_stderr
  * bytes) so far */
 static int pr_stderr(lua_State *L) {
-  lproc *lp = check_proc(L);
+  lproc *lp = check_proc(L, "process:stderr");
   ah_proc_out *e;
   if (!lp->p) return not_running(L, "process:stderr");
   e = &lp->p->err;
@@ -710,7 +660,7 @@ static int pr_stderr(lua_State *L) {
 
 /* p.pid, else the methods (the upvalue). */
 static int pr_index(lua_State *L) {
-  lproc *lp = check_proc(L);
+  lproc *lp = check_proc(L, "process:__index");
   const char *k = lua_tostring(L, 2);
   if (k && strcmp(k, "pid") == 0) {
     lua_pushinteger(L, lp->pid);
@@ -722,7 +672,7 @@ static int pr_index(lua_State *L) {
 }
 
 static int pr_tostring(lua_State *L) {
-  lproc *lp = check_proc(L);
+  lproc *lp = check_proc(L, "process:__tostring");
   lua_pushfstring(L, "process %d (%s)", lp->pid, lp->name);
   return 1;
 }
@@ -738,11 +688,11 @@ static int p_spawn(lua_State *L) {
 
   memset(&sp, 0, sizeof sp);
   sp.what = "ah.proc.spawn";
-  luaL_checktype(L, 1, LUA_TTABLE);
+  ah__arg_type(L, 1, LUA_TTABLE, sp.what, "the options");
   lua_settop(L, 1);
-  in = opt_word(L, sp.what, "stdin", stdio_words, AH_PROC_PIPE);
-  out = opt_word(L, sp.what, "stdout", stdio_words, AH_PROC_PIPE);
-  err = opt_word(L, sp.what, "stderr", stdio_words, AH_PROC_PIPE);
+  in = ah__opt_word(L, 1, sp.what, "stdin", stdio_words, AH_PROC_PIPE);
+  out = ah__opt_word(L, 1, sp.what, "stdout", stdio_words, AH_PROC_PIPE);
+  err = ah__opt_word(L, 1, sp.what, "stderr", stdio_words, AH_PROC_PIPE);
   grace = opt_seconds(L, sp.what, "kill_grace", DEFAULT_GRACE);
   max_line = opt_size(L, sp.what, "max_line", DEFAULT_MAX_OUTPUT);
   max_stderr = opt_size(L, sp.what, "max_stderr", DEFAULT_MAX_STDERR);
@@ -752,7 +702,7 @@ static int p_spawn(lua_State *L) {
   parse_command(L, &sp);
 
   p = ah__proc_new(get_procs(L));
-  if (!p) return luaL_error(L, "ah.proc.spawn: out of memory");
+  if (!p) return ah__nomem(L, sp.what);
   lp->p = p;
   lp->S = ah__sched_get(L);
   lp->max_line = max_line;

@@ -213,7 +213,7 @@ describe("ah.http.request", function()
         local ok, err = pcall(run, function() http.configure { start_batch = bad } end)
         assert.is_false(ok)
         assert.is_true(ah.error.is(err, "invalid_argument"), tostring(err))
-        assert.matches("start_batch must be an integer 0..100000", tostring(err), 1, true)
+        assert.matches("start_batch must be an integer from 0 to 100000", tostring(err), 1, true)
       end
     end)
   end)
@@ -402,7 +402,7 @@ describe("ah.http.request", function()
 
   it("rejects bad options with messages that say what to pass", function()
     assert.matches("url must be a string", fails("invalid_argument", function() http.request {} end).message)
-    assert.matches("timeout must be > 0",
+    assert.matches("timeout must be a number > 0",
       fails("invalid_argument", function() http.get(srv.url("/fixed"), { timeout = -1 }) end).message)
     assert.matches("method must be",
       fails("invalid_argument", function() http.request { url = srv.url("/fixed"), method = "GE T" } end).message)

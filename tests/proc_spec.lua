@@ -322,7 +322,7 @@ describe("ah.proc.spawn", function()
       assert.is_false(p:kill())
       local ok, err = pcall(p.kill, p, "NOPE")
       assert.is_false(ok)
-      assert.matches("unknown signal", err.message)
+      assert.matches("the signal must be a name", err.message)
       local q = proc.spawn { "sh", "-c", "trap '' TERM; echo ready; while :; do sleep 1; done", kill_grace = 0.1 }
       assert.equal("ready", q:read_line())
       q:close()
