@@ -260,7 +260,10 @@ describe("mcp over Streamable HTTP", function()
 
   setup(function()
     run(function()
-      srv = ah.proc.spawn { cmd = helpers.bin, args = { FIXTURE, "--http" } }
+      -- The fixture waits in a blocking accept(), where the SIGTERM of
+      -- close() never reaches its loop: it is ended by the SIGKILL that
+      -- follows, after a short grace rather than the default 2 s.
+      srv = ah.proc.spawn { cmd = helpers.bin, args = { FIXTURE, "--http" }, kill_grace = 0.1 }
       local line = srv:read_line()
       url = "http://127.0.0.1:" .. assert(line and line:match("^port=(%d+)$"), "no port from the fixture") .. "/mcp"
     end)
