@@ -211,8 +211,14 @@ describe("mcp over stdio", function()
 
   it("reports a server that dies mid-call, with its exit code and stderr", function()
     run(function()
-      local c <close> = stdio()
+      -- The server has the hanging call before it is told to die (else the
+      -- hanging call could be written to a server already gone).
+      local hanging = task.event()
+      local c <close> = stdio(nil, { on_notification = function(_, params)
+        if params and params.data == "hanging" then hanging:set() end
+      end })
       local waiting = task.spawn(function() return c:call_tool("hang") end)
+      hanging:wait()
       local ok, err = pcall(c.call_tool, c, "die")
       assert.is_false(ok)
       assert.is_true(ah.error.is(err, "io"))
