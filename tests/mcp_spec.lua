@@ -183,8 +183,10 @@ describe("mcp over stdio", function()
   end)
 
   it("gives a clear error when the server only speaks garbage", function()
-    local err = fails("timeout", function() stdio("--garbage", { timeout = 0.3 }) end)
-    assert.matches("'initialize' got no answer within 0.3 s; 1 line from the server was not JSON%-RPC " ..
+    -- Long enough for the server's first line to come before it, even
+    -- under ASan on a busy machine.
+    local err = fails("timeout", function() stdio("--garbage", { timeout = 1 }) end)
+    assert.matches("'initialize' got no answer within 1 s; 1 line from the server was not JSON%-RPC " ..
       "%(last: 'garbage in reply to", err.message)
     run(reaped)
   end)
