@@ -7,6 +7,7 @@
 --
 --   local vc = vclock.new()              -- sleeps move the clock themselves
 --   local vc = vclock.new{ manual = true } -- sleeps wait for vc:advance
+--                                          (a sleep of 0 only yields)
 --   llm.provider{ ..., clock = vc.clock, sleep = vc.sleep }
 --   vc.clock()       the virtual time in seconds
 --   vc.sleep(s)      records s in vc.slept and waits s of virtual time
