@@ -5,11 +5,19 @@
 -- faults with /status/CODE, /reset and /delay, and against the mock LLM
 -- server (tests/support/mockllm.c): both dialects, streamed and not, every
 -- fault it injects, and the limits as the server sees them.
+--
+-- Retry delays and rate-limit waits run on a virtual clock
+-- (tests/support/vclock.lua): the specs check the delays the provider
+-- computes instead of spending them.  A few cases keep the loop clock, to
+-- show that a provider given no clock really waits and that a cancel
+-- stops the wait.
 
 local ah = require "agenthost"
 local cjson = require "cjson"
 local httpd = require "support.httpd"
 local fx = require "support.llm_fixtures"
+local vclock = require "support.vclock"
+local spec = require "support.spec"
 local llm = ah.llm
 local task = ah.task
 
@@ -32,6 +40,13 @@ local function at(path, kind, opts)
   local o = { kind = kind or "openai", model = "m", api_key = "k", endpoint = srv.url(path) }
   for k, v in pairs(opts or {}) do o[k] = v end
   return llm.provider(o)
+end
+
+-- Whether d is the backoff before retry number `attempt` (retry.backoff:
+-- 0.5 s doubling, less up to a quarter of jitter).
+local function is_backoff(d, attempt)
+  local full = llm.retry.INITIAL_DELAY * 2 ^ (attempt - 1)
+  return type(d) == "number" and d >= 0.75 * full and d <= full
 end
 
 local function fails(kind, fn)
@@ -167,6 +182,7 @@ describe("agenthost.llm requests", function()
     for _, bad in ipairs {
       { kind = "gemini" }, { kind = "openai", max_retries = -1 }, { kind = "openai", max_concurrency = 0 },
       { kind = "openai", timeout = 0 }, { kind = "openai", base_url = 5 }, { kind = "openai", headers = "x" },
+      { kind = "openai", sleep = 1 }, { kind = "openai", clock = {} },
     } do
       local ok, e = pcall(llm.provider, bad)
       assert.is_false(ok)
@@ -348,15 +364,19 @@ describe("agenthost.llm over HTTP", function()
     it("retries a " .. kind .. " error event that comes before any content", function()
       local before = server_requests()
       local retries = {}
+      local vc = vclock.new()
       local err = fails(kind == "anthropic" and "overloaded" or "http", function()
         canned(kind, fx[kind].stream_error_first, {
           max_retries = 1, on_retry = function(e, n, d) retries[#retries + 1] = { e, n, d } end,
+          clock = vc.clock, sleep = vc.sleep,
         }):chat { messages = user, stream = true }
       end)
       assert.is_nil(err.partial)
       assert.equal(2, err.attempts)
       assert.equal(1, #retries)
       assert.equal(1, retries[1][2])
+      assert.is_true(is_backoff(retries[1][3], 1), "delay " .. tostring(retries[1][3]))
+      assert.same({ retries[1][3] }, vc.slept)
       assert.equal(2, server_requests() - before - 1)
     end)
   end
@@ -371,21 +391,23 @@ describe("agenthost.llm over HTTP", function()
     assert.is_nil(err.partial)
   end)
 
-  it("honours retry-after (timed with the loop clock) and counts attempts", function()
+  it("honours retry-after (timed with the provider's clock) and counts attempts", function()
     local before = server_requests()
+    local vc = vclock.new()
     local elapsed, err, delays = run(function()
       local delays = {}
       local p = at("/status/429", "anthropic", { max_retries = 2,
-        on_retry = function(_, _, d) delays[#delays + 1] = d end })
-      local t0 = ah.clock()
+        on_retry = function(_, _, d) delays[#delays + 1] = d end, clock = vc.clock, sleep = vc.sleep })
+      local t0 = vc.clock()
       local ok, e = pcall(p.chat, p, { messages = user })
       assert(not ok)
-      return ah.clock() - t0, e, delays
+      return vc.clock() - t0, e, delays
     end)
     assert.is_true(ah.error.is(err, "rate_limited"), tostring(err))
     assert.equal(429, err.status)
     assert.equal(3, err.attempts)
     assert.same({ 1, 1 }, delays)
+    assert.same({ 1, 1 }, vc.slept)
     assert.is_true(elapsed >= 2, "two retries after retry-after: 1 took only " .. elapsed .. " s")
     assert.equal(3, server_requests() - before - 1)
   end)
@@ -393,13 +415,22 @@ describe("agenthost.llm over HTTP", function()
   it("retries 5xx with backoff and gives up after max_retries", function()
     for _, case in ipairs { { 500, "http" }, { 503, "http" }, { 529, "overloaded" }, { 408, "http" }, { 409, "http" } } do
       local before = server_requests()
+      local vc = vclock.new()
       local err = fails(case[2], function()
-        at("/status/" .. case[1], "openai", { max_retries = 1 }):chat { messages = user, stream = true }
+        at("/status/" .. case[1], "openai", { max_retries = 1, clock = vc.clock, sleep = vc.sleep })
+          :chat { messages = user, stream = true }
       end)
       assert.equal(case[1], err.status)
       assert.is_true(err.retryable)
       assert.equal(2, err.attempts)
       assert.equal(2, server_requests() - before - 1)
+      assert.equal(1, #vc.slept)
+      if case[1] == 503 then
+        -- The test server sends retry-after: 1 with a 503.
+        assert.equal(1, vc.slept[1])
+      else
+        assert.is_true(is_backoff(vc.slept[1], 1), case[1] .. " waited " .. tostring(vc.slept[1]))
+      end
     end
   end)
 
@@ -416,13 +447,22 @@ describe("agenthost.llm over HTTP", function()
   end)
 
   it("retries a reset connection and a timeout, then raises them", function()
-    local err = fails("connect", function() at("/reset", "openai", { max_retries = 1 }):chat { messages = user } end)
+    local vc = vclock.new()
+    local err = fails("connect", function()
+      at("/reset", "openai", { max_retries = 1, clock = vc.clock, sleep = vc.sleep }):chat { messages = user }
+    end)
     assert.equal(2, err.attempts)
+    assert.equal(1, #vc.slept)
+    assert.is_true(is_backoff(vc.slept[1], 1))
     local before = server_requests()
+    local tc = vclock.new()
     local terr = fails("timeout", function()
-      at("/delay?ms=3000", "anthropic", { max_retries = 1, timeout = 0.2 }):chat { messages = user, stream = true }
+      at("/delay?ms=3000", "anthropic", { max_retries = 1, timeout = 0.2, clock = tc.clock, sleep = tc.sleep })
+        :chat { messages = user, stream = true }
     end)
     assert.equal(2, terr.attempts)
+    assert.equal(1, #tc.slept)
+    assert.is_true(is_backoff(tc.slept[1], 1))
     assert.equal(2, server_requests() - before - 1)
     fails("connect", function()
       llm.provider { kind = "openai", model = "m", base_url = "http://127.0.0.1:1", max_retries = 0 }:chat { messages = user }
@@ -443,14 +483,22 @@ describe("agenthost.llm over HTTP", function()
 
   it("stops at once when its task is cancelled, retry waits included", function()
     run(function()
-      local p = at("/status/429", "openai", { max_retries = 5 })
+      -- The provider waits with task.sleep (no sleep given): the cancel
+      -- comes while it waits out the first retry-after (1 s).
+      local retrying = task.event()
+      local p = at("/status/429", "openai", { max_retries = 5, on_retry = function() retrying:set() end })
       local h = task.spawn(function() return p:chat { messages = user } end)
-      task.sleep(0.2)
+      retrying:wait()
+      assert.equal("waiting", h:status())
       h:cancel()
       local ok, err = h:result()
       assert.is_false(ok)
       assert.is_true(ah.error.is(err, "cancelled"))
       assert.equal(0, p:stats().in_flight)
+      -- A wait the cancel did not stop would have ended in a second
+      -- request, counted before it is sent.
+      assert.equal(1, p:stats().requests)
+      assert.equal(1, p:stats().retries)
     end)
   end)
 end)
@@ -517,7 +565,8 @@ describe("agenthost.llm.limits", function()
 
   it("gives back what a cancelled waiter held, permits and the bucket's queue", function()
     run(function()
-      local l = limits.new { max_concurrency = 1, requests_per_minute = 60 }
+      local vc = vclock.new { manual = true }
+      local l = limits.new { max_concurrency = 1, requests_per_minute = 60, clock = vc.clock, sleep = vc.sleep }
       local first = l:acquire(1)
       local waiting = task.spawn(function() local p <close> = l:acquire(1) end)
       task.yield()
@@ -528,45 +577,79 @@ describe("agenthost.llm.limits", function()
       assert.equal(1, l.sem:available())
       -- A waiter for the empty bucket (60 a minute: one a second) is
       -- cancelled while it sleeps; the next one still gets its turn.
-      l.rpm.level, l.rpm.stamp = 0, ah.clock()
+      l.rpm.level, l.rpm.stamp = 0, vc.clock()
       local emptied = l.rpm.stamp
       local sleeper = task.spawn(function() local p <close> = l:acquire(1) end)
-      task.sleep(0.01)
+      spec.settle(function() return vc:sleeping() == 1 end)
+      assert.same({ 1 }, vc.slept)
       sleeper:cancel()
       assert.is_false((sleeper:result()))
+      assert.equal(0, vc:sleeping())
       assert.equal(1, l.sem:available())
       assert.equal(1, l.rpm.lock:available())
-      local p <close> = l:acquire(1)
-      assert.is_true(ah.clock() - emptied >= 1 - 1e-3)
+      -- The next waiter sleeps out what is left of the second, and no more.
+      local next_one = task.spawn(function() local p <close> = l:acquire(1) return vc.clock() end)
+      spec.settle(function() return vc:sleeping() == 1 end)
+      vc:advance(0.5)
+      task.yield()
+      assert.is_false(next_one:done())
+      vc:advance(0.5)
+      local got = next_one:join()
+      assert.is_true(got - emptied >= 1 - 1e-3)
+      assert.equal(1, l.sem:available())
     end)
   end)
 
-  it("spaces requests to requests_per_minute once the bucket is empty", function()
-    run(function()
-      local l = limits.new { requests_per_minute = 600 } -- 10 a second, 600 at once
-      local t0 = ah.clock()
-      for _ = 1, 600 do local p <close> = l:acquire(1) end
-      local times = {}
-      for i = 1, 5 do
-        local p <close> = l:acquire(1)
-        times[i] = ah.clock() - t0
-      end
-      for i = 1, 5 do
-        assert.is_true(times[i] >= i / 10 - 1e-3, "request " .. (600 + i) .. " came at " .. times[i] .. " s")
-      end
+  -- The bucket's waits, on a virtual clock (exactly what it asks for) and
+  -- on the loop clock (that task.sleep really waits it), 10 times faster
+  -- there.
+  for _, how in ipairs { "virtual", "loop" } do
+    it("spaces requests to requests_per_minute once the bucket is empty (" .. how .. " clock)", function()
+      run(function()
+        local vc = how == "virtual" and vclock.new() or nil
+        local clock = vc and vc.clock or ah.clock
+        local rpm = vc and 600 or 6000 -- 10 (100) a second, 600 (6000) at once
+        local l = limits.new { requests_per_minute = rpm, clock = vc and vc.clock, sleep = vc and vc.sleep }
+        local t0 = clock()
+        if vc then
+          for _ = 1, rpm do local p <close> = l:acquire(1) end
+        else
+          -- At once: the loop clock moves on while 6000 requests pass.
+          l.rpm:take(rpm)
+        end
+        local times = {}
+        for i = 1, 5 do
+          local p <close> = l:acquire(1)
+          times[i] = clock() - t0
+        end
+        local step = 60 / rpm
+        for i = 1, 5 do
+          assert.is_true(times[i] >= i * step - 1e-3, "request " .. (rpm + i) .. " came at " .. times[i] .. " s")
+        end
+        if vc then
+          -- On a virtual clock nothing else takes time: each request waits
+          -- a tenth of a second (a sleep is never shorter than a
+          -- millisecond, which rounding may add).
+          for i = 1, 5 do
+            assert.is_true(times[i] <= i * step + 0.0011 * i, "request " .. (rpm + i) .. " came at " .. times[i] .. " s")
+          end
+        end
+      end)
     end)
-  end)
+  end
 
   it("charges tokens_per_minute what the server reported", function()
     run(function()
-      local l = limits.new { tokens_per_minute = 6000 } -- 100 a second
+      local vc = vclock.new()
+      local l = limits.new { tokens_per_minute = 6000, clock = vc.clock, sleep = vc.sleep } -- 100 a second
       local p = l:acquire(100)
       l:settle(p, { input_tokens = 3000, output_tokens = 3000 })
-      local t0 = ah.clock()
+      local t0 = vc.clock()
       local q <close> = l:acquire(100)
-      local waited = ah.clock() - t0
+      local waited = vc.clock() - t0
       -- the bucket held 6000 - 6000; the next 100 tokens take a second to come
       assert.is_true(waited >= 1 - 1e-3, "waited only " .. waited .. " s")
+      assert.is_true(waited <= 1 + 0.0011, "waited " .. waited .. " s")
     end)
   end)
 end)
@@ -702,18 +785,21 @@ describe("agenthost.llm against the mock LLM server", function()
         end
       end)
 
-      it("retries a 429 after its retry-after, timed with the loop clock (" .. how .. ")", function()
+      it("retries a 429 after its retry-after, timed with the provider's clock (" .. how .. ")", function()
         local retries = {}
+        local vc = vclock.new()
         local p = faulty(kind, "429;times=1;retry_after=1", {
-          on_retry = function(e, n, d) retries[#retries + 1] = { e = e, n = n, d = d } end })
-        local t0 = run(ah.clock)
+          on_retry = function(e, n, d) retries[#retries + 1] = { e = e, n = n, d = d } end,
+          clock = vc.clock, sleep = vc.sleep })
+        local t0 = vc.clock()
         local r = chat(p, { messages = { { role = "user", content = "hello" } } }, stream)
-        local elapsed = run(ah.clock) - t0
+        local elapsed = vc.clock() - t0
         assert.equal(REPLY, r.text)
         assert.equal(2, r.attempts)
         assert.equal(1, #retries)
         assert.is_true(ah.error.is(retries[1].e, "rate_limited"))
         assert.equal(1, retries[1].d)
+        assert.same({ 1 }, vc.slept)
         assert.is_true(elapsed >= 1, "the retry came " .. elapsed .. " s after the first attempt")
         local s = m:stats()
         assert.equal(1, s.faults["429"])
@@ -721,24 +807,32 @@ describe("agenthost.llm against the mock LLM server", function()
       end)
 
       it("retries a 500 and a 529 with backoff, and gives up after max_retries (" .. how .. ")", function()
-        local r = chat(faulty(kind, "500;times=1"), { messages = { { role = "user", content = "hello" } } }, stream)
+        local vc = vclock.new()
+        local waits = { clock = vc.clock, sleep = vc.sleep }
+        local r = chat(faulty(kind, "500;times=1", waits), { messages = { { role = "user", content = "hello" } } }, stream)
         assert.equal(REPLY, r.text)
         assert.equal(2, r.attempts)
-        local r2 = chat(faulty(kind, "529;times=2;retry_after_ms=10"),
+        assert.equal(1, #vc.slept)
+        assert.is_true(is_backoff(vc.slept[1], 1), "waited " .. tostring(vc.slept[1]))
+        local r2 = chat(faulty(kind, "529;times=2;retry_after_ms=10", waits),
           { messages = { { role = "user", content = "hello" } } }, stream)
         assert.equal(3, r2.attempts)
+        assert.same({ 0.01, 0.01 }, { vc.slept[2], vc.slept[3] })
         m:reset()
-        local err = chat_fails("overloaded", faulty(kind, "529", { max_retries = 1 }),
+        local err = chat_fails("overloaded", faulty(kind, "529", { max_retries = 1, clock = vc.clock, sleep = vc.sleep }),
           { messages = { { role = "user", content = "hello" } } }, stream)
         assert.equal(529, err.status)
         assert.equal(2, err.attempts)
         assert.equal(2, m:stats().requests.total)
+        assert.equal(4, #vc.slept)
+        assert.is_true(is_backoff(vc.slept[4], 1), "waited " .. tostring(vc.slept[4]))
         m:reset()
-        local e3 = chat_fails("http", faulty(kind, "500;should_retry=false"),
+        local e3 = chat_fails("http", faulty(kind, "500;should_retry=false", waits),
           { messages = { { role = "user", content = "hello" } } }, stream)
         assert.is_false(e3.retryable)
         assert.equal(1, e3.attempts)
         assert.equal(1, m:stats().requests.total)
+        assert.equal(4, #vc.slept)
       end)
 
       it("retries a reset connection and a slow first byte (" .. how .. ")", function()
@@ -746,20 +840,24 @@ describe("agenthost.llm against the mock LLM server", function()
         -- reset before any response: a server of its own, whose first
         -- connection is new, makes the retry the provider's.
         local fresh <close> = mock.start { rules = rules }
+        local vc = vclock.new()
         local p = llm.provider { kind = kind, model = "mock-1", max_retries = 1,
           base_url = kind == "openai" and (fresh.base .. "/v1") or fresh.base,
-          headers = { ["x-mock-fault"] = "reset;times=1" } }
+          headers = { ["x-mock-fault"] = "reset;times=1" }, clock = vc.clock, sleep = vc.sleep }
         local r = chat(p, { messages = { { role = "user", content = "hello" } } }, stream)
         assert.equal(REPLY, r.text)
         assert.equal(2, r.attempts)
         assert.equal(1, fresh:stats().faults.reset)
+        assert.equal(1, #vc.slept)
         local retried
         local slow = faulty(kind, "slow;ms=3000;times=1", { timeout = 0.3,
-          on_retry = function(e) retried = e end })
+          on_retry = function(e) retried = e end, clock = vc.clock, sleep = vc.sleep })
         local r2 = chat(slow, { messages = { { role = "user", content = "hello" } } }, stream)
         assert.equal(REPLY, r2.text)
         assert.equal(2, r2.attempts)
         assert.is_true(ah.error.is(retried, "timeout"))
+        assert.equal(2, #vc.slept)
+        assert.is_true(is_backoff(vc.slept[2], 1), "waited " .. tostring(vc.slept[2]))
       end)
 
       it("keeps arguments that are not JSON as raw text with an error (" .. how .. ")", function()
@@ -799,9 +897,13 @@ describe("agenthost.llm against the mock LLM server", function()
     end)
 
     it("retries an error event that comes before any delta (" .. kind .. ")", function()
-      local r = chat(faulty(kind, "midstream;after=0;times=1"), { messages = { { role = "user", content = "hello" } } }, true)
+      local vc = vclock.new()
+      local r = chat(faulty(kind, "midstream;after=0;times=1", { clock = vc.clock, sleep = vc.sleep }),
+        { messages = { { role = "user", content = "hello" } } }, true)
       assert.equal(REPLY, r.text)
       assert.equal(2, r.attempts)
+      assert.equal(1, #vc.slept)
+      assert.is_true(is_backoff(vc.slept[1], 1), "waited " .. tostring(vc.slept[1]))
     end)
 
     it("raises a reset mid-stream as a partial connect error (" .. kind .. ")", function()
@@ -856,18 +958,24 @@ describe("agenthost.llm against the mock LLM server", function()
       assert.equal(0, p:stats().in_flight)
     end)
 
+    -- The per-minute limits keep time with a virtual clock: the waits are
+    -- what the buckets compute, and take no time.
     it("keeps requests_per_minute (" .. kind .. ")", function()
       -- A bucket of 120 refilled at 2 a second: 124 requests take at least 2 s.
-      local p = provider(kind, { requests_per_minute = 120 })
+      local vc = vclock.new()
+      local p = provider(kind, { requests_per_minute = 120, clock = vc.clock, sleep = vc.sleep })
       local elapsed = run(function()
-        local t0 = ah.clock()
+        local t0 = vc.clock()
         local items = {}
         for i = 1, 124 do items[i] = i end
         task.map(items, function() return p:chat { messages = { { role = "user", content = "hello" } } } end, { limit = 16 })
-        return ah.clock() - t0
+        return vc.clock() - t0
       end)
       assert.equal(124, m:stats().requests.total)
       assert.is_true(elapsed >= 2 - 1e-3, "124 requests at 120 a minute took only " .. elapsed .. " s")
+      -- Four requests waited for the bucket, half a second each (a sleep
+      -- is never shorter than a millisecond, which rounding may add).
+      assert.is_true(#vc.slept >= 4 and elapsed <= 2 + 0.001 * #vc.slept, #vc.slept .. " waits, " .. elapsed .. " s")
     end)
 
     it("keeps tokens_per_minute, counting the usage the server reports (" .. kind .. ")", function()
@@ -876,14 +984,15 @@ describe("agenthost.llm against the mock LLM server", function()
       local u = one.usage.input_tokens + one.usage.output_tokens
       -- A bucket of 60 requests' tokens refills one request's worth a second.
       local limit = 60 * u
-      local p = provider(kind, { tokens_per_minute = limit })
+      local vc = vclock.new()
+      local p = provider(kind, { tokens_per_minute = limit, clock = vc.clock, sleep = vc.sleep })
       local elapsed, used = run(function()
-        local t0, used = ah.clock(), 0
+        local t0, used = vc.clock(), 0
         for _ = 1, 63 do
           local r = p:chat { messages = msgs }
           used = used + r.usage.input_tokens + r.usage.output_tokens
         end
-        return ah.clock() - t0, used
+        return vc.clock() - t0, used
       end)
       -- At most limit + rate * elapsed can pass, give or take the last
       -- request's output, charged only once it is known.
@@ -909,4 +1018,20 @@ describe("agenthost.llm against the mock LLM server", function()
       end)
     end)
   end
+
+  -- The specs above skip the waits; this one has the provider wait with
+  -- task.sleep, as it does unless told otherwise.
+  it("waits out a retry's delay on the loop clock when given no sleep", function()
+    local delays = {}
+    local p = faulty("openai", "429;times=1;retry_after_ms=100",
+      { on_retry = function(_, _, d) delays[#delays + 1] = d end })
+    local t0 = run(ah.clock)
+    local r = chat(p, { messages = { { role = "user", content = "hello" } } })
+    local elapsed = run(ah.clock) - t0
+    assert.equal(REPLY, r.text)
+    assert.equal(2, r.attempts)
+    assert.same({ 0.1 }, delays)
+    -- Timers count whole milliseconds of the loop's clock.
+    assert.is_true(elapsed >= 0.1 - 1e-3, "the retry came " .. elapsed .. " s after the first attempt")
+  end)
 end)

@@ -183,8 +183,10 @@ describe("mcp over stdio", function()
   end)
 
   it("gives a clear error when the server only speaks garbage", function()
-    local err = fails("timeout", function() stdio("--garbage", { timeout = 0.3 }) end)
-    assert.matches("'initialize' got no answer within 0.3 s; 1 line from the server was not JSON%-RPC " ..
+    -- Long enough for the server's first line to come before it, even
+    -- under ASan on a busy machine.
+    local err = fails("timeout", function() stdio("--garbage", { timeout = 1 }) end)
+    assert.matches("'initialize' got no answer within 1 s; 1 line from the server was not JSON%-RPC " ..
       "%(last: 'garbage in reply to", err.message)
     run(reaped)
   end)
@@ -211,8 +213,14 @@ describe("mcp over stdio", function()
 
   it("reports a server that dies mid-call, with its exit code and stderr", function()
     run(function()
-      local c <close> = stdio()
+      -- The server has the hanging call before it is told to die (else the
+      -- hanging call could be written to a server already gone).
+      local hanging = task.event()
+      local c <close> = stdio(nil, { on_notification = function(_, params)
+        if params and params.data == "hanging" then hanging:set() end
+      end })
       local waiting = task.spawn(function() return c:call_tool("hang") end)
+      hanging:wait()
       local ok, err = pcall(c.call_tool, c, "die")
       assert.is_false(ok)
       assert.is_true(ah.error.is(err, "io"))
@@ -260,7 +268,10 @@ describe("mcp over Streamable HTTP", function()
 
   setup(function()
     run(function()
-      srv = ah.proc.spawn { cmd = helpers.bin, args = { FIXTURE, "--http" } }
+      -- The fixture waits in a blocking accept(), where the SIGTERM of
+      -- close() never reaches its loop: it is ended by the SIGKILL that
+      -- follows, after a short grace rather than the default 2 s.
+      srv = ah.proc.spawn { cmd = helpers.bin, args = { FIXTURE, "--http" }, kill_grace = 0.1 }
       local line = srv:read_line()
       url = "http://127.0.0.1:" .. assert(line and line:match("^port=(%d+)$"), "no port from the fixture") .. "/mcp"
     end)

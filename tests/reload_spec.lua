@@ -3,6 +3,7 @@
 -- of the tasks an old version started, and file events from editors.
 
 local ah = require "agenthost"
+local spec = require "support.spec"
 local task, reload = ah.task, ah.reload
 reload.quiet = true -- failures still go to stderr
 
@@ -50,7 +51,13 @@ local function next_event(events, name, t)
   end)
 end
 
+-- The quiet period after a change is the host's default (50 ms) in the
+-- specs that count on it to join the steps of a save into one change;
+-- the others wait 10 ms.
+local QUIET = { debounce_ms = 50 }
+
 local function with_watch(dir, fn, opts)
+  opts = opts or { debounce_ms = 10 }
   local events = {}
   reload.on_reload = function(ev)
     if ev.kind ~= "loaded" then events[#events + 1] = ev end
@@ -138,13 +145,16 @@ describe("reload", function()
 
   it("finishes a call in flight on the old code and runs the next call on the new", function()
     local dir, name, path = module_dir(version_module("v1",
-      "function M.slow() local v = M.version() require('agenthost').task.sleep(0.2) return v, 'v1 code' end"))
+      "function M.slow(gate) local v = M.version() gate:wait() return v, 'v1 code' end"))
     with_watch(dir, function(events)
       local m = require(name)
-      local h = task.spawn(function() return m.slow() end)
-      task.sleep(0.01)
+      -- The call waits inside the old code until the swap is done.
+      local gate = task.event()
+      local h = task.spawn(function() return m.slow(gate) end)
+      spec.settle(function() return h:status() == "waiting" end)
       write(path, version_module("v2", "function M.slow() return 'v2', 'v2 code' end"))
       assert.equal("swapped", next_event(events, name).kind)
+      gate:set()
       local v, code = h:join()
       assert.equal("v1", v)
       assert.equal("v1 code", code)
@@ -167,8 +177,7 @@ return M
     with_watch(dir, function(events)
       local m = require(name)
       m.start()
-      task.sleep(0.05)
-      assert.is_true((counters.v1 or 0) > 0)
+      assert.is_true(spec.eventually(function() return (counters.v1 or 0) > 0 end))
       write(path, body:format("v2"))
       assert.equal("swapped", next_event(events, name).kind)
       assert.is_true(counters.v1_stopped)
@@ -189,7 +198,7 @@ return M
       assert.equal("swapped", ev.kind)
       assert.equal("v3", m.version())
       assert.equal(2, ev.version)
-    end)
+    end, QUIET)
   end)
 
   it("does not reload a save that changes nothing", function()
@@ -243,7 +252,7 @@ return M
       os.execute("truncate -s " .. #text .. " '" .. path .. "'")
       assert.equal("swapped", next_event(events, name).kind)
       assert.equal("v2", m.version())
-    end)
+    end, QUIET)
   end)
 
   it("watches subdirectories", function()
@@ -269,7 +278,7 @@ return M
       write(path, version_module("v2-longer-content"))
       assert.equal("swapped", next_event(events, name).kind)
       assert.equal("v2-longer-content", m.version())
-    end, { poll = true })
+    end, { poll = true, debounce_ms = 10 })
   end)
 
   it("reload.now reloads at once and reports what was wrong", function()
@@ -349,6 +358,6 @@ return M
         seen[a] = n
       end
       for a = 1, 1000 do assert.equal(steps[a], seen[a]) end
-    end)
+    end, { debounce_ms = 60000 }) -- every reload is reload.now's: the watcher stays quiet
   end)
 end)

@@ -452,44 +452,71 @@ describe("ah.store durability", function()
     end)
   end)
 
+  -- One trial's shell: runs the writer ("$@") with its ids logged to
+  -- $1/ids, and kills it with SIGKILL once $1/ids holds $2 lines ("ready"
+  -- included), or after 10 s; exits with the writer's status.
+  local KILLER = [[
+dir=$1 lines=$2
+shift 2
+: >"$dir/ids"
+"$@" >>"$dir/ids" 2>"$dir/err" </dev/null &
+pid=$!
+i=0
+while [ $i -lt 1000 ] && [ "$(wc -l <"$dir/ids")" -lt "$lines" ]; do
+  sleep 0.01
+  i=$((i + 1))
+done
+kill -KILL $pid
+wait $pid
+]]
+
   it("keeps every write whose exec returned across kill -9 (20 trials)", function()
     math.randomseed(os.time())
-    for trial = 1, 20 do
-      local path = string.format("%s/crash%d.sqlite", dir, trial)
-      local p = proc.spawn_cli { script(string.format([[
-        local ah = require "agenthost"
-        local db = ah.store.open(%q)
-        db:exec("CREATE TABLE t(id INTEGER PRIMARY KEY, w INTEGER, body TEXT)")
-        print("ready")
-        io.stdout:flush()
-        local function writer(w)
-          for i = 1, 1e9 do
-            local _, id = db:exec("INSERT INTO t(w, body) VALUES (?, ?)", w, string.rep("b", i %% 200))
-            io.stdout:write(id, "\n")
-            io.stdout:flush()
+    local writer = script([[
+      local ah = require "agenthost"
+      local db = ah.store.open(...)
+      db:exec("CREATE TABLE t(id INTEGER PRIMARY KEY, w INTEGER, body TEXT)")
+      print("ready")
+      io.stdout:flush()
+      local function writer(w)
+        for i = 1, 1e9 do
+          local _, id = db:exec("INSERT INTO t(w, body) VALUES (?, ?)", w, string.rep("b", i % 200))
+          io.stdout:write(id, "\n")
+          io.stdout:flush()
+        end
+      end
+      local ts = {}
+      for w = 1, 16 do ts[w] = ah.task.spawn(writer, w) end
+      for w = 1, 16 do ts[w]:join() end
+    ]])
+    -- Five trials at a time, each killed at its own random point.
+    for round = 0, 3 do
+      local trials = {}
+      for k = 1, 5 do
+        local trial = round * 5 + k
+        local d = proc.tmpdir()
+        local path = string.format("%s/crash%d.sqlite", dir, trial)
+        trials[k] = { n = trial, dir = d, path = path, p = proc.spawn {
+          "sh", "-c", KILLER, "sh", d, tostring(math.random(1, 3000)), proc.bin, writer, path } }
+      end
+      for _, t in ipairs(trials) do
+        local trial = t.n
+        assert.equal(137, t.p:wait(20), "trial " .. trial .. ": " .. (proc.read(t.dir .. "/err") or ""))
+        local ids = proc.read(t.dir .. "/ids") or ""
+        assert.is_true(ids:sub(1, 6) == "ready\n", "trial " .. trial .. ": never ready")
+        local logged = {}
+        for id in ids:gmatch("(%d+)\n") do logged[#logged + 1] = math.tointeger(id) end
+        assert.is_true(#logged > 0, "trial " .. trial .. ": nothing logged")
+        run(function()
+          local db = store.open(t.path)
+          local have = {}
+          for _, r in ipairs(db:query("SELECT id FROM t")) do have[r.id] = true end
+          for _, id in ipairs(logged) do
+            assert(have[id], string.format("trial %d: id %d was logged but is missing", trial, id))
           end
-        end
-        local ts = {}
-        for w = 1, 16 do ts[w] = ah.task.spawn(writer, w) end
-        for w = 1, 16 do ts[w]:join() end
-      ]], path)) }
-      assert.is_true(p:wait_output("ready", 10), p:err())
-      local lines = math.random(1, 3000)
-      proc.poll(string.format("[ $(wc -l < %s) -ge %d ]", proc.quote(p.dir .. "/out"), lines), 10)
-      p:signal("KILL")
-      assert.equal(137, p:wait(10))
-      local logged = {}
-      for id in p:out():gmatch("(%d+)\n") do logged[#logged + 1] = math.tointeger(id) end
-      assert.is_true(#logged > 0, "trial " .. trial .. ": nothing logged")
-      run(function()
-        local db = store.open(path)
-        local have = {}
-        for _, r in ipairs(db:query("SELECT id FROM t")) do have[r.id] = true end
-        for _, id in ipairs(logged) do
-          assert(have[id], string.format("trial %d: id %d was logged but is missing", trial, id))
-        end
-        db:close()
-      end)
+          db:close()
+        end)
+      end
     end
   end)
 end)

@@ -49,7 +49,14 @@ Provider.__index = Provider
 
 -- provider{kind, base_url, model, api_key, max_retries, max_concurrency,
 --          requests_per_minute, tokens_per_minute, timeout,
---          connect_timeout, headers, max_tokens, endpoint, on_retry}
+--          connect_timeout, headers, max_tokens, endpoint, on_retry,
+--          clock, sleep}
+--
+-- Every wait of a provider that is not I/O (a retry's delay, a rate
+-- bucket's refill) goes through `sleep` and reads time from `clock`
+-- (task.sleep and the loop clock by default), so that a caller can
+-- observe or skip those waits; see agenthost.llm.limits for what a given
+-- pair must keep to.
 function M.provider(opts)
   if type(opts) ~= "table" then invalid("llm.provider: expected a table of options", 2) end
   local dialect = M.dialects[opts.kind]
@@ -62,8 +69,10 @@ function M.provider(opts)
   if opts.headers ~= nil and type(opts.headers) ~= "table" then
     invalid("llm.provider: headers must be a table of name = value", 2)
   end
-  if opts.on_retry ~= nil and type(opts.on_retry) ~= "function" then
-    invalid("llm.provider: on_retry must be a function", 2)
+  for _, name in ipairs { "on_retry", "clock", "sleep" } do
+    if opts[name] ~= nil and type(opts[name]) ~= "function" then
+      invalid("llm.provider: " .. name .. " must be a function", 2)
+    end
   end
   local max_retries = check_number(opts, "max_retries", 0, true) or M.DEFAULT_MAX_RETRIES
   local max_concurrency = check_number(opts, "max_concurrency", 1, true)
@@ -85,8 +94,9 @@ function M.provider(opts)
     url = url, what = "POST " .. url:gsub("//[^/@]*@", "//"),
     headers = headers, max_retries = max_retries, timeout = timeout,
     connect_timeout = connect_timeout, max_tokens = max_tokens, on_retry = opts.on_retry,
+    sleep = opts.sleep or task.sleep,
     limits = limits.new { max_concurrency = max_concurrency, requests_per_minute = rpm,
-                          tokens_per_minute = tpm },
+                          tokens_per_minute = tpm, clock = opts.clock, sleep = opts.sleep },
     counts = { requests = 0, retries = 0 },
   }, Provider)
 end
@@ -257,7 +267,7 @@ function Provider:chat(req)
     local delay = retry.delay(attempt, err.headers)
     self.counts.retries = self.counts.retries + 1
     if self.on_retry then self.on_retry(err, attempt, delay) end
-    task.sleep(delay)
+    self.sleep(delay)
   end
 end
 

@@ -9,6 +9,13 @@
 -- describe), so in any window of T seconds at most amount * (1 + T / 60)
 -- is taken.  Relies on agenthost.core (task.semaphore, task.sleep,
 -- clock).
+--
+-- The clock and the sleep a bucket keeps time with can be given (both
+-- default to the loop's: core.clock and task.sleep), so that a test can
+-- run the refill waits without spending the time: a given sleep must
+-- suspend the calling task (so that it can be cancelled like a real one)
+-- and, once it returns, the given clock must read at least `seconds`
+-- later than before it.
 
 local core = require "agenthost.core"
 local task = core.task
@@ -18,11 +25,12 @@ local M = {}
 local Bucket = {}
 Bucket.__index = Bucket
 
-function M.bucket(per_minute, clock)
+-- bucket(per_minute[, clock[, sleep]])
+function M.bucket(per_minute, clock, sleep)
   clock = clock or core.clock
   return setmetatable({
     capacity = per_minute, level = per_minute, rate = per_minute / 60,
-    stamp = clock(), clock = clock, lock = task.semaphore(1),
+    stamp = clock(), clock = clock, sleep = sleep or task.sleep, lock = task.semaphore(1),
   }, Bucket)
 end
 
@@ -41,7 +49,7 @@ function Bucket:take(n)
     self:refill()
     while self.level < n do
       -- Sleeps round to milliseconds and are never shorter than asked.
-      task.sleep(math.max((n - self.level) / self.rate, 0.001))
+      self.sleep(math.max((n - self.level) / self.rate, 0.001))
       self:refill()
     end
     self.level = self.level - n
@@ -60,12 +68,17 @@ end
 local Limits = {}
 Limits.__index = Limits
 
--- new{max_concurrency, requests_per_minute, tokens_per_minute}
+-- new{max_concurrency, requests_per_minute, tokens_per_minute, clock,
+-- sleep}: clock and sleep are the buckets' (see M.bucket).
 function M.new(opts)
   local self = setmetatable({ in_flight = 0, max_in_flight = 0 }, Limits)
   if opts.max_concurrency then self.sem = task.semaphore(opts.max_concurrency) end
-  if opts.requests_per_minute then self.rpm = M.bucket(opts.requests_per_minute) end
-  if opts.tokens_per_minute then self.tpm = M.bucket(opts.tokens_per_minute) end
+  if opts.requests_per_minute then
+    self.rpm = M.bucket(opts.requests_per_minute, opts.clock, opts.sleep)
+  end
+  if opts.tokens_per_minute then
+    self.tpm = M.bucket(opts.tokens_per_minute, opts.clock, opts.sleep)
+  end
   return self
 end
 
