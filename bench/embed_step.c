@@ -12,7 +12,7 @@
  * Used by bench/embed.
  */
 #define _POSIX_C_SOURCE 200809L
-#include "../host/agenthost.h"
+#include <agenthost.h>
 
 #include <stdint.h>
 #include <stdio.h>
