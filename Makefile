@@ -47,7 +47,13 @@ BIND_SRC += bindings/drive.c bindings/args.c bindings/reload.c bindings/http.c b
 BIND_SRC += bindings/embed.c
 HOST_SRC += host/proc.c
 BIND_SRC += bindings/proc.c
+BIND_SRC += bindings/scripts.c
 CORE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(HOST_SRC) $(BIND_SRC))
+# The Lua library built in (bindings/scripts.c): scripts/agenthost/ and the
+# bundled tools/, turned into C data at build time.
+LUA_LIB  := $(sort $(wildcard scripts/agenthost/*.lua scripts/agenthost/*/*.lua))
+LUA_TOOLS := $(sort $(wildcard tools/*.lua))
+CORE_OBJ += $(BUILD)/gen/scripts_data.o
 MAIN_OBJ := $(BUILD)/obj/cli/main.o
 CTESTS   := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
 
@@ -84,6 +90,14 @@ deps:
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/gen/scripts_data.c: bindings/scripts_gen.lua $(LUA_LIB) $(LUA_TOOLS)
+	@mkdir -p $(dir $@)
+	lua5.4 bindings/scripts_gen.lua $@ $(addprefix scripts:,$(LUA_LIB)) \
+	  $(addprefix tools:,$(LUA_TOOLS))
+
+$(BUILD)/gen/scripts_data.o: $(BUILD)/gen/scripts_data.c bindings/scripts.h
+	$(CC) $(CFLAGS) -Ibindings -c $< -o $@
 
 -include $(CORE_OBJ:.o=.d) $(MAIN_OBJ:.o=.d) $(CTESTS:=.d)
 

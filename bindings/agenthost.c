@@ -3,19 +3,15 @@
  * C parts (task, error, clock, rusage); scripts/agenthost/init.lua adds the
  * Lua parts on top of it and is what `require "agenthost"` returns.
  *
- * luaopen_agenthost serves a stock lua5.4 whose LUA_CPATH finds
- * build/agenthost.so but whose LUA_PATH does not name scripts/: it locates
- * the scripts/ directory beside the library (or under its install prefix)
- * and loads init.lua from there.
+ * luaopen_agenthost serves a stock lua5.4 that finds agenthost.so on its
+ * LUA_CPATH: it adds the built-in Lua library's searcher (scripts.c) and
+ * loads the library's init, so the .so needs nothing beside it.
  */
-#define _GNU_SOURCE /* dladdr */
 #include "bindings.h"
 #include "agenthost.h"
 
-#include <dlfcn.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 
 const char *ah_version(void) { return AH_VERSION_STRING; }
 
@@ -79,7 +75,6 @@ static int m_log(lua_State *L) {
   int level = ah__arg_word(L, 1, "ah.log", "level", log_levels);
   int i, n = lua_gettop(L);
   luaL_Buffer b;
-  log_sink *s;
   luaL_buffinit(L, &b);
   for (i = 2; i <= n; i++) {
     if (i > 2) luaL_addchar(&b, ' ');
@@ -87,15 +82,21 @@ static int m_log(lua_State *L) {
     luaL_addvalue(&b);
   }
   luaL_pushresult(&b);
+  ah__log(L, level, lua_tostring(L, -1));
+  return 0;
+}
+
+void ah__log(lua_State *L, int level, const char *msg) {
+  log_sink *s;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &LOG_KEY);
   s = lua_touserdata(L, -1);
+  lua_pop(L, 1);
   if (s) {
-    s->fn(s->ud, level, lua_tostring(L, -2));
+    s->fn(s->ud, level, msg);
   } else {
-    fprintf(stderr, "agenthost: %s: %s\n", log_levels[level], lua_tostring(L, -2));
+    fprintf(stderr, "agenthost: %s: %s\n", log_levels[level], msg);
     fflush(stderr);
   }
-  return 0;
 }
 
 /* ah.step([budget_seconds]) -> true while tasks are live.  For a Lua host
@@ -206,77 +207,26 @@ int luaopen_agenthost_core(lua_State *L) {
   return 1;
 }
 
-static int is_file(const char *path) {
-  struct stat st;
-  return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-/* Writes into out the directory holding scripts/agenthost/init.lua for a
- * binary at path (bin/ or build/ beside scripts/, PREFIX/bin or the module
- * in PREFIX/lib/lua/5.4 with PREFIX/share/agenthost).  Returns 0 when
- * found. */
-int ah__find_root(const char *path, char *out, size_t size) {
-  char dir[4096], probe[4200];
-  char *slash;
-  int up;
-  if (strlen(path) >= sizeof dir) return -1;
-  strcpy(dir, path);
-  /* Walk up from the binary's directory: build/agenthost and
-   * build/asan/agenthost sit below the source tree; PREFIX/bin/agenthost
-   * has PREFIX/share/agenthost, and so has PREFIX/lib/lua/5.4/agenthost.so. */
-  for (up = 0; up < 4; up++) {
-    if (!(slash = strrchr(dir, '/'))) return -1;
-    *slash = '\0';
-    if (!*dir) return -1;
-    snprintf(probe, sizeof probe, "%s/scripts/agenthost/init.lua", dir);
-    if (is_file(probe)) {
-      snprintf(out, size, "%s", dir);
-      return 0;
-    }
-    snprintf(probe, sizeof probe,
-             "%s/share/agenthost/scripts/agenthost/init.lua", dir);
-    if (is_file(probe)) {
-      snprintf(out, size, "%s/share/agenthost", dir);
-      return 0;
-    }
-  }
-  return -1;
-}
-
-/* Prepends ROOT/scripts and ROOT/tools to package.path. */
-void ah__add_paths(lua_State *L, const char *root) {
-  lua_getglobal(L, "package");
-  lua_getfield(L, -1, "path");
-  lua_pushfstring(L, "%s/scripts/?.lua;%s/scripts/?/init.lua;%s/tools/?.lua;%s",
-                  root, root, root, luaL_optstring(L, -1, ""));
-  lua_setfield(L, -3, "path");
-  lua_pop(L, 2);
-}
-
 int luaopen_agenthost(lua_State *L) {
-  Dl_info info;
-  char root[4096];
   lua_getglobal(L, "package");
   lua_getfield(L, -1, "preload");
   lua_pushcfunction(L, luaopen_agenthost_core);
   lua_setfield(L, -2, "agenthost.core");
   lua_pop(L, 2);
-  if (dladdr((void *)luaopen_agenthost, &info) && info.dli_fname &&
-      ah__find_root(info.dli_fname, root, sizeof root) == 0)
-    ah__add_paths(L, root);
-  /* Load init.lua under the name "agenthost" so that the module is one. */
+  ah__scripts_install(L);
+  /* Load the library's init under the name "agenthost", so that the module
+   * is one: from the user's own paths when they hold one (a source tree on
+   * LUA_PATH, AGENTHOST_SOURCE), else the built-in copy. */
   lua_getglobal(L, "package");
   lua_getfield(L, -1, "searchpath");
   lua_pushliteral(L, "agenthost");
   lua_getfield(L, -3, "path");
-  lua_call(L, 2, 2);
-  if (lua_isnil(L, -2))
-    return luaL_error(L,
-                      "agenthost: scripts/agenthost/init.lua not found beside "
-                      "the library; add the scripts/ directory to LUA_PATH "
-                      "(scripts/?.lua;scripts/?/init.lua)%s",
-                      lua_tostring(L, -1));
-  if (luaL_loadfile(L, lua_tostring(L, -2)) != LUA_OK) return lua_error(L);
+  lua_call(L, 2, 1);
+  if (lua_isstring(L, -1)) {
+    if (luaL_loadfile(L, lua_tostring(L, -1)) != LUA_OK) return lua_error(L);
+  } else if (ah__scripts_load(L, "agenthost") != LUA_OK) {
+    return lua_error(L);
+  }
   lua_pushliteral(L, "agenthost");
   lua_call(L, 1, 1);
   return 1;

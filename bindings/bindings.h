@@ -159,6 +159,9 @@ int ah__open_proc(lua_State *L);
 
 /* The database ah.store.open() opens when given no path (NULL: none). */
 void ah__store_default_path(lua_State *L, const char *path);
+/* Logs msg at level (0 debug .. 3 error) where ah.log goes.  Runs no Lua
+ * code, so completions may call it. */
+void ah__log(lua_State *L, int level, const char *msg);
 /* Where ah.log goes: fn(ud, level, msg); NULL restores stderr. */
 void ah__log_sink(lua_State *L, void (*fn)(void *ud, int level, const char *msg),
                   void *ud);
@@ -166,11 +169,12 @@ void ah__log_sink(lua_State *L, void (*fn)(void *ud, int level, const char *msg)
  * one.  Call before the agenthost module is first required. */
 void ah__sched_borrow(lua_State *L, uv_loop_t *loop);
 
-/* Finds the directory holding scripts/agenthost/init.lua for a binary at
- * path (its parent directory, or PREFIX/share/agenthost).  0 when found. */
-int ah__find_root(const char *path, char *out, size_t size);
-/* Prepends ROOT/scripts and ROOT/tools to package.path. */
-void ah__add_paths(lua_State *L, const char *root);
+/* The built-in Lua library (scripts.c).  ah__scripts_install adds its
+ * searcher to package.searchers, after the Lua path searcher (once per
+ * state), and honours AGENTHOST_SOURCE; ah__scripts_load pushes the chunk
+ * of the built-in module name (LUA_ERRFILE when there is none). */
+void ah__scripts_install(lua_State *L);
+int ah__scripts_load(lua_State *L, const char *name);
 
 /* Driving the loop (drive.c).  AH_DRIVE_STEP runs ready tasks until
  * budget_ns have passed (at least one task when any is ready) and turns the

@@ -165,9 +165,25 @@ static void drive_on_signal(ah_evloop *lp, int signum) {
   if (S->root) ah__task_cancel(S, S->root);
 }
 
+/* SIGHUP in a program that owns the process: reload watchers that asked
+ * for it (--watch) rescan; with none, it is logged and ignored rather than
+ * ending the process. */
+static void drive_on_hup(ah_loop_hup *h) {
+  ah_sched *S = container_of(h, ah_sched, hup);
+  if (S->loop.hups == h && h->next == NULL)
+    ah__log(S->L, 2, "SIGHUP ignored: nothing reloads on it (run with --watch "
+                     "to reload changed modules on SIGHUP)");
+}
+
 int ah__sched_signals(lua_State *L) {
   ah_sched *S = ah__sched_get(L);
-  return ah__loop_signals(&S->loop, drive_on_signal);
+  int rc = ah__loop_signals(&S->loop, drive_on_signal);
+  if (rc == 0 && !S->hup.fn) {
+    S->hup.fn = drive_on_hup;
+    rc = ah__loop_hup_add(&S->loop, &S->hup);
+    if (rc) S->hup.fn = NULL;
+  }
+  return rc;
 }
 
 int ah__sched_signal_seen(lua_State *L) { return ah__sched_get(L)->signal; }

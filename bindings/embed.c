@@ -122,31 +122,16 @@ static int post_done(lua_State *L) {
 
 /* ---- opening ---------------------------------------------------------------- */
 
-static int has_init(const char *dir, size_t len) {
-  char probe[4200];
-  FILE *f;
-  if (len > 4000) return 0;
-  snprintf(probe, sizeof probe, "%.*s/agenthost/init.lua", (int)len, dir);
-  if (!(f = fopen(probe, "r"))) return 0;
-  fclose(f);
-  return 1;
-}
-
-/* Prepends each directory of cfg->script_path to package.path; then, unless
- * one of them holds the agenthost scripts, the scripts found beside the
- * executable or under its install prefix. */
+/* Prepends each directory of cfg->script_path (the user's own modules) to
+ * package.path; the agenthost library itself is built in (scripts.c). */
 static void set_paths(lua_State *L, const char *script_path) {
   luaL_Buffer b;
   const char *p = script_path, *end;
-  int found = 0;
-  char exe[4096], root[4096];
-  size_t exelen = sizeof exe;
   luaL_buffinit(L, &b);
   while (p && *p) {
     end = strchr(p, ';');
     if (!end) end = p + strlen(p);
     if (end > p) {
-      found = found || has_init(p, (size_t)(end - p));
       luaL_addlstring(&b, p, (size_t)(end - p));
       luaL_addstring(&b, "/?.lua;");
       luaL_addlstring(&b, p, (size_t)(end - p));
@@ -155,9 +140,6 @@ static void set_paths(lua_State *L, const char *script_path) {
     p = *end ? end + 1 : end;
   }
   luaL_pushresult(&b);
-  if (!found && uv_exepath(exe, &exelen) == 0 &&
-      ah__find_root(exe, root, sizeof root) == 0)
-    ah__add_paths(L, root);
   lua_getglobal(L, "package");
   lua_getfield(L, -1, "path");
   lua_pushvalue(L, -3);
@@ -165,6 +147,7 @@ static void set_paths(lua_State *L, const char *script_path) {
   lua_concat(L, 2);
   lua_setfield(L, -2, "path");
   lua_pop(L, 2);
+  ah__scripts_install(L);
 }
 
 /* Builds the state, in protected mode: [host, cfg]. */

@@ -110,6 +110,7 @@ struct ah_sched {
   int pool;          /* registry ref of the array of reusable threads */
   int npool;
   int signal;        /* last SIGINT/SIGTERM seen (ah_handle_signals) */
+  ah_loop_hup hup;   /* ah_handle_signals' SIGHUP listener, while added */
   int closed;
   char *last_tb;     /* traceback of the last failed main task; owned,
                         freed when replaced and when the scheduler closes */

@@ -26,10 +26,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#ifndef AH_SCRIPT_DIR
-#define AH_SCRIPT_DIR NULL
-#endif
-
 /* ah.host.emit(line): prints one line on stdout. */
 static int h_emit(lua_State *L) {
   printf("%s\n", luaL_checkstring(L, 1));
@@ -102,7 +98,6 @@ int main(void) {
   int rc;
 
   ah_config_init(&cfg);
-  cfg.script_path = AH_SCRIPT_DIR;
   cfg.on_error = on_error;
   if ((rc = ah_open(&cfg, &h)) != AH_OK) {
     fprintf(stderr, "automation_host: ah_open: %s\n", ah_strerror(rc));

@@ -31,10 +31,6 @@
 #include <string.h>
 #include <time.h>
 
-#ifndef AH_SCRIPT_DIR
-#define AH_SCRIPT_DIR NULL
-#endif
-
 /* The world: plain C data the NPCs see and change only through the host
  * functions below. */
 typedef struct npc {
@@ -184,7 +180,6 @@ int main(int argc, char **argv) {
   }
 
   ah_config_init(&cfg);
-  cfg.script_path = AH_SCRIPT_DIR;
   cfg.on_error = on_error;
   cfg.instruction_budget = 100000; /* no NPC holds a frame */
   if ((rc = ah_open(&cfg, &h)) != AH_OK) {

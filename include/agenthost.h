@@ -70,9 +70,8 @@ typedef void (*ah_error_fn)(void *ud, const char *msg, const char *traceback);
 typedef struct ah_config {
   unsigned version;          /* AH_VERSION_NUM; set by ah_config_init */
   struct uv_loop_s *loop;    /* a uv_loop_t to borrow, or NULL to own one */
-  /* Directories searched by require, ';'-separated, before the agenthost
-   * scripts (which are found beside the executable or under the install
-   * prefix unless a directory named here holds agenthost/init.lua). */
+  /* Directories of your own modules, ';'-separated, searched by require
+   * first.  The agenthost library and its bundled tools are built in. */
   const char *script_path;
   /* The database ah.store.open() opens when given no path; NULL: none. */
   const char *db_path;
@@ -153,6 +152,8 @@ const char *ah_errmsg(const ah_host *h);
 /* For a program that owns the process (the agenthost command is one):
  * SIGINT and SIGTERM cancel every task that is not detached and let
  * detached work drain; a second one exits at once with status 128+N.
+ * SIGHUP makes reload watchers that asked for it rescan, and is logged
+ * and ignored when none did (instead of ending the process).
  * Returns AH_OK, or AH_ERROR when the handlers cannot be installed. */
 int ah_handle_signals(ah_host *h);
 /* The last SIGINT or SIGTERM seen since ah_handle_signals, or 0. */
