@@ -1,6 +1,7 @@
 # agenthost — build, test, run.  See README.md.
 #
-#   make            build/agenthost, build/agenthost.so, build/libagenthost.a
+#   make            build/agenthost, build/agenthost.so, build/libagenthost.a,
+#                   build/libagenthost.so
 #   make deps       install the Debian packages the build and tests need
 #   make run        run the main job
 #   make test       build and run every test
@@ -8,9 +9,11 @@
 #   make bench      the scheduler benchmark (bench/sched); bench-http,
 #                   bench-store, bench-llm and bench-embed run the others;
 #                   every one writes its section of docs/benchmarks.md
-#   make lib        build/libagenthost.a and build/agenthost.pc
-#   make install    header, library, agenthost.pc, the Lua module, the
-#                   command, scripts and tools under PREFIX (/usr/local)
+#   make lib        build/libagenthost.a, build/libagenthost.so (with its
+#                   soname links) and build/agenthost.pc
+#   make install    header, both libraries, agenthost.pc, the Lua module,
+#                   the command, scripts and tools under PREFIX (/usr/local);
+#                   DESTDIR stages them
 #   make examples   the C examples, built from a PREFIX under build/ with
 #                   only the installed header and pkg-config's flags
 #   make valgrind   the C tests under valgrind
@@ -66,7 +69,8 @@ DEB_PKGS += lua-socket openssl
 
 all: deps build
 
-build: $(BUILD)/agenthost $(BUILD)/agenthost.so $(BUILD)/libagenthost.a $(CTESTS) \
+build: $(BUILD)/agenthost $(BUILD)/agenthost.so $(BUILD)/libagenthost.a $(BUILD)/libagenthost.so \
+       $(CTESTS) \
        $(if $(wildcard tests/support/httpd.c),$(BUILD)/tests/httpd) \
        $(if $(wildcard tests/support/mockllm.c),$(BUILD)/tests/mockllm)
 
@@ -176,13 +180,25 @@ clean:
 
 PREFIX  ?= /usr/local
 VERSION := $(shell sed -n 's/^\#define AH_VERSION_STRING "\(.*\)"/\1/p' include/agenthost.h)
+# The soname changes with AH_VERSION_MAJOR: libagenthost.so.0 names the
+# real file libagenthost.so.0.1.0, and libagenthost.so (for -lagenthost)
+# names libagenthost.so.0.
+SOMAJOR := $(shell sed -n 's/^\#define AH_VERSION_MAJOR \([0-9]*\)$$/\1/p' include/agenthost.h)
+SONAME  := libagenthost.so.$(SOMAJOR)
+SOFILE  := libagenthost.so.$(VERSION)
 EX_PREFIX := $(abspath $(BUILD))/examples/prefix
 EXAMPLES  := game_loop automation_host
 
 .PHONY: lib install examples valgrind bench-embed
 
-# Writes the pkg-config file for prefix $(1) to $(2).  The library is
-# static, so everything it links against is in Requires and Libs.
+# Writes the pkg-config file for prefix $(1) to $(2).  Libs links the
+# shared library; `pkg-config --static --libs` adds Libs.private, what a
+# program linking libagenthost.a needs besides it.  Lua is public (the
+# header includes <lua.h> and host functions call the Lua API); the other
+# libraries are private, named in Libs.private rather than Requires.private
+# because libcurl's and sqlite3's own .pc files would then add the static
+# libraries of their dependencies, which a program linking those two
+# shared (as it does) does not need and which are often not installed.
 define write_pc
 	@mkdir -p $(dir $(2))
 	@printf '%s\n' 'prefix=$(1)' 'libdir=$${prefix}/lib' \
@@ -190,22 +206,51 @@ define write_pc
 	  'scriptdir=$${prefix}/share/agenthost/scripts' '' \
 	  'Name: agenthost' \
 	  'Description: Lua 5.4 agent host: tasks with non-blocking timers, HTTP and SQLite' \
-	  'Version: $(VERSION)' 'Requires: lua5.4 libuv libcurl sqlite3' \
-	  'Cflags: -I$${includedir}' 'Libs: -L$${libdir} -lagenthost -lm -ldl -lpthread' > $(2)
+	  'Version: $(VERSION)' 'Requires: lua5.4' \
+	  'Cflags: -I$${includedir}' 'Libs: -L$${libdir} -lagenthost' \
+	  'Libs.private: -luv -lcurl -lsqlite3 -lm -ldl -lpthread' > $(2)
 endef
 
-lib: $(BUILD)/libagenthost.a $(BUILD)/agenthost.pc
+lib: $(BUILD)/libagenthost.a $(BUILD)/libagenthost.so $(BUILD)/agenthost.pc
 
 $(BUILD)/agenthost.pc: Makefile include/agenthost.h
 	$(call write_pc,$(PREFIX),$@)
 
-install: $(BUILD)/agenthost $(BUILD)/agenthost.so $(BUILD)/libagenthost.a
+# The shared library exports the public API only (ah_ names, not the
+# internal ah__ ones, and the luaopen_agenthost entry points); everything
+# else is local to it.
+$(BUILD)/libagenthost.map: Makefile
+	@mkdir -p $(dir $@)
+	@printf '%s\n' '{' '  global: ah_[a-z]*; luaopen_agenthost*;' '  local: *;' '};' > $@
+
+# The same objects as libagenthost.a (they are -fPIC), linked with every
+# library they use, liblua5.4 too: an embedder's program and the library
+# share one Lua.
+$(BUILD)/$(SOFILE): $(CORE_OBJ) $(BUILD)/libagenthost.map
+	$(CC) $(LDFLAGS) -shared -Wl,-soname,$(SONAME) -Wl,-z,defs \
+	  -Wl,--version-script,$(BUILD)/libagenthost.map -o $@ $(CORE_OBJ) \
+	  $(PKG_LIBS) -lm -ldl -lpthread
+
+$(BUILD)/$(SONAME): $(BUILD)/$(SOFILE)
+	ln -sfn $(SOFILE) $@
+
+$(BUILD)/libagenthost.so: $(BUILD)/$(SONAME)
+	ln -sfn $(SONAME) $@
+
+# Everything under $(DESTDIR)$(PREFIX); the .pc names PREFIX, since that is
+# where the files are used from once a package built from DESTDIR is
+# installed.
+install: $(BUILD)/agenthost $(BUILD)/agenthost.so $(BUILD)/libagenthost.a \
+         $(BUILD)/libagenthost.so
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/include \
 	  $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/lib/lua/5.4 \
 	  $(DESTDIR)$(PREFIX)/share/agenthost
 	install -m 755 $(BUILD)/agenthost $(DESTDIR)$(PREFIX)/bin/agenthost
 	install -m 644 include/agenthost.h $(DESTDIR)$(PREFIX)/include/agenthost.h
 	install -m 644 $(BUILD)/libagenthost.a $(DESTDIR)$(PREFIX)/lib/libagenthost.a
+	install -m 755 $(BUILD)/$(SOFILE) $(DESTDIR)$(PREFIX)/lib/$(SOFILE)
+	ln -sfn $(SOFILE) $(DESTDIR)$(PREFIX)/lib/$(SONAME)
+	ln -sfn $(SONAME) $(DESTDIR)$(PREFIX)/lib/libagenthost.so
 	install -m 755 $(BUILD)/agenthost.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/agenthost.so
 	rm -rf $(DESTDIR)$(PREFIX)/share/agenthost/scripts $(DESTDIR)$(PREFIX)/share/agenthost/tools
 	cp -R scripts $(DESTDIR)$(PREFIX)/share/agenthost/scripts
@@ -213,15 +258,20 @@ install: $(BUILD)/agenthost $(BUILD)/agenthost.so $(BUILD)/libagenthost.a
 	$(call write_pc,$(PREFIX),$(DESTDIR)$(PREFIX)/lib/pkgconfig/agenthost.pc)
 
 # The examples see only what an embedder sees: the installed header and
-# library, through pkg-config.
+# library, through pkg-config.  They link the static library on purpose
+# (pkg-config --static, with -lagenthost turned into the archive, since
+# the linker would take the .so beside it): they run from build/examples
+# with no library path to set, and bench/embed measures ah_step linked as
+# the agenthost command links it.
 examples:
 	@$(MAKE) --no-print-directory install PREFIX=$(EX_PREFIX) >/dev/null
 	@for ex in $(EXAMPLES); do \
-	  echo "cc examples/$$ex.c (pkg-config agenthost from $(EX_PREFIX))"; \
+	  echo "cc examples/$$ex.c (pkg-config --static agenthost from $(EX_PREFIX))"; \
 	  PKG_CONFIG_PATH=$(EX_PREFIX)/lib/pkgconfig; export PKG_CONFIG_PATH; \
 	  $(CC) $(OPT) $(WARN) $(SANFLAGS) $$(pkg-config --cflags agenthost) \
 	    -DAH_SCRIPT_DIR="\"$$(pkg-config --variable=scriptdir agenthost)\"" \
-	    -o $(BUILD)/examples/$$ex examples/$$ex.c $$(pkg-config --libs agenthost) || exit 1; \
+	    -o $(BUILD)/examples/$$ex examples/$$ex.c \
+	    $$(pkg-config --static --libs agenthost | sed 's/-lagenthost/-l:libagenthost.a/') || exit 1; \
 	done
 
 # The C tests under valgrind (fewer open/close rounds: valgrind is slow).
