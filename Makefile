@@ -16,6 +16,8 @@
 #                   DESTDIR stages them
 #   make examples   the C examples, built from a PREFIX under build/ with
 #                   only the installed header and pkg-config's flags
+#   make rock       the Lua module for agenthost-*.rockspec (luarocks make
+#                   runs it, then make rock-install)
 #   make valgrind   the C tests under valgrind
 #   make check-layers  fails when a layer reaches where it must not
 #                   (DESIGN.md §1; run by make test)
@@ -61,7 +63,7 @@ MAIN_OBJ := $(BUILD)/obj/cli/main.o
 CTESTS   := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
 
 DEB_PKGS := liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libsqlite3-dev \
-            pkg-config lua-cjson lua-busted
+            pkg-config lua-cjson lua-busted luarocks
 # The MCP fixture's Streamable HTTP mode (tests/support/mcp_server.lua).
 DEB_PKGS += lua-socket openssl
 
@@ -189,7 +191,7 @@ SOFILE  := libagenthost.so.$(VERSION)
 EX_PREFIX := $(abspath $(BUILD))/examples/prefix
 EXAMPLES  := game_loop automation_host
 
-.PHONY: lib install examples valgrind bench-embed
+.PHONY: lib install examples valgrind bench-embed rock rock-install
 
 # Writes the pkg-config file for prefix $(1) to $(2).  Libs links the
 # shared library; `pkg-config --static --libs` adds Libs.private, what a
@@ -273,6 +275,21 @@ examples:
 	    -o $(BUILD)/examples/$$ex examples/$$ex.c \
 	    $$(pkg-config --static --libs agenthost | sed 's/-lagenthost/-l:libagenthost.a/') || exit 1; \
 	done
+
+# The Lua module for a LuaRocks tree: agenthost-$(VERSION)-1.rockspec (build
+# type make) runs `make rock`, then `make rock-install` with the rock's
+# directories.  BUILD from the environment reuses a build directory.  The
+# Lua library goes beside the module as agenthost/*.lua in the rock's Lua
+# directory, where require finds it.
+rock: $(BUILD)/agenthost.so
+
+rock-install: rock
+	@[ -n "$(INST_LIBDIR)" ] && [ -n "$(INST_LUADIR)" ] || \
+	  { echo "rock-install: INST_LIBDIR and INST_LUADIR must be set (luarocks sets them)"; exit 1; }
+	install -d $(INST_LIBDIR) $(INST_LUADIR)
+	install -m 755 $(BUILD)/agenthost.so $(INST_LIBDIR)/agenthost.so
+	rm -rf $(INST_LUADIR)/agenthost
+	cp -R scripts/agenthost $(INST_LUADIR)/agenthost
 
 # The C tests under valgrind (fewer open/close rounds: valgrind is slow).
 valgrind: all
