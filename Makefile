@@ -278,18 +278,16 @@ examples:
 
 # The Lua module for a LuaRocks tree: agenthost-$(VERSION)-1.rockspec (build
 # type make) runs `make rock`, then `make rock-install` with the rock's
-# directories.  BUILD from the environment reuses a build directory.  The
-# Lua library goes beside the module as agenthost/*.lua in the rock's Lua
-# directory, where require finds it.
+# lib directory.  BUILD from the environment reuses a build directory.  The
+# module carries the Lua library and the tools, so it is all the rock
+# installs.
 rock: $(BUILD)/agenthost.so
 
 rock-install: rock
-	@[ -n "$(INST_LIBDIR)" ] && [ -n "$(INST_LUADIR)" ] || \
-	  { echo "rock-install: INST_LIBDIR and INST_LUADIR must be set (luarocks sets them)"; exit 1; }
-	install -d $(INST_LIBDIR) $(INST_LUADIR)
+	@[ -n "$(INST_LIBDIR)" ] || \
+	  { echo "rock-install: INST_LIBDIR must be set (luarocks sets it)"; exit 1; }
+	install -d $(INST_LIBDIR)
 	install -m 755 $(BUILD)/agenthost.so $(INST_LIBDIR)/agenthost.so
-	rm -rf $(INST_LUADIR)/agenthost
-	cp -R scripts/agenthost $(INST_LUADIR)/agenthost
 
 # The C tests under valgrind (fewer open/close rounds: valgrind is slow).
 valgrind: all

@@ -3,9 +3,9 @@
 --   luarocks --lua-version 5.4 make                  (or --tree DIR, --local)
 --
 -- builds build/agenthost.so with the project's Makefile (`make rock`; BUILD
--- in the environment picks another build directory) and installs it with
--- the Lua library beside it (`make rock-install`).  The C libraries it
--- links come from the system: liblua5.4-dev, libuv1-dev,
+-- in the environment picks another build directory) and installs it (`make
+-- rock-install`); the Lua library and the bundled tools are built into it.
+-- The C libraries it links come from the system: liblua5.4-dev, libuv1-dev,
 -- libcurl4-openssl-dev, libsqlite3-dev and pkg-config on Debian (`make
 -- deps`); lua-cjson is needed at run time.
 rockspec_format = "3.0"
@@ -35,6 +35,5 @@ build = {
   install_target = "rock-install",
   install_variables = {
     INST_LIBDIR = "$(LIBDIR)",
-    INST_LUADIR = "$(LUADIR)",
   },
 }

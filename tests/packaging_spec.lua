@@ -94,14 +94,15 @@ describe("the rockspec", function()
     local run = proc.tmpdir()
     proc.write(run .. "/main.lua", [[
       local ah = require "agenthost"
+      local web_search = require "web_search"
       local t = assert(package.searchpath("agenthost", package.cpath))
-      print(t, ah.task.run(function() ah.task.sleep(0.01) return 42 end))
+      print(t, web_search.name, ah.task.run(function() ah.task.sleep(0.01) return 42 end))
     ]])
     -- Stock lua5.4, from another directory, with the tree's paths and the
     -- system's (";;": lua-cjson) but none of the source tree's.
     local out = ok(string.format("cd %s && %s %sLUA_PATH=%s LUA_CPATH=%s lua5.4 main.lua",
       q(run), CLEAN_ENV, WITH_PRELOAD, q(lpath .. ";;"), q(cpath .. ";;")))
-    assert.equal(tree .. "/lib/lua/5.4/agenthost.so\t42\n", out)
+    assert.equal(tree .. "/lib/lua/5.4/agenthost.so\tweb_search\t42\n", out)
   end)
 end)
 
