@@ -11,8 +11,8 @@
 #                   every one writes its section of docs/benchmarks.md
 #   make lib        build/libagenthost.a, build/libagenthost.so (with its
 #                   soname links) and build/agenthost.pc
-#   make install    header, both libraries, agenthost.pc, the Lua module,
-#                   the command, scripts and tools under PREFIX (/usr/local);
+#   make install    header, both libraries, agenthost.pc, the Lua module
+#                   and the command under PREFIX (/usr/local);
 #                   DESTDIR stages them
 #   make examples   the C examples, built from a PREFIX under build/ with
 #                   only the installed header and pkg-config's flags
@@ -204,8 +204,7 @@ EXAMPLES  := game_loop automation_host
 define write_pc
 	@mkdir -p $(dir $(2))
 	@printf '%s\n' 'prefix=$(1)' 'libdir=$${prefix}/lib' \
-	  'includedir=$${prefix}/include' \
-	  'scriptdir=$${prefix}/share/agenthost/scripts' '' \
+	  'includedir=$${prefix}/include' '' \
 	  'Name: agenthost' \
 	  'Description: Lua 5.4 agent host: tasks with non-blocking timers, HTTP and SQLite' \
 	  'Version: $(VERSION)' 'Requires: lua5.4' \
@@ -245,8 +244,7 @@ $(BUILD)/libagenthost.so: $(BUILD)/$(SONAME)
 install: $(BUILD)/agenthost $(BUILD)/agenthost.so $(BUILD)/libagenthost.a \
          $(BUILD)/libagenthost.so
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/include \
-	  $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/lib/lua/5.4 \
-	  $(DESTDIR)$(PREFIX)/share/agenthost
+	  $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/lib/lua/5.4
 	install -m 755 $(BUILD)/agenthost $(DESTDIR)$(PREFIX)/bin/agenthost
 	install -m 644 include/agenthost.h $(DESTDIR)$(PREFIX)/include/agenthost.h
 	install -m 644 $(BUILD)/libagenthost.a $(DESTDIR)$(PREFIX)/lib/libagenthost.a
@@ -254,9 +252,6 @@ install: $(BUILD)/agenthost $(BUILD)/agenthost.so $(BUILD)/libagenthost.a \
 	ln -sfn $(SOFILE) $(DESTDIR)$(PREFIX)/lib/$(SONAME)
 	ln -sfn $(SONAME) $(DESTDIR)$(PREFIX)/lib/libagenthost.so
 	install -m 755 $(BUILD)/agenthost.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/agenthost.so
-	rm -rf $(DESTDIR)$(PREFIX)/share/agenthost/scripts $(DESTDIR)$(PREFIX)/share/agenthost/tools
-	cp -R scripts $(DESTDIR)$(PREFIX)/share/agenthost/scripts
-	if [ -d tools ]; then cp -R tools $(DESTDIR)$(PREFIX)/share/agenthost/tools; fi
 	$(call write_pc,$(PREFIX),$(DESTDIR)$(PREFIX)/lib/pkgconfig/agenthost.pc)
 
 # The examples see only what an embedder sees: the installed header and
@@ -271,7 +266,6 @@ examples:
 	  echo "cc examples/$$ex.c (pkg-config --static agenthost from $(EX_PREFIX))"; \
 	  PKG_CONFIG_PATH=$(EX_PREFIX)/lib/pkgconfig; export PKG_CONFIG_PATH; \
 	  $(CC) $(OPT) $(WARN) $(SANFLAGS) $$(pkg-config --cflags agenthost) \
-	    -DAH_SCRIPT_DIR="\"$$(pkg-config --variable=scriptdir agenthost)\"" \
 	    -o $(BUILD)/examples/$$ex examples/$$ex.c \
 	    $$(pkg-config --static --libs agenthost | sed 's/-lagenthost/-l:libagenthost.a/') || exit 1; \
 	done
