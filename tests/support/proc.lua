@@ -151,6 +151,11 @@ function Bg:wait_output(s, limit)
   return poll(string.format("grep -qsF -- %s %s", q(s), q(self.dir .. "/out")), limit)
 end
 
+-- Waits until stderr contains the plain string s; returns whether it did.
+function Bg:wait_error(s, limit)
+  return poll(string.format("grep -qsF -- %s %s", q(s), q(self.dir .. "/err")), limit)
+end
+
 function Bg:signal(name)
   return sh(string.format("kill -%s %d", name, self:pid())) == 0
 end
