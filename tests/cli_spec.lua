@@ -403,7 +403,8 @@ describe("SIGHUP", function()
     ]] }
     assert.is_true(p:wait_output("ready", 10), p:err())
     assert.is_true(p:signal("HUP"))
-    assert.is_true(p:wait_error("SIGHUP ignored", 10), "stderr: " .. p:err())
+    assert.is_true(p:wait_error("SIGHUP ignored", 10),
+      "exit status: " .. tostring(proc.read(p.dir .. "/rc")) .. ", stderr: " .. p:err())
     assert.matches("%-%-watch", p:err())
     assert.is_true(p:signal("TERM"))
     assert.equal(143, p:wait(10))
