@@ -111,8 +111,18 @@ $(BUILD)/libagenthost.a: $(CORE_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/agenthost: $(MAIN_OBJ) $(BUILD)/libagenthost.a
-	$(CC) $(LDFLAGS) -o $@ $(MAIN_OBJ) $(BUILD)/libagenthost.a $(PKG_LIBS) -lm -ldl -Wl,-E
+# The mock model server (tests/support/mockllm.c) built into the command,
+# and only the command, as `agenthost --mock-llm`: the offline default model
+# ships with it (scripts/agenthost/config.lua starts it that way).
+MOCK_OBJ := $(BUILD)/obj/cli/mockllm.o
+-include $(MOCK_OBJ:.o=.d)
+
+$(MOCK_OBJ): tests/support/mockllm.c tests/support/httpd.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DAH_MOCKLLM_BUILTIN -c $< -o $@
+
+$(BUILD)/agenthost: $(MAIN_OBJ) $(MOCK_OBJ) $(BUILD)/libagenthost.a
+	$(CC) $(LDFLAGS) -o $@ $(MAIN_OBJ) $(MOCK_OBJ) $(BUILD)/libagenthost.a $(PKG_LIBS) -lm -ldl -Wl,-E
 
 # The module for stock Lua: liblua symbols come from the interpreter.
 $(BUILD)/agenthost.so: $(CORE_OBJ)

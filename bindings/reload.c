@@ -10,6 +10,7 @@
  *   w:rescan()              checks every known file now
  *   w:close()
  *   core.reload.hash(s) -> integer
+ *   core.reload.cwd() -> the working directory (to compare module paths)
  *
  * A watcher never keeps the loop alive by itself.  Relies on host/watch.c,
  * host/loop.c (which owns the SIGHUP handle) and the scheduler.
@@ -154,12 +155,23 @@ static int r_hash(lua_State *L) {
   return 1;
 }
 
+/* core.reload.cwd() -> the absolute path of the working directory */
+static int r_cwd(lua_State *L) {
+  char buf[4096];
+  size_t len = sizeof buf;
+  int rc = uv_cwd(buf, &len);
+  if (rc != 0)
+    return ah__error_raise(L, "io", 0, "ah.reload.cwd: %s", uv_strerror(rc));
+  lua_pushlstring(L, buf, len);
+  return 1;
+}
+
 int ah__open_reload(lua_State *L) {
   static const luaL_Reg methods[] = {{"file", w_file},   {"rescan", w_rescan},
                                      {"add", w_add},     {"polling", w_polling},
                                      {"close", w_close}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"watch", r_watch}, {"hash", r_hash},
-                                 {NULL, NULL}};
+                                 {"cwd", r_cwd},     {NULL, NULL}};
   static const luaL_Reg meta[] = {{"__gc", w_close}, {NULL, NULL}};
   ah__metatable(L, "agenthost.watch", methods, meta, NULL, NULL);
   lua_newtable(L);

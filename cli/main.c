@@ -2,19 +2,29 @@
  * The agenthost command: runs a Lua script as the main task.
  *
  *   agenthost [options] SCRIPT [ARGS...]
+ *   agenthost --mock-llm [MOCK OPTIONS]
  *
  * The script sees `arg` as the lua command sets it and its arguments as
- * `...`.  scripts/ and tools/ are found relative to the executable (or its
- * install prefix).  --watch [DIR] makes the modules the script requires
- * from DIR (default: the script's directory) reload when their files
- * change, and on SIGHUP (AGENTHOST_RELOAD_DEBOUNCE_MS sets the quiet
- * period after a change, 50 ms by default).  Exit status: 0 when the main task and every detached
- * task have finished, 1 when the main task fails, 2 for usage errors,
- * 128+N after signal N (SIGINT, SIGTERM cancel every task and let detached
- * work drain; a second one exits at once).
+ * `...`.  require finds the script's own directory first (with and without
+ * --watch), then LUA_PATH or Lua's defaults, then the agenthost library and
+ * its tools, built into the command.  --watch [DIR] makes the
+ * modules the script requires from DIR (default: the script's directory)
+ * reload when their files change, and on SIGHUP (AGENTHOST_RELOAD_DEBOUNCE_MS
+ * sets the quiet period after a change, 50 ms by default); it does not
+ * change where modules are found.  An edit of the script itself is
+ * reported on stderr, not reloaded.  Without --watch, SIGHUP is reported
+ * and ignored.  Exit status: 0 when the main task and every detached task
+ * have finished, 1 when the main task fails, 2 for usage errors, 128+N
+ * after signal N (SIGINT, SIGTERM cancel every task and let detached work
+ * drain; a second one exits at once).
  *
- * The command is a client of the public API (agenthost.h) and the Lua C
- * API only, like any other program that embeds agenthost.
+ * --mock-llm, as the first argument, runs the mock model server of
+ * tests/support/mockllm.c (docs/mockllm.md), linked into the command only,
+ * instead of a script; ah.config starts it this way when no model is
+ * configured, so the installed command answers offline on its own.
+ *
+ * The command is a client of the public API (agenthost.h), the Lua C API
+ * and libuv only, like any other program that embeds agenthost.
  */
 #include <agenthost.h>
 
@@ -27,23 +37,58 @@
 
 static const char *progname = "agenthost";
 
+/* The mock model server's main (tests/support/mockllm.c built with
+ * AH_MOCKLLM_BUILTIN); it owns the process until it returns. */
+int ah_mockllm_main(int argc, char **argv);
+
+/* What the command sets up in Lua before the script runs, called with
+ * (ah, script, watch, debounce_ms, exe): the script's directory goes first
+ * on package.path, the same with and without --watch.  Under --watch
+ * (watch is the directory, "" for the script's), the directory is watched
+ * but not searched, and the script is named as the main one, so that an
+ * edit of it is reported instead of silently ignored.  exe (this
+ * executable, nil when unknown) runs the built-in mock model for
+ * ah.config.  A --watch failure is raised as "--watch: message". */
+static const char setup_lua[] =
+    "local ah, script, watch, debounce, exe = ...\n"
+    "local dir = script:match('^(.*)/[^/]*$') or '.'\n"
+    "if dir == '' then dir = '/' end\n"
+    "package.path = dir .. '/?.lua;' .. dir .. '/?/init.lua;' .. package.path\n"
+    "if exe then ah.config.mock_command = { exe, '--mock-llm' } end\n"
+    "if watch then\n"
+    "  if watch == '' then watch = dir end\n"
+    "  local ok, err = pcall(ah.reload.watch, watch,\n"
+    "    { sighup = true, path = false, debounce_ms = debounce })\n"
+    "  if not ok then error('--watch: ' .. tostring(err), 0) end\n"
+    "  ah.reload.main(script)\n"
+    "end\n";
+
 static void usage(FILE *f) {
   fprintf(f,
           "usage: %s [options] SCRIPT [ARGS...]\n"
           "\n"
           "Runs SCRIPT (a Lua 5.4 file) as the main task of an agenthost loop.\n"
           "\n"
+          "require finds modules in SCRIPT's directory first, with or\n"
+          "without --watch.\n"
+          "\n"
           "options:\n"
           "  --watch [DIR]  reload modules required from DIR when their files\n"
           "               change (default DIR: the script's directory);\n"
-          "               SIGHUP reloads every changed module at once\n"
+          "               SIGHUP reloads every changed module at once.\n"
+          "               DIR is watched, not added to the module path;\n"
+          "               SCRIPT itself is not reloaded (an edit is reported)\n"
           "  --help       show this help and exit\n"
           "  --version    show the version and exit\n"
           "  --           end of options\n"
           "\n"
+          "       %s --mock-llm [--port N] [--rules FILE] [...]\n"
+          "runs the built-in offline mock model server (docs/mockllm.md).\n"
+          "\n"
           "exit status: 0 done, 1 the script failed, 2 usage error,\n"
-          "130/143 interrupted by SIGINT/SIGTERM.\n",
-          progname);
+          "130/143 interrupted by SIGINT/SIGTERM.  Without --watch, SIGHUP\n"
+          "is reported and ignored.\n",
+          progname, progname);
 }
 
 /* Builds `arg`: the script at 0, its arguments above, what came before it
@@ -73,8 +118,13 @@ int main(int argc, char **argv) {
   ah_host *h = NULL;
   int script = 0, i, status, code = 0, nargs;
   const char *watch = NULL;
-  char watchdir[4096];
+  char exe[4096];
+  size_t exelen = sizeof exe;
   struct stat st;
+
+  /* Before anything else: the mock model server is not a script run. */
+  if (argc > 1 && strcmp(argv[1], "--mock-llm") == 0)
+    return ah_mockllm_main(argc - 1, argv + 1);
 
   for (i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -107,8 +157,8 @@ int main(int argc, char **argv) {
     return 2;
   }
 
-  /* The CLI is a user of the embedding API: the host finds scripts/ from
-   * the executable, loads the module, and closes everything at the end. */
+  /* The CLI is a user of the embedding API: the host loads the built-in
+   * module, and closes everything at the end. */
   ah_config_init(&cfg);
   if (ah_open(&cfg, &h) != AH_OK) {
     fprintf(stderr, "%s: cannot load the agenthost module\n", progname);
@@ -120,34 +170,25 @@ int main(int argc, char **argv) {
   lua_pushliteral(L, "agenthost");
   lua_call(L, 1, 1);
   set_arg(L, argc, argv, script);
-  if (watch) {
-    const char *slash;
-    if (!*watch) { /* the script's directory */
-      slash = strrchr(argv[script], '/');
-      if (!slash)
-        snprintf(watchdir, sizeof watchdir, ".");
-      else
-        snprintf(watchdir, sizeof watchdir, "%.*s",
-                 (int)(slash - argv[script]), argv[script]);
-      watch = *watchdir ? watchdir : "/";
-    }
-    /* ah.reload.watch(dir, {sighup = true}) */
-    lua_getfield(L, -1, "reload");
-    lua_getfield(L, -1, "watch");
-    lua_pushstring(L, watch);
-    lua_createtable(L, 0, 2);
-    lua_pushboolean(L, 1);
-    lua_setfield(L, -2, "sighup");
-    if (getenv("AGENTHOST_RELOAD_DEBOUNCE_MS")) {
-      lua_pushinteger(L, atoi(getenv("AGENTHOST_RELOAD_DEBOUNCE_MS")));
-      lua_setfield(L, -2, "debounce_ms");
-    }
-    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
-      fprintf(stderr, "%s: --watch: %s\n", progname, luaL_tolstring(L, -1, NULL));
-      ah_close(h);
-      return 2;
-    }
-    lua_pop(L, 1);
+  if (luaL_loadbufferx(L, setup_lua, sizeof setup_lua - 1, "=agenthost", "t") != LUA_OK) {
+    fprintf(stderr, "%s: %s\n", progname, lua_tostring(L, -1));
+    ah_close(h);
+    return 1;
+  }
+  lua_pushvalue(L, -2);
+  lua_pushstring(L, argv[script]);
+  if (watch) lua_pushstring(L, watch);
+  else lua_pushnil(L);
+  if (getenv("AGENTHOST_RELOAD_DEBOUNCE_MS"))
+    lua_pushinteger(L, atoi(getenv("AGENTHOST_RELOAD_DEBOUNCE_MS")));
+  else
+    lua_pushnil(L);
+  if (uv_exepath(exe, &exelen) == 0) lua_pushlstring(L, exe, exelen);
+  else lua_pushnil(L);
+  if (lua_pcall(L, 5, 0, 0) != LUA_OK) {
+    fprintf(stderr, "%s: %s\n", progname, luaL_tolstring(L, -1, NULL));
+    ah_close(h);
+    return 2;
   }
 
   lua_getfield(L, -1, "task");

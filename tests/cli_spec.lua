@@ -291,6 +291,203 @@ describe("--watch", function()
   end)
 end)
 
+-- The absolute path of the command, for runs from another directory.
+local function abs(path)
+  if path:sub(1, 1) == "/" then return path end
+  local f = io.popen("pwd")
+  local cwd = f:read("l")
+  f:close()
+  return cwd .. "/" .. path
+end
+
+-- Runs argv in directory dir (env -C) with the model settings of the
+-- environment removed, so that the offline mock is what answers.
+local OFFLINE = { "env", "-u", "OPENAI_API_KEY", "-u", "ANTHROPIC_API_KEY", "-u", "AGENTHOST_PROVIDER",
+                  "-u", "AGENTHOST_BASE_URL", "-u", "AGENTHOST_MODEL", "-u", "AGENTHOST_SEARCH_URL",
+                  "-u", "AGENTHOST_MOCKLLM" }
+local function run_in(dir, argv, opts)
+  local full = { table.unpack(OFFLINE) }
+  full[#full + 1] = "-C"
+  full[#full + 1] = dir
+  for _, a in ipairs(argv) do full[#full + 1] = a end
+  return proc.run(full, opts)
+end
+
+describe("the module path", function()
+  it("has the main script's directory without --watch, from any working directory", function()
+    local dir = proc.tmpdir()
+    proc.write(dir .. "/beside.lua", "return { where = 'beside the script' }\n")
+    proc.write(dir .. "/main.lua", "print(require('beside').where)\n")
+    local r = run_in(proc.tmpdir(), { abs(proc.bin), dir .. "/main.lua" })
+    assert.equal(0, r.code, r.err)
+    assert.equal("beside the script\n", r.out)
+  end)
+
+  it("puts the main script's directory before LUA_PATH and the defaults", function()
+    local dir, other = proc.tmpdir(), proc.tmpdir()
+    proc.write(dir .. "/which.lua", "return 'script dir'\n")
+    proc.write(other .. "/which.lua", "return 'LUA_PATH'\n")
+    proc.write(dir .. "/main.lua", "print((require 'which'))\n")
+    local r = proc.run { "env", "LUA_PATH=" .. other .. "/?.lua;;", proc.bin, dir .. "/main.lua" }
+    assert.equal(0, r.code, r.err)
+    assert.equal("script dir\n", r.out)
+  end)
+
+  it("is the same with --watch DIR: DIR is watched, not searched", function()
+    local dir, other = proc.tmpdir(), proc.tmpdir()
+    proc.write(other .. "/elsewhere.lua", "return { v = 1 }\n")
+    proc.write(dir .. "/main.lua", "print(require('elsewhere').v)\n")
+    local plain = proc.cli { dir .. "/main.lua" }
+    local watched = proc.cli { "--watch", other, dir .. "/main.lua" }
+    assert.equal(1, plain.code)
+    assert.matches("module 'elsewhere' not found", plain.err)
+    assert.equal(1, watched.code, watched.out)
+    assert.matches("module 'elsewhere' not found", watched.err)
+  end)
+end)
+
+describe("a reloadable module", function()
+  -- The module of docs/reload.md's "Writing a reloadable module".
+  local MODULE = [[
+local R = require("agenthost.reload").scope(...)   -- this version's scope
+local M = {}
+
+M.state = { seen = 0, ticks = 0 }
+
+function M.step(input)
+  M.state.seen = M.state.seen + 1
+  return "handled " .. input
+end
+
+function M.validate() return type(M.step) == "function" end
+function M.migrate(old) return old or M.state end
+function M.start(ticked)
+  R:every(0.001, function() M.state.ticks = M.state.ticks + 1 ticked:set() end)
+end
+function M.stop() R:sweep() end
+
+return M
+]]
+  local MAIN = [[
+local task = require("agenthost").task
+local m = require "documented"
+local ticked = task.event()
+m.start(ticked)
+ticked:wait()
+m.stop()
+print(m.step("a"), m.step("b"), m.state.seen, m.state.ticks > 0)
+]]
+
+  it("runs unchanged without --watch and with it", function()
+    local dir = proc.tmpdir()
+    proc.write(dir .. "/documented.lua", MODULE)
+    proc.write(dir .. "/main.lua", MAIN)
+    local plain = proc.cli { dir .. "/main.lua" }
+    assert.equal(0, plain.code, plain.err)
+    assert.equal("handled a\thandled b\t2\ttrue\n", plain.out)
+    assert.equal("", plain.err)
+    local watched = proc.cli { "--watch", dir .. "/main.lua" }
+    assert.equal(0, watched.code, watched.err)
+    assert.equal(plain.out, watched.out)
+    assert.matches("reload loaded documented version 1", watched.err)
+  end)
+end)
+
+describe("SIGHUP", function()
+  it("without --watch is reported on stderr and ignored", function()
+    local p = proc.spawn_cli { proc.script [[
+      local task = require("agenthost").task
+      io.stdout:write("ready\n") io.stdout:flush()
+      local ok, err = pcall(task.sleep, 30)
+      print("ended " .. tostring(err and err.kind))
+    ]] }
+    assert.is_true(p:wait_output("ready", 10), p:err())
+    assert.is_true(p:signal("HUP"))
+    assert.is_true(p:wait_error("SIGHUP ignored", 10),
+      "exit status: " .. tostring(proc.read(p.dir .. "/rc")) .. ", stderr: " .. p:err())
+    assert.matches("%-%-watch", p:err())
+    assert.is_true(p:signal("TERM"))
+    assert.equal(143, p:wait(10))
+    assert.matches("ended cancelled", p:out())
+  end)
+end)
+
+describe("--watch and the main script", function()
+  it("reports on stderr that an edited main script is not reloaded", function()
+    local dir = proc.tmpdir()
+    local source = [[
+      local task = require("agenthost").task
+      io.stdout:write("ready\n") io.stdout:flush()
+      local ok, err = pcall(task.sleep, 30)
+      print("first version ended " .. tostring(err and err.kind))
+    ]]
+    local main = proc.write(dir .. "/main.lua", source)
+    local p = proc.spawn({ "env", "AGENTHOST_RELOAD_DEBOUNCE_MS=10", proc.bin, "--watch", main })
+    assert.is_true(p:wait_output("ready", 10), p:err())
+    proc.write(main, source .. "-- edited\n")
+    assert.is_true(p:wait_error("is not reloaded", 10), "stderr: " .. p:err())
+    assert.matches("main%.lua changed", p:err())
+    assert.matches("restart", p:err())
+    assert.is_true(p:signal("TERM"))
+    assert.equal(143, p:wait(10))
+    assert.matches("first version ended cancelled", p:out())
+  end)
+end)
+
+describe("agenthost --mock-llm", function()
+  it("runs the mock model built into the command", function()
+    local p = proc.spawn_cli { "--mock-llm", "--model", "built-in-1" }
+    assert.is_true(p:wait_output("port=", 10), p:err())
+    local port = p:out():match("port=(%d+)")
+    local res
+    ah.task.run(function() res = ah.http.get("http://127.0.0.1:" .. port .. "/v1/models") end)
+    assert.equal(200, res.status)
+    assert.matches("built%-in%-1", res.body)
+    assert.is_true(p:signal("TERM"))
+    assert.equal(0, p:wait(10))
+  end)
+
+  it("exits 2 with the mock's usage on a bad option", function()
+    local r = proc.cli { "--mock-llm", "--chunk", "0" }
+    assert.equal(2, r.code)
+    assert.matches("usage: mockllm", r.err)
+  end)
+
+  -- An installed layout (PREFIX/bin/agenthost, PREFIX/share/agenthost) with
+  -- no build/tests/mockllm anywhere: the agent answers from the built-in mock.
+  it("answers offline from an installed command, run from another directory", function()
+    local prefix = proc.tmpdir()
+    local root = abs(".")
+    assert.equal(0, proc.sh(string.format(
+      "mkdir -p %s/bin %s/share/agenthost && cp %s %s/bin/agenthost && " ..
+      "ln -s %s/scripts %s/share/agenthost/scripts && ln -s %s/tools %s/share/agenthost/tools",
+      proc.quote(prefix), proc.quote(prefix), proc.quote(abs(proc.bin)), proc.quote(prefix),
+      proc.quote(root), proc.quote(prefix), proc.quote(root), proc.quote(prefix))))
+    local cwd = proc.tmpdir()
+    local r = run_in(cwd, { prefix .. "/bin/agenthost", root .. "/scripts/examples/ops_agent.lua" },
+      { limit = 60 })
+    assert.equal(0, r.code, r.err)
+    assert.matches("bundled offline mock", r.err)
+    assert.matches("tools used: ", r.out)
+  end)
+
+  -- The command copied alone: it needs the Lua library compiled into it.
+  it("answers offline from a copy of the command alone", function()
+    local bin = proc.tmpdir() .. "/agenthost"
+    assert.equal(0, proc.sh("cp " .. proc.quote(abs(proc.bin)) .. " " .. proc.quote(bin)))
+    local cwd = proc.tmpdir()
+    local probe = run_in(cwd, { bin, proc.script "print(require('agenthost').version)" })
+    if probe.code ~= 0 and probe.err:find("cannot load the agenthost module", 1, true) then
+      pending("the Lua library is not compiled into the command yet")
+      return
+    end
+    local r = run_in(cwd, { bin, abs("scripts/examples/ops_agent.lua") }, { limit = 60 })
+    assert.equal(0, r.code, r.err)
+    assert.matches("bundled offline mock", r.err)
+    assert.matches("tools used: ", r.out)
+  end)
+end)
+
 describe("the seed agent", function()
   it("prints the result of one step as JSON and exits 0", function()
     local code = seed.one:wait(60)

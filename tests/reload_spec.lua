@@ -299,6 +299,49 @@ return M
     end)
   end)
 
+  it("runs a module written for reload when nothing watches it", function()
+    local dir, name = module_dir([[
+local R = require("agenthost.reload").scope(...)
+local M = {}
+M.state = { ticks = 0 }
+function M.start() return R:every(0.001, function() M.state.ticks = M.state.ticks + 1 end) end
+function M.stop() R:sweep() end
+function M.migrate(old) return old or M.state end
+return M
+]])
+    local saved = package.path
+    package.path = dir .. "/?.lua;" .. saved
+    local ok, err = pcall(task.run, function()
+      local m = require(name)
+      local h = m.start()
+      assert.is_true(spec.eventually(function() return m.state.ticks >= 3 end))
+      m.stop()
+      local done, why = h:result()
+      assert.is_false(done)
+      assert.is_true(ah.error.is(why, "cancelled"))
+      assert.is_nil(reload.version(name)) -- loaded, but not reloadable
+    end)
+    package.path = saved
+    if not ok then error(err, 0) end
+  end)
+
+  it("with path = false, watches dir without searching it", function()
+    local dir, name, path = module_dir(version_module("v1"))
+    local saved = package.path
+    with_watch(dir, function(events)
+      local found = pcall(require, name)
+      assert.is_false(found)
+      -- the same directory, spelled differently, on package.path
+      package.path = dir .. "/.//?.lua;" .. saved
+      local m = require(name)
+      assert.equal(1, reload.version(name))
+      write(path, version_module("v2"))
+      assert.equal("swapped", next_event(events, name).kind)
+      assert.equal("v2", m.version())
+    end, { debounce_ms = 10, path = false })
+    package.path = saved
+  end)
+
   it("refuses to watch a directory that does not exist", function()
     local ok, err = pcall(task.run, function() reload.watch("/nonexistent/dir/for/agenthost") end)
     reload.stop()

@@ -9,10 +9,17 @@
 -- OPENAI_API_KEY, ANTHROPIC_API_KEY   the keys (never printed)
 --
 -- With a provider, a base URL or a key set, that API is used.  With none of
--- them, the bundled mock model (build/tests/mockllm) is started on a free
--- loopback port for the life of the process, and `about` says so and how
--- to use a real model instead.  The mock also serves /search, which
--- becomes AGENTHOST_SEARCH_URL's default for the web_search tool.
+-- them, the bundled mock model is started on a free loopback port for the
+-- life of the process, and `about` says so and how to use a real model
+-- instead.  The mock also serves /search, which becomes
+-- AGENTHOST_SEARCH_URL's default for the web_search tool.
+--
+-- Where the mock comes from, first found: AGENTHOST_MOCKLLM (the path of a
+-- mockllm binary); M.mock_command, a list {program, args...} that the host
+-- sets (the agenthost command sets {its own path, "--mock-llm"}: the mock
+-- is built into it); else, for other hosts (stock lua5.4 with
+-- agenthost.so, embedders), tests/mockllm beside the running binary or
+-- build/tests/mockllm of the working directory (`make` builds it).
 
 local ah = require "agenthost.core"
 local llm = require "agenthost.llm"
@@ -30,10 +37,19 @@ local function env(name)
   return v
 end
 
--- The directory of the running agenthost binary's build (for the mock).
-local function mock_binary()
+M.mock_command = nil -- {program, args...}: how this host runs the mock model
+
+-- The command that starts the mock model: a list {program, args...}, or nil.
+local function mock_command()
   local explicit = env("AGENTHOST_MOCKLLM")
-  if explicit then return explicit end
+  if explicit then return { explicit } end
+  if M.mock_command ~= nil then
+    if type(M.mock_command) ~= "table" or type(M.mock_command[1]) ~= "string" then
+      ah.error.raise("invalid_argument",
+        "config.mock_command: the mock command must be a list {program, args...}")
+    end
+    return M.mock_command
+  end
   local exe = arg and arg[-1]
   local candidates = {}
   if exe and exe:find("/", 1, true) then
@@ -45,7 +61,7 @@ local function mock_binary()
     local f = io.open(c, "rb")
     if f then
       f:close()
-      return c
+      return { c }
     end
   end
   return nil
@@ -69,16 +85,19 @@ function M.start_mock(opts)
 end
 
 function M._start_mock(opts)
-  local bin = mock_binary()
-  if not bin then
+  local cmd = mock_command()
+  if not cmd then
     error(ah.error.new("invalid_argument",
-      "no model is configured and the bundled mock (build/tests/mockllm) was not " ..
-      "found: run `make`, or set AGENTHOST_PROVIDER / OPENAI_API_KEY / ANTHROPIC_API_KEY"), 2)
+      "no model is configured and this host has no mock model (it is built into the " ..
+      "agenthost command; elsewhere set AGENTHOST_MOCKLLM to a mockllm binary, or run " ..
+      "`make` for build/tests/mockllm): set AGENTHOST_PROVIDER / OPENAI_API_KEY / " ..
+      "ANTHROPIC_API_KEY for a real model"), 2)
   end
   local args = {}
+  for i = 2, #cmd do args[#args + 1] = cmd[i] end
   for _, a in ipairs(opts and opts.args or {}) do args[#args + 1] = a end
   -- stdin stays a pipe held by this process: the mock exits when we do.
-  local p = ah.proc.spawn { cmd = bin, args = args }
+  local p = ah.proc.spawn { cmd = cmd[1], args = args }
   local ok, line = pcall(ah.task.timeout, 10, p.read_line, p)
   local port = ok and line and line:match("^port=(%d+)$")
   if not port then

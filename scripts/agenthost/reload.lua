@@ -14,6 +14,14 @@
 -- middle of a call finishes it on the old code, and its next call through
 -- the table runs the new code.  State that must survive a reload lives in
 -- M.state (or in the store), not in upvalues.
+--
+-- Which modules are reloadable: those found in a directory given to
+-- watch() (searched before package.path unless its option path is false),
+-- and those that require finds on package.path in a watched directory.
+-- Paths are compared in their absolute, normalised spelling, so "d/x.lua",
+-- "./d/x.lua" and "/cwd/d/x.lua" are one file.  A module written for
+-- reload runs unchanged where nothing watches it: scope() then gives its
+-- one version a scope of its own, and M.state is simply the module's.
 
 local core = require "agenthost.core"
 local task = core.task
@@ -25,11 +33,34 @@ M.budget = 10000000 -- instructions per staging step
 M.on_reload = nil -- function(event): {kind = "loaded"|"failed"|"swapped", module, path, version, ms, error}
 M.quiet = false -- when true, only failures are written to stderr
 
-local roots = {} -- watched directories, in order
+local roots = {} -- watched directories, in order: {dir (as given), key (canonical), search}
 local watcher -- the C watcher, created by the first M.watch
-local modules = {} -- path -> record {name, path, table, version, scope}
+local modules = {} -- canonical path -> record {name, path, key, table, version, scope}
 local by_name = {} -- module name -> record
+local plain = {} -- module name -> the scope of a module loaded while not watched
 local staging -- the record whose body is running (for M.scope)
+local main -- the program's main script (M.main): {path, key, text, reported}
+
+-- The absolute, lexically normalised spelling of a path: one file found
+-- under different spellings (a package.path entry, a watched directory, a
+-- watcher's event) compares equal.
+local function canon(p)
+  if p:sub(1, 1) ~= "/" then p = C.cwd() .. "/" .. p end
+  local parts = {}
+  for seg in p:gmatch("[^/]+") do
+    if seg == ".." then parts[#parts] = nil
+    elseif seg ~= "." then parts[#parts + 1] = seg end
+  end
+  return "/" .. table.concat(parts, "/")
+end
+
+-- Whether the file at canonical path key lies in a watched directory.
+local function watched(key)
+  for _, r in ipairs(roots) do
+    if r.key == "/" or key:sub(1, #r.key + 1) == r.key .. "/" then return true end
+  end
+  return false
+end
 
 local function emit(ev)
   if ev.kind == "failed" then
@@ -98,12 +129,20 @@ local function new_scope(rec)
   return setmetatable({ module = rec.name, version = rec.version, tasks = setmetatable({}, { __mode = "k" }) }, Scope)
 end
 
--- Inside a module body: the scope of the version being loaded.
+-- Inside a module body (local R = reload.scope(...)): the scope of the
+-- version being loaded.  A module that nothing watches has one version,
+-- and gets one scope per name, so that it runs unchanged without a
+-- watcher: R:spawn and R:every start their tasks, R:sweep cancels them.
 function M.scope(name)
+  if name ~= nil and type(name) ~= "string" then
+    core.error.raise("invalid_argument", "reload.scope: name must be a string (the module's name, ...)")
+  end
   if staging then return staging.scope end
   local rec = name and by_name[name]
   if rec then return rec.scope end
-  error("reload.scope: call it from the body of a module loaded from a watched directory", 2)
+  if not name then return new_scope({ name = "?", version = 1 }) end
+  if not plain[name] then plain[name] = new_scope({ name = name, version = 1 }) end
+  return plain[name]
 end
 
 local function read_file(path)
@@ -178,7 +217,7 @@ end
 local function load_module(name, path)
   local t0 = core.clock()
   local text = assert(read_file(path))
-  local rec = { name = name, path = path, version = 1, text = text }
+  local rec = { name = name, path = path, key = canon(path), version = 1, text = text }
   rec.scope = new_scope(rec)
   local prev = staging
   staging = rec
@@ -189,26 +228,46 @@ local function load_module(name, path)
   if not ok then error(value, 0) end
   if type(value) == "table" then
     rec.table = value
-    modules[path] = rec
+    modules[rec.key] = rec
     by_name[name] = rec
-    if watcher then watcher:file(path, text) end
+    if watcher then watcher:file(rec.key, text) end
     emit({ kind = "loaded", module = name, path = path, version = 1, ms = (core.clock() - t0) * 1000 })
   end
   return value
 end
 
+-- The package searcher (before the standard ones): the watched directories
+-- that are searched, then what the standard searcher would find on
+-- package.path, when it lies in a watched directory.
 local function searcher(name)
   local tried = {}
   for _, root in ipairs(roots) do
-    local path, err = package.searchpath(name, root .. "/?.lua;" .. root .. "/?/init.lua")
-    if path then return load_module, path end
-    tried[#tried + 1] = err
+    if root.search then
+      local path, err = package.searchpath(name, root.dir .. "/?.lua;" .. root.dir .. "/?/init.lua")
+      if path then return load_module, path end
+      tried[#tried + 1] = err
+    end
   end
+  local path = package.searchpath(name, package.path)
+  if path and watched(canon(path)) then return load_module, path end
+  if #tried == 0 then return nil end
   return table.concat(tried)
 end
 
+-- A change of the main script: it is not a module and cannot be swapped,
+-- so the change is reported once per saved content with what to do.
+local function main_changed(text)
+  if not text or text == main.text or text == main.reported then return end
+  main.reported = text
+  io.stderr:write("agenthost: ", main.path, " changed: the main script is not reloaded ",
+    "(only the modules it requires are); restart agenthost to run the new version, ",
+    "or move the code that should reload into a module (docs/reload.md)\n")
+end
+
 local function changed(path, text, err)
-  local rec = modules[path]
+  local key = canon(path)
+  if main and key == main.key then return main_changed(text) end
+  local rec = modules[key]
   if not rec then return end -- not a loaded module
   if not text then
     if err ~= "deleted" then
@@ -227,17 +286,44 @@ end
 
 -- Watches dir (and its subdirectories): modules required from it from now
 -- on are reloadable.  opts: debounce_ms (50), sighup (reload on SIGHUP),
--- poll (use polling instead of file events).
+-- poll (use polling instead of file events), path (true: require searches
+-- dir before package.path; false: dir is only watched, and its modules are
+-- found on package.path as they would be without watching).
 function M.watch(dir, opts)
-  for _, r in ipairs(roots) do if r == dir then return end end
+  if type(dir) ~= "string" then
+    core.error.raise("invalid_argument", "ah.reload.watch: dir must be a string")
+  end
+  if type(opts) == "table" and opts.path ~= nil and type(opts.path) ~= "boolean" then
+    core.error.raise("invalid_argument", "ah.reload.watch: path must be a boolean")
+  end
+  local search = not (type(opts) == "table" and opts.path == false)
+  local key = canon(dir)
+  for _, r in ipairs(roots) do
+    if r.key == key then
+      r.search = r.search or search
+      return
+    end
+  end
   if not watcher then
-    watcher = C.watch(dir, changed, opts)
+    watcher = C.watch(key, changed, opts)
     table.insert(package.searchers, 2, searcher)
   else
-    watcher:add(dir)
+    watcher:add(key)
   end
-  roots[#roots + 1] = dir
-  for path, rec in pairs(modules) do watcher:file(path, rec.text) end
+  roots[#roots + 1] = { dir = dir, key = key, search = search }
+  for k, rec in pairs(modules) do watcher:file(k, rec.text) end
+  if main and main.text then watcher:file(main.key, main.text) end
+end
+
+-- Names the program's main script (the agenthost command does under
+-- --watch).  It is not a module: a change to it is reported on stderr,
+-- saying that it is not reloaded and what to do instead.
+function M.main(path)
+  if type(path) ~= "string" then
+    core.error.raise("invalid_argument", "reload.main: path must be a string")
+  end
+  main = { path = path, key = canon(path), text = read_file(path) }
+  if watcher and main.text then watcher:file(main.key, main.text) end
 end
 
 -- Reloads module `name` from its file now; returns true or false, error.

@@ -1442,7 +1442,13 @@ static int usage(void) {
   return 2;
 }
 
-int main(int argc, char **argv) {
+/* The entry point is main unless the including file names another
+ * (mockllm.c does when it is built into the agenthost command). */
+#ifndef HTTPD_MAIN
+#define HTTPD_MAIN main
+#endif
+
+int HTTPD_MAIN(int argc, char **argv) {
   struct sockaddr_in addr;
   struct sockaddr_storage bound;
   struct sigaction sa;

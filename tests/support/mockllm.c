@@ -12,8 +12,19 @@
  * response of the mock's own routes goes through one struct mreq, attached
  * to the request and freed by ext_clear, which is also where a request
  * stops counting as in flight.  Relies on libuv (through httpd.c) only.
+ *
+ * Built alone it is build/tests/mockllm; built with AH_MOCKLLM_BUILTIN its
+ * main is ah_mockllm_main, linked into the agenthost command (not into the
+ * library) as `agenthost --mock-llm`, so that the installed command has the
+ * offline model with it.
  */
 #define HTTPD_EXT 1
+#ifdef AH_MOCKLLM_BUILTIN
+/* Built a second time into the agenthost command (Makefile): there the
+ * entry point is ah_mockllm_main, which `agenthost --mock-llm` calls. */
+int ah_mockllm_main(int argc, char **argv);
+#define HTTPD_MAIN ah_mockllm_main
+#endif
 #define HTTPD_USAGE                                                                   \
   "usage: mockllm [--port N] [--rules FILE] [--chunk N] [--delay-ms M]\n"             \
   "               [--first-byte-ms F] [--api-key KEY] [--model NAME]\n"

@@ -151,6 +151,14 @@ function Bg:wait_output(s, limit)
   return poll(string.format("grep -qsF -- %s %s", q(s), q(self.dir .. "/out")), limit)
 end
 
+-- Waits until stderr contains the plain string s, or the process has
+-- exited; returns whether stderr contains it.
+function Bg:wait_error(s, limit)
+  local has = string.format("grep -qsF -- %s %s", q(s), q(self.dir .. "/err"))
+  poll(string.format("{ %s || [ -f %s ]; }", has, q(self.dir .. "/rc")), limit)
+  return sh(has) == 0
+end
+
 function Bg:signal(name)
   return sh(string.format("kill -%s %d", name, self:pid())) == 0
 end
