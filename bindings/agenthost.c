@@ -179,6 +179,9 @@ void ah__metatable(lua_State *L, const char *name, const luaL_Reg *methods,
 }
 
 int luaopen_agenthost_core(lua_State *L) {
+  static const luaL_Reg fns[] = {{"clock", m_clock}, {"rusage", m_rusage},
+                                 {"isatty", m_isatty}, {"log", m_log},
+                                 {"step", m_step},     {NULL, NULL}};
   lua_createtable(L, 0, 12);
   ah__open_task(L);
   lua_setfield(L, -2, "task");
@@ -192,16 +195,7 @@ int luaopen_agenthost_core(lua_State *L) {
   lua_setfield(L, -2, "store");
   ah__open_proc(L);
   lua_setfield(L, -2, "_proc");
-  lua_pushcfunction(L, m_clock);
-  lua_setfield(L, -2, "clock");
-  lua_pushcfunction(L, m_rusage);
-  lua_setfield(L, -2, "rusage");
-  lua_pushcfunction(L, m_isatty);
-  lua_setfield(L, -2, "isatty");
-  lua_pushcfunction(L, m_log);
-  lua_setfield(L, -2, "log");
-  lua_pushcfunction(L, m_step);
-  lua_setfield(L, -2, "step");
+  luaL_setfuncs(L, fns, 0);
   lua_pushliteral(L, AH_VERSION_STRING);
   lua_setfield(L, -2, "version");
   return 1;
