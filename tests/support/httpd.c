@@ -32,7 +32,21 @@
  *                        "redirected" when there is no URL
  *   /stats               JSON {"connections","requests","open"}
  *   /json                the request body, as application/json
+ *   /fault/NAME          a response that breaks HTTP on purpose, written
+ *                        raw, after which the connection is closed:
+ *     status             a malformed status line
+ *     header-huge?size=N one header line of N bytes (default 2 MiB)
+ *     header-flood?n=N   N short header fields (default 100000)
+ *     bad-chunk          chunked, with a chunk size that is not hex
+ *     chunk-overflow     chunked, with a chunk size beyond 64 bits
+ *     gzip-bomb?size=N   gzip content-encoding whose N bytes of zeros
+ *                        (default 16 MiB) compress to about N / 160
+ *                        (/reset and /drip are the other faults: a reset
+ *                        in the middle of a body, and a slow body)
  *   anything else        404 "not found"
+ *
+ * A connection that opens with a TLS handshake record gets 400 in plain
+ * text and is closed, as from any plain HTTP server.
  *
  * Requests are parsed by hand from a per-connection buffer, so they may
  * arrive split at any byte.  Bodies come with Content-Length or chunked
@@ -1045,6 +1059,134 @@ static void route_stats(conn *c) {
   respond(c, 200, "application/json", body, strlen(body), NULL);
 }
 
+/* Faults ---------------------------------------------------------------- */
+
+/* Queues b (taken over) as the whole response; the connection closes
+ * after it. */
+static void send_raw(conn *c, sbuf *b) {
+  c->r.keep_alive = 0;
+  c->r.body_done = 1;
+  emit(c, b->p, b->len, NULL, 0, NULL);
+}
+
+/* Appends bits to a deflate stream, least significant bit first. */
+typedef struct {
+  sbuf *b;
+  uint32_t acc;
+  int n;
+} bitw;
+
+static void bits_put(bitw *w, uint32_t v, int n) {
+  w->acc |= v << w->n;
+  w->n += n;
+  while (w->n >= 8) {
+    char ch = (char)(w->acc & 0xff);
+    sb_put(w->b, &ch, 1);
+    w->acc >>= 8;
+    w->n -= 8;
+  }
+}
+
+/* Huffman codes go in most significant bit first. */
+static void bits_code(bitw *w, uint32_t code, int n) {
+  uint32_t r = 0;
+  int i;
+  for (i = 0; i < n; i++) r |= ((code >> i) & 1u) << (n - 1 - i);
+  bits_put(w, r, n);
+}
+
+/* A gzip member of one fixed-Huffman deflate block: a literal zero, then
+ * copies of 258 bytes at distance 1 (13 bits each), so about size bytes
+ * of zeros in size / 160 bytes.  *decoded gets the exact decoded size. */
+static void gzip_zeros(sbuf *b, uint64_t size, uint64_t *decoded) {
+  static const unsigned char head[10] = {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff};
+  uint64_t k = size > 1 ? (size - 1) / 258 : 0, i, n = 1 + 258 * k;
+  uint32_t crc = 0xffffffffu, table[256], v;
+  bitw w = {b, 0, 0};
+  int j;
+  sb_put(b, head, sizeof head);
+  bits_put(&w, 1, 1);          /* BFINAL */
+  bits_put(&w, 1, 2);          /* BTYPE 01: fixed codes */
+  bits_code(&w, 0x30, 8);      /* literal 0 */
+  for (i = 0; i < k; i++) {
+    bits_code(&w, 0xc5, 8);    /* length 258 (code 285) */
+    bits_code(&w, 0, 5);       /* distance 1 (code 0) */
+  }
+  bits_code(&w, 0, 7);         /* end of block (256) */
+  if (w.n) bits_put(&w, 0, 8 - w.n);
+  for (i = 0; i < 256; i++) {
+    v = (uint32_t)i;
+    for (j = 0; j < 8; j++) v = v & 1 ? 0xedb88320u ^ (v >> 1) : v >> 1;
+    table[i] = v;
+  }
+  for (i = 0; i < n; i++) crc = table[crc & 0xff] ^ (crc >> 8);
+  crc ^= 0xffffffffu;
+  for (j = 0; j < 4; j++) {
+    char ch = (char)((crc >> (8 * j)) & 0xff);
+    sb_put(b, &ch, 1);
+  }
+  for (j = 0; j < 4; j++) {
+    char ch = (char)((n >> (8 * j)) & 0xff);
+    sb_put(b, &ch, 1);
+  }
+  *decoded = n;
+}
+
+static void route_fault(conn *c) {
+  request *r = &c->r;
+  const char *name = r->target + 7;
+  size_t len = r->path_len - 7;
+  sbuf b = {0};
+  uint64_t n, i;
+#define FAULT_IS(s) (len == strlen(s) && memcmp(name, s, len) == 0)
+  if (FAULT_IS("status")) {
+    sb_puts(&b, "HTTP/1.1 2x0 Broken\r\ncontent-length: 0\r\n\r\n");
+  } else if (FAULT_IS("header-huge")) {
+    if (num_param(c, "size", (uint64_t)2 << 20, (uint64_t)64 << 20, &n) < 0) {
+      respond_text(c, 400, "bad size");
+      return;
+    }
+    sb_reserve(&b, (size_t)n + 64);
+    sb_puts(&b, "HTTP/1.1 200 OK\r\nx-huge: ");
+    memset(b.p + b.len, 'a', (size_t)n);
+    b.len += (size_t)n;
+    sb_puts(&b, "\r\ncontent-length: 0\r\n\r\n");
+  } else if (FAULT_IS("header-flood")) {
+    if (num_param(c, "n", 100000, 10000000, &n) < 0) {
+      respond_text(c, 400, "bad n");
+      return;
+    }
+    sb_puts(&b, "HTTP/1.1 200 OK\r\n");
+    for (i = 0; i < n; i++) sb_printf(&b, "x-flood-%llu: v\r\n", (unsigned long long)i);
+    sb_puts(&b, "content-length: 0\r\n\r\n");
+  } else if (FAULT_IS("bad-chunk")) {
+    sb_puts(&b, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                "5\r\nhello\r\nzz\r\nhello\r\n0\r\n\r\n");
+  } else if (FAULT_IS("chunk-overflow")) {
+    sb_puts(&b, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                "fffffffffffffffffffff\r\nhello\r\n0\r\n\r\n");
+  } else if (FAULT_IS("gzip-bomb")) {
+    sbuf z = {0};
+    uint64_t decoded;
+    if (num_param(c, "size", (uint64_t)16 << 20, (uint64_t)1 << 32, &n) < 0) {
+      respond_text(c, 400, "bad size");
+      return;
+    }
+    gzip_zeros(&z, n, &decoded);
+    sb_printf(&b, "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
+                  "content-encoding: gzip\r\ncontent-length: %zu\r\n"
+                  "x-decoded-length: %llu\r\n\r\n",
+              z.len, (unsigned long long)decoded);
+    sb_put(&b, z.p, z.len);
+    sb_free(&z);
+  } else {
+    respond_text(c, 404, "not found");
+    return;
+  }
+#undef FAULT_IS
+  send_raw(c, &b);
+}
+
 /* Answers the complete request in c->r. */
 static void dispatch(conn *c) {
   request *r = &c->r;
@@ -1079,6 +1221,8 @@ static void dispatch(conn *c) {
     route_redirect(c);
   } else if (path_is(c, "/stats")) {
     route_stats(c);
+  } else if (r->path_len > 7 && memcmp(r->target, "/fault/", 7) == 0) {
+    route_fault(c);
   } else if (path_is(c, "/json")) {
     respond(c, 200, "application/json", r->body.p ? r->body.p : "", r->body.len, NULL);
   } else {
@@ -1270,6 +1414,12 @@ static void process(conn *c) {
     if (avail == 0) return;
     switch (c->st) {
     case ST_HEAD:
+      if (*p == 0x16) {
+        /* A TLS handshake record: a client speaking https to this plain
+         * port gets a plain answer, as from any HTTP server. */
+        fail(c, 400, "this port speaks plain HTTP, not TLS");
+        return;
+      }
       len = scan_head(c);
       p = c->in + c->in_off;
       avail = c->in_len - c->in_off;
