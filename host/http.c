@@ -452,14 +452,28 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
 static const char *kind_of(ah_http_req *r, CURLcode rc, int *retryable) {
   *retryable = 0;
   if (r->too_large) return "too_large";
-  if (r->blocked[0]) return "forbidden";
+  /* An address refused by the guard fails the request only when curl had
+   * no other address to fall back on: a request that then connected
+   * elsewhere succeeded, or failed for its own reasons. */
+  if (r->blocked[0] && rc == CURLE_COULDNT_CONNECT) return "forbidden";
   switch (rc) {
   case CURLE_OK: return NULL;
   case CURLE_COULDNT_RESOLVE_HOST:
   case CURLE_COULDNT_RESOLVE_PROXY: *retryable = 1; return "dns";
+  case CURLE_RECV_ERROR:
+    /* curl also ends with a receive error when the bytes received were
+     * bad: a chunk size that is not hex or does not fit, more response
+     * headers than it accepts (300 KiB).  Those say so in the message and
+     * would fail again; a socket or TLS read failure is the connection's. */
+    if (strstr(r->errbuf, "chunked") || strstr(r->errbuf, "header")) return "protocol";
+    *retryable = 1;
+    return "connect";
+  case CURLE_OUT_OF_MEMORY:
+    /* In a transfer this is almost always one of curl's buffer bounds: a
+     * response header line longer than 100 KiB, or a trailer too large. */
+    return "protocol";
   case CURLE_COULDNT_CONNECT:
   case CURLE_SEND_ERROR:
-  case CURLE_RECV_ERROR:
   case CURLE_GOT_NOTHING:
   case CURLE_PARTIAL_FILE: *retryable = 1; return "connect";
   case CURLE_OPERATION_TIMEDOUT: *retryable = 1; return "timeout";
@@ -508,12 +522,16 @@ static void check_done(hlane *lane) {
                                                 : 11;
     }
     r->kind = kind_of(r, r->code, &r->retryable);
+    if (r->code == CURLE_OUT_OF_MEMORY && !r->too_large)
+      snprintf(r->errbuf, sizeof r->errbuf,
+               "a response field exceeds libcurl's bounds (a header line over "
+               "100 KiB), or memory ran out");
     if (r->kind && !r->errbuf[0])
       snprintf(r->errbuf, sizeof r->errbuf, "%s", curl_easy_strerror(r->code));
     if (r->kind && strcmp(r->kind, "too_large") == 0)
       snprintf(r->errbuf, sizeof r->errbuf,
                "the response is larger than max_body (%zu bytes)", r->max_body);
-    if (r->blocked[0])
+    if (r->kind && strcmp(r->kind, "forbidden") == 0)
       snprintf(r->errbuf, sizeof r->errbuf,
                "refused to connect to %s: loopback, private and other internal "
                "addresses are not allowed for this request",
