@@ -251,6 +251,14 @@ void ah__http_close(ah_http *h);
  * a body is sent without "Expect: 100-continue" (no round trip before the
  * body). */
 int ah__http_start(ah_http *h, ah_http_req *r);
+/* The private-address guard (deny_private).  ah__http_addr_blocked: 1 when
+ * sa (AF_INET or AF_INET6; any other family is blocked) is in an IANA
+ * special-purpose range that is not globally reachable, or is an IPv6 form
+ * routed to such an IPv4 address; pure, no state, cheap (for fuzzers too).
+ * ah__http_addr_refused: the same, or an address of one of this machine's
+ * interfaces (the list is read again at most once a second). */
+int ah__http_addr_blocked(const struct sockaddr *sa);
+int ah__http_addr_refused(ah_http *h, const struct sockaddr *sa);
 /* Aborts the transfer if it is running (no done call) and frees its
  * buffers; the easy handle goes back to the pool. */
 void ah__http_req_free(ah_http_req *r);

@@ -113,12 +113,19 @@ struct ah_http {
   long started;      /* transfers started in this iteration */
   ah_http_req *qhead, *qtail;
   int nqueued;
+  /* The local interfaces' addresses for the private-address guard, from
+   * uv_interface_addresses; freed with uv_free_interface_addresses when
+   * read again and in maybe_free. */
+  uv_interface_address_t *ifaddrs;
+  int nifaddrs, ifaddrs_read;
+  uint64_t ifaddrs_at; /* loop time of the last read */
 };
 
 /* ---- sockets and timer ---------------------------------------------------- */
 
 static void maybe_free(ah_http *h) {
   if (!h->closing || h->handles > 0) return;
+  if (h->ifaddrs) uv_free_interface_addresses(h->ifaddrs, h->nifaddrs);
   free(h->socks);
   free(h->conn);
   free(h);
@@ -252,38 +259,106 @@ static int sock_cb(CURL *e, curl_socket_t fd, int what, void *userp,
   return 0;
 }
 
-/* Is a an address that a URL from untrusted input must not reach: this
- * host, private networks, link-local, shared, multicast or reserved? */
-static int is_internal_v4(const unsigned char *b) {
-  return b[0] == 0 || b[0] == 10 || b[0] == 127 || b[0] >= 224 ||
-         (b[0] == 100 && (b[1] & 0xc0) == 64) ||         /* 100.64/10 */
-         (b[0] == 169 && b[1] == 254) ||                 /* link-local */
-         (b[0] == 172 && (b[1] & 0xf0) == 16) ||         /* 172.16/12 */
-         (b[0] == 192 && b[1] == 168) ||
-         (b[0] == 192 && b[1] == 0 && b[2] == 0) ||      /* 192.0.0/24 */
-         (b[0] == 198 && (b[1] & 0xfe) == 18);           /* 198.18/15 */
+/* ---- the private-address guard ------------------------------------------ */
+
+/* Whether an IPv4 address is in one of the IANA special-purpose ranges
+ * that a URL from untrusted input must not reach (the registry's entries
+ * that are not globally reachable, plus the deprecated 6to4 relay). */
+static int v4_blocked(const unsigned char *b) {
+  return b[0] == 0 ||                                  /* 0/8 this network */
+         b[0] == 10 ||                                 /* 10/8 private */
+         b[0] == 127 ||                                /* 127/8 loopback */
+         b[0] >= 224 ||                                /* 224/4 multicast, 240/4
+                                                        * reserved, broadcast */
+         (b[0] == 100 && (b[1] & 0xc0) == 64) ||       /* 100.64/10 shared */
+         (b[0] == 169 && b[1] == 254) ||               /* 169.254/16 link-local */
+         (b[0] == 172 && (b[1] & 0xf0) == 16) ||       /* 172.16/12 private */
+         (b[0] == 192 && b[1] == 168) ||               /* 192.168/16 private */
+         (b[0] == 192 && b[1] == 0 && b[2] == 0) ||    /* 192.0.0/24 IETF */
+         (b[0] == 192 && b[1] == 0 && b[2] == 2) ||    /* 192.0.2/24 TEST-NET-1 */
+         (b[0] == 192 && b[1] == 88 && b[2] == 99) ||  /* 192.88.99/24 6to4 relay */
+         (b[0] == 198 && (b[1] & 0xfe) == 18) ||       /* 198.18/15 benchmarking */
+         (b[0] == 198 && b[1] == 51 && b[2] == 100) || /* 198.51.100/24 TEST-NET-2 */
+         (b[0] == 203 && b[1] == 0 && b[2] == 113);    /* 203.0.113/24 TEST-NET-3 */
 }
 
-static int is_internal(const struct sockaddr *sa) {
+/* The IPv4 address an IPv6 address leads to, for the forms that embed one
+ * and are routed to it: the NAT64 well-known prefix 64:ff9b::/96 and 6to4
+ * 2002::/16.  NULL for the others. */
+static const unsigned char *v6_embedded_v4(const unsigned char *b) {
+  static const unsigned char nat64[12] = {0, 0x64, 0xff, 0x9b};
+  if (memcmp(b, nat64, 12) == 0) return b + 12;
+  if (b[0] == 0x20 && b[1] == 0x02) return b + 2;
+  return NULL;
+}
+
+static int v6_blocked(const unsigned char *b) {
+  const unsigned char *v4 = v6_embedded_v4(b);
+  if (v4) return v4_blocked(v4);
+  /* Only 2000::/3 is global unicast.  Outside it: ::, ::1, ::ffff:0:0/96
+   * (IPv4-mapped, a classic way around IPv4 checks), the old ::/96
+   * compatible form, 64:ff9b:1::/48 local NAT64, 100::/64 discard,
+   * 5f00::/16 SRv6, fc00::/7 unique local, fe80::/10 link-local, fec0::/10
+   * site-local, ff00::/8 multicast. */
+  if ((b[0] & 0xe0) != 0x20) return 1;
+  return (b[0] == 0x20 && b[1] == 0x01 && b[2] < 0x02) ||         /* 2001::/23 IETF
+                                                                    * (Teredo, ORCHID...) */
+         (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0x0d && b[3] == 0xb8) || /* 2001:db8::/32 */
+         (b[0] == 0x3f && b[1] == 0xff && (b[2] & 0xf0) == 0);     /* 3fff::/20 documentation */
+}
+
+int ah__http_addr_blocked(const struct sockaddr *sa) {
   if (sa->sa_family == AF_INET)
-    return is_internal_v4((const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr);
-  if (sa->sa_family == AF_INET6) {
-    const unsigned char *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
-    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    static const unsigned char nat64[12] = {0, 0x64, 0xff, 0x9b};
-    static const unsigned char zero[12] = {0};
-    /* ::ffff:a.b.c.d, 64:ff9b::a.b.c.d and the old ::a.b.c.d carry an
-     * IPv4 address (:: and ::1 are 0.0.0.0 and 0.0.0.1 there) */
-    if (memcmp(b, mapped, 12) == 0 || memcmp(b, nat64, 12) == 0 ||
-        memcmp(b, zero, 12) == 0)
-      return is_internal_v4(b + 12);
-    return (b[0] & 0xfe) == 0xfc ||                      /* fc00::/7 */
-           (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) ||    /* fe80::/10 */
-           b[0] == 0xff;                                 /* multicast */
-  }
+    return v4_blocked((const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr);
+  if (sa->sa_family == AF_INET6)
+    return v6_blocked(((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr);
   return 1;
 }
 
+/* The local interfaces' addresses are read again when the list is older
+ * than IFADDRS_TTL_MS of loop time, on the next connection that needs the
+ * check (getifaddrs costs a netlink round trip, so not on every one). */
+#define IFADDRS_TTL_MS 1000
+
+static void ifaddrs_refresh(ah_http *h) {
+  uint64_t now = uv_now(h->loop);
+  uv_interface_address_t *v;
+  int n;
+  if (h->ifaddrs_read && now - h->ifaddrs_at < IFADDRS_TTL_MS) return;
+  if (uv_interface_addresses(&v, &n) != 0) return; /* keep the last list */
+  if (h->ifaddrs) uv_free_interface_addresses(h->ifaddrs, h->nifaddrs);
+  h->ifaddrs = v;
+  h->nifaddrs = n;
+  h->ifaddrs_at = now;
+  h->ifaddrs_read = 1;
+}
+
+/* Whether sa, or the IPv4 address it embeds, is assigned to one of this
+ * machine's interfaces: a public address of the machine reaches services
+ * bound to all interfaces just as loopback does. */
+static int addr_local(ah_http *h, const struct sockaddr *sa) {
+  const unsigned char *v4 = NULL, *v6 = NULL;
+  int i;
+  if (sa->sa_family == AF_INET)
+    v4 = (const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr;
+  else if (sa->sa_family == AF_INET6)
+    v4 = v6_embedded_v4(v6 = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr);
+  ifaddrs_refresh(h);
+  for (i = 0; i < h->nifaddrs; i++) {
+    const struct sockaddr *a = (const struct sockaddr *)&h->ifaddrs[i].address.address4;
+    if (a->sa_family == AF_INET && v4 &&
+        memcmp(&((const struct sockaddr_in *)a)->sin_addr, v4, 4) == 0)
+      return 1;
+    if (a->sa_family == AF_INET6 && v6 &&
+        memcmp(((const struct sockaddr_in6 *)a)->sin6_addr.s6_addr, v6, 16) == 0)
+      return 1;
+  }
+  return 0;
+}
+
+int ah__http_addr_refused(ah_http *h, const struct sockaddr *sa) {
+  return ah__http_addr_blocked(sa) || addr_local(h, sa);
+}
 
 /* Opens every socket curl connects with (clientp: the request).  Sockets
  * are close-on-exec, so that programs started by ah.proc do not inherit the
@@ -298,7 +373,7 @@ static curl_socket_t open_socket_cb(void *clientp, curlsocktype purpose,
   ah_http *h = r->h;
   curl_socket_t fd;
   (void)purpose;
-  if (r->deny_private && is_internal(&a->addr)) {
+  if (r->deny_private && ah__http_addr_refused(h, &a->addr)) {
     const void *ip = a->family == AF_INET6
                          ? (const void *)&((struct sockaddr_in6 *)&a->addr)->sin6_addr
                          : (const void *)&((struct sockaddr_in *)&a->addr)->sin_addr;
