@@ -164,6 +164,16 @@ static void add_headers(lua_State *L, int idx, lreq *lr, const char *fn) {
   }
 }
 
+/* A timeout in seconds as curl's milliseconds: at least 1 (0 would mean
+ * no timeout to curl) and at most TIMEOUT_MAX_MS, about 11.6 days, so
+ * that inf or 1e300 converts to a long without undefined behaviour. */
+#define TIMEOUT_MAX_MS 1e9
+static long timeout_ms(double seconds) {
+  double ms = seconds * 1000 + 0.5;
+  if (!(ms >= 1)) return 1;
+  return ms > TIMEOUT_MAX_MS ? (long)TIMEOUT_MAX_MS : (long)ms;
+}
+
 /* Validates the options table at 1 and starts the transfer; leaves only
  * the request userdata on the stack. */
 static lreq *start(lua_State *L, ah_task *me, int stream) {
@@ -234,10 +244,8 @@ static lreq *start(lua_State *L, ah_task *me, int stream) {
   lr->r.method = lr->method;
   lr->r.body_data = body;
   lr->r.body_len = body_len;
-  /* At least 1 ms: 0 would mean no timeout to curl. */
-  lr->r.timeout_ms = timeout < 0.001 ? 1 : (long)(timeout * 1000 + 0.5);
-  lr->r.connect_timeout_ms =
-      connect_timeout < 0.001 ? 1 : (long)(connect_timeout * 1000 + 0.5);
+  lr->r.timeout_ms = timeout_ms(timeout);
+  lr->r.connect_timeout_ms = timeout_ms(connect_timeout);
   lr->r.max_body = max_body > 1e15 ? (size_t)1e15 : (size_t)max_body;
   lr->r.done = stream ? stream_done : on_done;
   lr->r.data = lr;

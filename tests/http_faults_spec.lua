@@ -81,4 +81,14 @@ describe("ah.http against faults", function()
     s2:stop()
     expect("connect", true, { url = "http://127.0.0.1:" .. port .. "/" })
   end)
+
+  it("a timeout of inf or 1e300 is clamped, not undefined", function()
+    for _, v in ipairs { math.huge, 1e300, 2^63 } do
+      local r = task.run(function()
+        return http.get(srv.url("/fixed"), { timeout = v, connect_timeout = v })
+      end)
+      assert.equal(200, r.status)
+      assert.equal("hello world", r.body)
+    end
+  end)
 end)
