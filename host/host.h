@@ -528,9 +528,10 @@ void ah__posts_free(ah_posts *p);
 
 /* ---- JSON syntax (json.c) ----------------------------------------------- */
 
-/* 0 when s[0..len) is one JSON value (RFC 8259: UTF-8, nesting at most
- * AH_JSON_MAX_DEPTH, which is what lua-cjson decodes by default), else -1.
- * Any thread may call it. */
+/* 0 when s[0..len) is one JSON value (RFC 8259: UTF-8, \u escapes of
+ * surrogates only in pairs, nesting at most AH_JSON_MAX_DEPTH, which is
+ * what lua-cjson decodes by default), else -1.  lua-cjson decodes every
+ * text accepted here (tests/c/test_json.c).  Any thread may call it. */
 #define AH_JSON_MAX_DEPTH 1000
 int ah__json_check(const char *s, size_t len);
 

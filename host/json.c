@@ -1,7 +1,10 @@
 /*
  * The JSON syntax checker: ah__json_check tells whether a text is exactly
- * one JSON value as RFC 8259 defines it (UTF-8 checked, nesting bounded),
- * without building anything.  Posts from other threads are checked with it
+ * one JSON value as RFC 8259 defines it (UTF-8 checked, \u escapes of
+ * surrogates only as pairs, nesting bounded), without building anything.
+ * What it accepts lua-cjson decodes (tests/c/test_json.c compares them);
+ * it is stricter where lua-cjson is laxer than the RFC (leading zeros, hex,
+ * Infinity and NaN, raw control characters, invalid UTF-8).  Posts from other threads are checked with it
  * before they are queued (see post.c and ah_post), so a bad text is
  * refused to its poster instead of failing later on the loop thread.
  *
@@ -47,6 +50,36 @@ static int scan_utf8(jscan *j) {
   return 0;
 }
 
+/* The four hex digits of a \u escape at j->s (past the 'u'), or -1. */
+static long scan_hex4(jscan *j) {
+  long v = 0;
+  int i;
+  for (i = 0; i < 4; i++, j->s++) {
+    int c;
+    if (j->s >= j->end || !is_hex(c = *j->s)) return -1;
+    v = v * 16 + (is_digit(c) ? c - '0' : (c | 0x20) - 'a' + 10);
+  }
+  return v;
+}
+
+/* A \u escape, j->s past the 'u'.  A surrogate is valid only as a pair: a
+ * high one (D800-DBFF) followed at once by a \u escape of a low one
+ * (DC00-DFFF).  A lone one has no UTF-8 form: lua-cjson refuses it, and
+ * so must we, or a text we pass would fail on delivery. */
+static int scan_uescape(jscan *j) {
+  long cp = scan_hex4(j);
+  if (cp < 0) return -1;
+  if (cp >= 0xdc00 && cp <= 0xdfff) return -1;
+  if (cp >= 0xd800 && cp <= 0xdbff) {
+    long lo;
+    if (j->end - j->s < 2 || j->s[0] != '\\' || j->s[1] != 'u') return -1;
+    j->s += 2;
+    lo = scan_hex4(j);
+    if (lo < 0xdc00 || lo > 0xdfff) return -1;
+  }
+  return 0;
+}
+
 static int scan_string(jscan *j) {
   j->s++; /* the opening quote */
   while (j->s < j->end) {
@@ -60,9 +93,7 @@ static int scan_string(jscan *j) {
       if (++j->s >= j->end) return -1;
       c = *j->s++;
       if (c == 'u') {
-        int i;
-        for (i = 0; i < 4; i++, j->s++)
-          if (j->s >= j->end || !is_hex(*j->s)) return -1;
+        if (scan_uescape(j)) return -1;
       } else if (!strchr("\"\\/bfnrt", c) || c == 0) {
         return -1;
       }

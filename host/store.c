@@ -45,6 +45,7 @@ typedef struct centry {
   sqlite3_stmt *stmt;
   size_t len;
   int extra;                   /* SQL text follows the first statement */
+  int pragma;                  /* PRAGMA_* flags of the statement */
   char sql[];
 } centry;
 
@@ -55,8 +56,15 @@ typedef struct conn {
   int n;
   int internal;                /* running our own statements */
   int reader;                  /* a reader's connection (query_only) */
+  int reading;                 /* preparing a query's statement */
   int denied;                  /* the authorizer refused a statement */
+  int pragma;                  /* PRAGMA_* flags of the statement being
+                                  prepared, set by the authorizer */
 } conn;
+
+/* What the authorizer saw of the pragmas in a statement. */
+#define PRAGMA_SEEN 1              /* the statement is a PRAGMA */
+#define PRAGMA_IMPURE 2            /* one that is not a pure read (pragma_pure) */
 
 typedef struct reader {
   uv_thread_t thread;
@@ -103,20 +111,55 @@ struct ah_store {
 
 static uint64_t hash_sql(const char *s, size_t n) { return ah__hash(s, n); }
 
+/* Whether PRAGMA name, with arg (NULL when none), only reads.  A pragma
+ * given a value sets something (journal_mode=DELETE takes the database out
+ * of WAL, query_only=0 makes a reader writable, busy_timeout=0 changes the
+ * connection), except the introspection pragmas whose argument names a
+ * table or index; a few act even without one.  sqlite3_stmt_readonly does
+ * not tell these apart, so queries are checked against this list. */
+static int pragma_pure(const char *name, const char *arg) {
+  static const char *const named[] = {
+      "table_info", "table_xinfo", "table_list", "index_info", "index_xinfo",
+      "index_list", "foreign_key_list", "foreign_key_check", "integrity_check",
+      "quick_check", NULL};
+  static const char *const acting[] = {
+      "wal_checkpoint", "optimize", "incremental_vacuum", "shrink_memory", NULL};
+  int i;
+  if (!name) return 0;
+  if (arg) {
+    for (i = 0; named[i]; i++)
+      if (sqlite3_stricmp(name, named[i]) == 0) return 1;
+    return 0;
+  }
+  for (i = 0; acting[i]; i++)
+    if (sqlite3_stricmp(name, acting[i]) == 0) return 0;
+  return 1;
+}
+
 static int authorize(void *ud, int action, const char *a, const char *b,
                      const char *c, const char *d) {
   conn *cn = ud;
-  (void)a, (void)b, (void)c, (void)d;
+  (void)c, (void)d;
   if (cn->internal) return SQLITE_OK;
   if (action == SQLITE_TRANSACTION || action == SQLITE_SAVEPOINT ||
       action == SQLITE_ATTACH || action == SQLITE_DETACH) {
     cn->denied = 1;
     return SQLITE_DENY;
   }
-  /* A reader stays read-only: its query_only cannot be turned off. */
-  if (cn->reader && action == SQLITE_PRAGMA && a && sqlite3_stricmp(a, "query_only") == 0) {
-    cn->denied = 2;
-    return SQLITE_DENY;
+  /* A query is a pure read: a reader refuses any other pragma (query_only
+   * stops writes to the file, not journal_mode, wal_checkpoint or a
+   * change of query_only itself).  So does the writer while it prepares
+   * a query (for a database without readers); when it prepares a write it
+   * marks the statement, which a query may find in its cache later. */
+  if (action == SQLITE_PRAGMA) {
+    cn->pragma |= PRAGMA_SEEN;
+    if (!pragma_pure(a, b)) {
+      cn->pragma |= PRAGMA_IMPURE;
+      if (cn->reader || cn->reading) {
+        cn->denied = 2;
+        return SQLITE_DENY;
+      }
+    }
   }
   return SQLITE_OK;
 }
@@ -153,7 +196,7 @@ static int only_space(const char *s) {
 /* A prepared statement for sql, from the cache when it is there.  *extra is
  * set when the text holds more than one statement (only the first runs). */
 static int cache_get(conn *c, const char *sql, size_t len, sqlite3_stmt **out,
-                     int *extra) {
+                     int *extra, int *pragma) {
   uint64_t h = hash_sql(sql, len);
   centry *e;
   const char *tail = NULL;
@@ -165,8 +208,10 @@ static int cache_get(conn *c, const char *sql, size_t len, sqlite3_stmt **out,
       lru_front(c, e);
       *out = e->stmt;
       *extra = e->extra;
+      *pragma = e->pragma;
       return SQLITE_OK;
     }
+  c->pragma = 0;
   rc = sqlite3_prepare_v3(c->db, sql, (int)len, SQLITE_PREPARE_PERSISTENT, &st,
                           &tail);
   if (rc != SQLITE_OK) return rc;
@@ -182,12 +227,14 @@ static int cache_get(conn *c, const char *sql, size_t len, sqlite3_stmt **out,
   memcpy(e->sql, sql, len);
   e->sql[len] = '\0';
   e->extra = tail && !only_space(tail);
+  e->pragma = c->pragma;
   e->hnext = c->tab[h & 255];
   c->tab[h & 255] = e;
   lru_front(c, e);
   c->n++;
   *out = st;
   *extra = e->extra;
+  *pragma = e->pragma;
   return SQLITE_OK;
 }
 
@@ -489,25 +536,29 @@ static int add_row(ah_store_job *j, sqlite3_stmt *st, size_t max) {
   return SQLITE_OK;
 }
 
+#define READ_ONLY_MSG                                                      \
+  "db:query and db:first are for reads: this statement writes or changes "  \
+  "the database or its connection (a PRAGMA with a value, journal_mode, "   \
+  "wal_checkpoint, ...); use db:exec, db:post or db:batch"
+
 /* Runs statement `index` of j on c; rows are collected when collect is set.
  * On failure the job holds the error and the code is returned. */
 static int run_stmt(conn *c, ah_store_job *j, int index, int collect, size_t max) {
   ah_store_stmt *s = &j->stmts[index];
   sqlite3_stmt *st;
-  int rc, i, extra = 0, want;
+  int rc, i, extra = 0, pragma = 0, want;
   char msg[320];
   c->denied = 0;
-  rc = cache_get(c, s->sql, s->sql_len, &st, &extra);
+  c->reading = j->type == AH_JOB_READ;
+  rc = cache_get(c, s->sql, s->sql_len, &st, &extra, &pragma);
+  c->reading = 0;
   if (rc == SQLITE_MISUSE) {
     job_fail(j, rc, "invalid_argument", "the SQL text holds no statement", index);
     return rc;
   }
   if (rc != SQLITE_OK) {
     if (c->denied == 2)
-      job_fail(j, SQLITE_AUTH, "invalid_argument",
-               "queries run on read-only connections; write with db:exec, "
-               "db:post or db:batch",
-               index);
+      job_fail(j, SQLITE_AUTH, "invalid_argument", READ_ONLY_MSG, index);
     else if (c->denied)
       job_fail(j, SQLITE_AUTH, "invalid_argument",
                "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT) and "
@@ -524,6 +575,14 @@ static int run_stmt(conn *c, ah_store_job *j, int index, int collect, size_t max
              "the SQL text holds more than one statement; pass one per call "
              "(db:batch takes several)",
              index);
+    return j->rc;
+  }
+  /* Checked before the statement runs, so that a refused statement is
+   * never reported as busy nor half done.  sqlite3_stmt_readonly says no
+   * to every pragma, reads included, so a pragma is judged by its name. */
+  if (j->type == AH_JOB_READ &&
+      (pragma ? (pragma & PRAGMA_IMPURE) != 0 : !sqlite3_stmt_readonly(st))) {
+    job_fail(j, SQLITE_AUTH, "invalid_argument", READ_ONLY_MSG, index);
     return j->rc;
   }
   want = sqlite3_bind_parameter_count(st);
@@ -571,11 +630,6 @@ static int run_stmt(conn *c, ah_store_job *j, int index, int collect, size_t max
     job_fail(j, rc, "too_large", msg, index);
   } else if (rc == SQLITE_NOMEM) {
     job_fail(j, rc, "resource", "out of memory", index);
-  } else if (j->type == AH_JOB_READ && (rc & 0xff) == SQLITE_READONLY &&
-             !sqlite3_stmt_readonly(st)) {
-    job_fail(j, rc, "invalid_argument",
-             "queries run on read-only connections; write with db:exec, "
-             "db:post or db:batch", index);
   } else {
     job_fail(j, sqlite3_extended_errcode(c->db), NULL, sqlite3_errmsg(c->db), index);
     rc = j->rc;

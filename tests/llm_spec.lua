@@ -1035,3 +1035,97 @@ describe("agenthost.llm against the mock LLM server", function()
     assert.is_true(elapsed >= 0.1 - 1e-3, "the retry came " .. elapsed .. " s after the first attempt")
   end)
 end)
+
+describe("agenthost.llm keeps secrets out of what it reports", function()
+  local mock = require "support.mockllm"
+  local agent = require "agenthost.agent"
+  local m
+  local KEY = "sk-test-SECRET-0123456789abcdef"
+
+  setup(function() m = mock.start {} end)
+  teardown(function() if m then m:stop() end end)
+
+  -- Every string reachable from v (keys and values, nested tables).
+  local function strings(v, out, seen)
+    out, seen = out or {}, seen or {}
+    if type(v) == "string" then out[#out + 1] = v
+    elseif type(v) == "table" and not seen[v] then
+      seen[v] = true
+      for k, x in pairs(v) do strings(k, out, seen); strings(x, out, seen) end
+    end
+    return out
+  end
+
+  local function clean(v, secret, what)
+    for _, s in ipairs(strings(v)) do
+      assert.is_nil(s:find(secret, 1, true), what .. " holds the secret: " .. s)
+    end
+  end
+
+  for _, kind in ipairs { "openai", "anthropic" } do
+    it("redacts a key a 401 body echoes, in the error, its body and the retry hook (" .. kind .. ")", function()
+      local seen = {}
+      local p = llm.provider { kind = kind, model = "mock-1", api_key = KEY,
+        base_url = kind == "openai" and (m.base .. "/v1") or m.base,
+        headers = { ["x-mock-fault"] = "401", ["x-should-retry"] = "true" },
+        max_retries = 1, on_retry = function(e) seen[#seen + 1] = e end,
+        sleep = function() task.sleep(0) end }
+      local err = fails("http", function() p:chat { messages = { { role = "user", content = "hi" } } } end)
+      assert.equal(401, err.status)
+      assert.matches("[redacted]", err.message, 1, true)
+      clean(err, KEY, "the error")
+      clean(tostring(err), KEY, "tostring(err)")
+      for _, e in ipairs(seen) do clean(e, KEY, "the error given to on_retry") end
+    end)
+
+    it("redacts URL credentials and header secrets from transport errors (" .. kind .. ")", function()
+      local p = llm.provider { kind = kind, model = "m", api_key = KEY, max_retries = 0,
+        endpoint = "http://alice:pa55w0rd-xyz@127.0.0.1:1/v1/chat?token=" .. KEY,
+        headers = { ["x-custom-auth"] = "Token hdr-SECRET-4242" } }
+      local ok, err = pcall(run, function() return p:chat { messages = { { role = "user", content = "hi" } } } end)
+      assert.is_false(ok)
+      clean(err, "pa55w0rd-xyz", "the error")
+      clean(err, KEY, "the error")
+      clean(tostring(err), "pa55w0rd-xyz", "tostring(err)")
+    end)
+  end
+
+  it("redact replaces keys and URL credentials with [redacted]", function()
+    local r = llm.common.redactor { KEY, urls = { "https://u:p4ss-word@h/v1" } }
+    assert.equal("key [redacted] at https://[redacted]@h/v1 and [redacted]",
+      r("key " .. KEY .. " at https://u:p4ss-word@h/v1 and p4ss-word"))
+    assert.equal("no secret here", r("no secret here"))
+    assert.equal(llm.common.redact_urls("see http://[redacted]@x/y"),
+      llm.common.redact_urls("see http://bob:hunter2@x/y"))
+  end)
+
+  it("puts no secret in an agent's error events nor in the error it raises", function()
+    local p = llm.provider { kind = "openai", model = "mock-1", api_key = KEY, base_url = m.base .. "/v1",
+      headers = { ["x-mock-fault"] = "401" }, max_retries = 0 }
+    local events = {}
+    local a = agent.new { name = "r", provider = p, on_event = function(ev) events[#events + 1] = ev end }
+    local ok, err = pcall(run, function() return a:run("hello") end)
+    assert.is_false(ok)
+    clean(err, KEY, "the agent's error")
+    assert.is_true(#events > 0)
+    clean(events, KEY, "the agent's events")
+  end)
+
+  it("prints no URL password in config's description of the model", function()
+    local config = require "agenthost.config"
+    local saved = os.getenv
+    os.getenv = function(n) -- luacheck: ignore
+      if n == "AGENTHOST_BASE_URL" then return "http://bob:hunter2-secret@127.0.0.1:1/v1" end
+      if n == "OPENAI_API_KEY" then return KEY end
+      return saved(n)
+    end
+    local ok, p, about = pcall(config.provider)
+    os.getenv = saved -- luacheck: ignore
+    assert.is_true(ok, tostring(p))
+    assert.is_nil(about:find("hunter2-secret", 1, true), about)
+    assert.matches("http://[redacted]@127.0.0.1:1/v1", about, 1, true)
+    local err = select(2, pcall(run, function() return p:chat { messages = { { role = "user", content = "x" } } } end))
+    clean(err, "hunter2-secret", "the error")
+    clean(err, KEY, "the error")
+  end)
+end)

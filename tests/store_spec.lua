@@ -395,6 +395,64 @@ describe("ah.store misuse and races", function()
     end)
   end)
 
+  -- The header's read and write versions (bytes 18 and 19) are 2 in WAL mode.
+  local function in_wal(path)
+    local f = assert(io.open(path, "rb"))
+    local h = f:read(20)
+    f:close()
+    return h:byte(19) == 2 and h:byte(20) == 2
+  end
+
+  for _, readers in ipairs { 2, 0 } do
+  it("refuses pragmas that change the database or the connection in a query (readers = " .. readers .. ")", function()
+    run(function()
+      local db, path = fresh { readers = readers }
+      db:exec("INSERT INTO t(v) VALUES ('x')")
+      for _, sql in ipairs {
+        "PRAGMA journal_mode=DELETE", "PRAGMA journal_mode = 'memory'", "PRAGMA main.journal_mode=OFF",
+        "PRAGMA locking_mode=EXCLUSIVE", "PRAGMA wal_checkpoint", "PRAGMA wal_checkpoint(TRUNCATE)",
+        "PRAGMA wal_autocheckpoint=0", "PRAGMA optimize", "PRAGMA incremental_vacuum",
+        "PRAGMA shrink_memory", "PRAGMA user_version=7", "PRAGMA foreign_keys=OFF",
+        "PRAGMA writable_schema=ON", "PRAGMA busy_timeout=0", "PRAGMA synchronous=OFF",
+      } do
+        local err = fails("invalid_argument", db.query, db, sql)
+        assert.is_false(err.retryable, sql)
+        assert.matches("db:exec", err.message, 1, true)
+        assert.equal(sql, err.sql)
+      end
+      -- A write's statement, cached by the writer, is still refused as a query.
+      db:exec("PRAGMA wal_autocheckpoint=1000")
+      fails("invalid_argument", db.query, db, "PRAGMA wal_autocheckpoint=1000")
+      -- Pure reads still work.
+      assert.equal("wal", db:first("PRAGMA journal_mode").journal_mode)
+      assert.equal(0, db:first("PRAGMA user_version").user_version)
+      assert.equal(3, #db:query("PRAGMA table_info(t)"))
+      assert.equal(3, #db:query("SELECT * FROM pragma_table_info('t')"))
+      assert.equal(1, count(db))
+      db:exec("INSERT INTO t(v) VALUES ('y')")
+      db:close()
+      assert.is_true(in_wal(path), "the database left WAL mode")
+    end)
+  end)
+  end
+
+  it("refuses a changing pragma even while the writer holds the database", function()
+    run(function()
+      local db, path = fresh()
+      -- With a read open on another reader, the mode change could only
+      -- fail with busy; it must be refused first, not reported retryable.
+      local readers = {}
+      for i = 1, 4 do
+        readers[i] = task.spawn(function() return db:first("SELECT count(*) AS c FROM t").c end)
+      end
+      local err = fails("invalid_argument", db.query, db, "PRAGMA journal_mode=DELETE")
+      assert.is_false(err.retryable)
+      for i = 1, 4 do assert.equal(0, readers[i]:join()) end
+      db:close()
+      assert.is_true(in_wal(path))
+    end)
+  end)
+
   it("reads a batch entry's n raw, whatever its metatable says", function()
     run(function()
       local db = fresh()

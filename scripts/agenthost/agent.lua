@@ -27,6 +27,7 @@
 local ah = require "agenthost.core"
 local tools_mod = require "agenthost.tools"
 local memory_mod = require "agenthost.memory"
+local llm_common = require "agenthost.llm.common"
 local task = ah.task
 
 local M = {}
@@ -62,12 +63,25 @@ function M.new(cfg)
   }, Agent)
 end
 
+-- The provider's redaction of its key and URL credentials (llm.common
+-- redactor), or none for a provider that has no such function.
+local function redactor(self)
+  local p = self.provider
+  local r = type(p) == "table" and rawget(p, "redact")
+  if type(r) == "function" then return r end
+  return function(s) return s end
+end
+
 function Agent:emit(ev)
   if not self.on_event then return end
   ev.agent = self.name
+  -- An error event carries a provider's error: redacted again here, in
+  -- case a provider wrapper raised it unredacted.
+  if ev.error ~= nil then ev.error = llm_common.redact_value(ev.error, redactor(self)) end
   local ok, err = pcall(self.on_event, ev)
   if not ok then
-    io.stderr:write("agenthost.agent: the on_event handler failed: ", tostring(err), "\n")
+    io.stderr:write("agenthost.agent: the on_event handler failed: ",
+      redactor(self)(tostring(err)), "\n")
   end
 end
 

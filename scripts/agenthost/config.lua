@@ -139,7 +139,9 @@ function M.provider(opts)
     o.kind = kind
     o.base_url = base or M.defaults[kind].base_url
     o.model = model or M.defaults[kind].model
-    about = string.format("model: %s %s at %s", kind, o.model, o.base_url)
+    -- The URL may carry user:password; the line is printed.
+    about = string.format("model: %s %s at %s", kind, o.model,
+      llm.common.redact_urls(o.base_url))
   else
     local mock_base = M.start_mock()
     o.kind = "openai"

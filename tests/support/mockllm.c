@@ -680,9 +680,10 @@ static void reply_free(reply *rp) {
   free(rp->calls);
 }
 
-enum { K_NONE, K_429, K_500, K_529, K_MIDSTREAM, K_RESET, K_MALFORMED, K_SLOW, K_BAD_ARGS, K_N };
-static const char *const kind_names[K_N] = {"",      "429",       "500",  "529",     "midstream",
-                                            "reset", "malformed", "slow", "bad_args"};
+enum { K_NONE, K_429, K_500, K_529, K_MIDSTREAM, K_RESET, K_MALFORMED, K_SLOW, K_BAD_ARGS,
+       K_401, K_N };
+static const char *const kind_names[K_N] = {"",      "429",       "500",  "529",      "midstream",
+                                            "reset", "malformed", "slow", "bad_args", "401"};
 
 /* The server's options and counters. */
 static struct {
@@ -1111,6 +1112,14 @@ static int fault_status(conn *c, int dialect, const fault *f) {
                 "The server had an error (mock)", f);
   } else if (f->kind == K_529) {
     error_reply(c, dialect, 529, "overloaded_error", NULL, "Overloaded", f);
+  } else if (f->kind == K_401) {
+    /* As some APIs do, the message quotes the credential it refused. */
+    const char *v = header_get(c, dialect == D_ANTHROPIC ? "x-api-key" : "authorization");
+    sbuf msg = {0};
+    sb_printf(&msg, "Incorrect API key provided: %s", v ? v : "(none)");
+    error_reply(c, dialect, 401, dialect == D_ANTHROPIC ? "authentication_error" : "invalid_request_error",
+                dialect == D_ANTHROPIC ? NULL : "invalid_api_key", msg.p, f);
+    sb_free(&msg);
   } else {
     return 0;
   }

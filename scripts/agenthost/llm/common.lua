@@ -133,6 +133,74 @@ function M.result(text, calls, reason, finish_map, usage, raw)
   }
 end
 
+-- ---- redaction -----------------------------------------------------------
+
+M.REDACTED = "[redacted]"
+-- Secrets shorter than this are not searched for: they would mangle
+-- ordinary words ("mock", a test's "k") and are no real keys.
+M.MIN_SECRET = 8
+
+-- The user:password of every URL in text replaced.
+function M.redact_urls(text)
+  return (text:gsub("(%a[%w+.-]*://)[^/@%s\"']*@", "%1" .. M.REDACTED .. "@"))
+end
+
+local function add(list, s)
+  if type(s) == "string" and #s >= M.MIN_SECRET then list[#list + 1] = s end
+end
+
+-- redactor{secret, ..., urls = {url, ...}, headers = {name = value}} ->
+-- function(text) -> text with every secret, the credentials of the URLs
+-- and of any URL in it, and the values of the headers that carry
+-- credentials replaced by [redacted].  The one helper the library uses
+-- for its messages, errors, events and logs.
+function M.redactor(o)
+  local list = {}
+  for _, s in ipairs(o) do add(list, s) end
+  for _, u in ipairs(o.urls or {}) do
+    local user, pass = u:match("^%a[%w+.-]*://([^/@:]*):?([^/@]*)@")
+    if user then add(list, pass); add(list, user .. ":" .. pass) end
+    for name, q in u:gmatch("[?&]([%w_.-]*)=([^&#]*)") do
+      name = name:lower()
+      if name:find("key") or name:find("token") or name:find("secret") or name:find("sig") then
+        add(list, q)
+      end
+    end
+  end
+  for name, value in pairs(o.headers or {}) do
+    local n = tostring(name):lower()
+    if type(value) == "string" and (n:find("auth") or n:find("key") or n:find("token")
+        or n:find("secret") or n == "cookie") then
+      add(list, value)
+      add(list, value:match("^%S+%s+(.+)$"))
+    end
+  end
+  table.sort(list, function(x, y) return #x > #y end) -- longest first
+  local pats = {}
+  for i, s in ipairs(list) do pats[i] = s:gsub("%p", "%%%0") end
+  return function(text)
+    if type(text) ~= "string" then return text end
+    text = M.redact_urls(text)
+    for _, pat in ipairs(pats) do text = text:gsub(pat, M.REDACTED) end
+    return text
+  end
+end
+
+-- Redacts every string of v (a structured error, an event) in place,
+-- nested tables included; returns v.  A string is returned redacted.
+function M.redact_value(v, redact, seen)
+  if type(v) == "string" then return redact(v) end
+  if type(v) ~= "table" then return v end
+  seen = seen or {}
+  if seen[v] then return v end
+  seen[v] = true
+  for k, x in pairs(v) do
+    if type(x) == "string" then v[k] = redact(x)
+    elseif type(x) == "table" then M.redact_value(x, redact, seen) end
+  end
+  return v
+end
+
 -- ---- errors ---------------------------------------------------------------
 
 -- The status an error type of either dialect stands for, for errors that

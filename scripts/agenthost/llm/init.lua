@@ -89,9 +89,11 @@ function M.provider(opts)
   for k, val in pairs(opts.headers or {}) do headers[k] = val end
 
   local url = opts.endpoint or (base_url .. dialect.path)
+  local redact = common.redactor { key, urls = { url, base_url }, headers = headers }
   return setmetatable({
+    redact = redact,
     kind = opts.kind, dialect = dialect, model = opts.model, base_url = base_url,
-    url = url, what = "POST " .. url:gsub("//[^/@]*@", "//"),
+    url = url, what = redact("POST " .. url:gsub("//[^/@]*@", "//")),
     headers = headers, max_retries = max_retries, timeout = timeout,
     connect_timeout = connect_timeout, max_tokens = max_tokens, on_retry = opts.on_retry,
     sleep = opts.sleep or task.sleep,
@@ -253,7 +255,11 @@ function Provider:chat(req)
       return res
     end
     local err = res
-    if state.in_callback or not core.error.is(err) or core.error.is(err, "cancelled") then
+    if state.in_callback then error(err, 0) end -- the caller's own error
+    -- A reply may echo the key, a transport error the URL: every error
+    -- that leaves the provider (raised or given to on_retry) is redacted.
+    err = common.redact_value(err, self.redact)
+    if not core.error.is(err) or core.error.is(err, "cancelled") then
       error(err, 0)
     end
     err.attempts = attempt
