@@ -146,6 +146,48 @@ describe("tools/shell", function()
       assert.equal(1, r3.code)
     end)
 
+    it("never lets a refused option through, whatever the arguments (random lists)", function()
+      -- A deterministic walk over lists of hostile tokens: each list is
+      -- refused with invalid_argument or becomes arguments with no
+      -- option that writes, runs or escapes.
+      local vocab = { "-exec", "id", ";", "-delete", "-fprint", "x", "-o", "--output=x", "--outp",
+        "-rno", "-name", "*", "(", ")", "!", "--", "-", "-L", "-e", "-f", "/etc/passwd", "..",
+        "-n", "5", "-n5", "--lines=3", "-ok", "-T", "/tmp", "--compress-program=sh", "a.txt" }
+      local bad = {
+        find = { ["-exec"] = true, ["-delete"] = true, ["-fprint"] = true, ["-ok"] = true, ["-L"] = true },
+        sort = { ["-T"] = true, ["-o"] = true },
+        ls = { ["-L"] = true },
+      }
+      local seed = 12345
+      local function rand(n) seed = (seed * 1103515245 + 12345) % 2147483648 return seed % n + 1 end
+      for _, name in ipairs { "find", "sort", "grep", "head", "ls", "cat", "wc" } do
+        local p = shell._policy(name)
+        for _ = 1, 400 do
+          local list = {}
+          for k = 1, rand(6) do list[k] = vocab[rand(#vocab)] end
+          local ok, out = pcall(shell._apply, p, list)
+          if not ok then
+            assert.is_true(ah.error.is(out, "invalid_argument"), tostring(out))
+            assert.matches("is refused", out.message)
+          else
+            local after_dd = false
+            for k, a in ipairs(out) do
+              if a == "--" and name ~= "find" then after_dd = true end
+              local prev = out[k - 1]
+              local is_value = prev and (name == "find" and shell.BUILTIN.find.primaries[prev] == 1
+                or name ~= "find" and prev:match("^%-[enkfcCABtSm]$"))
+              if not after_dd and not is_value then
+                assert.is_nil((bad[name] or {})[a], name .. " passed " .. a)
+                if name == "sort" then
+                  assert.is_nil(a:match("^%-%-o") or a:match("^%-%-comp") or a:match("^%-%a*[oT]"), "sort passed " .. a)
+                end
+              end
+            end
+          end
+        end
+      end
+    end)
+
     it("takes a policy table for any program", function()
       local tool = shell.new { roots = { dir .. "/root" }, allow = {
         { "echo", flags = "n", operands = "any" },

@@ -295,6 +295,8 @@ local function apply(p, list)
   return opts, paths
 end
 M._apply = apply
+-- _policy(entry) -> the policy of an allow-list entry, for the specs.
+function M._policy(entry) return make_policy(1, entry) end
 
 -- realpath(list, cwd) -> the canonical absolute path of each (`..` and
 -- symlinks resolved; missing components allowed), by realpath(1).
