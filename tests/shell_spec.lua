@@ -188,6 +188,19 @@ describe("tools/shell", function()
       end
     end)
 
+    it("takes relative roots, and the default root, from cwd", function()
+      local root = dir .. "/root"
+      local tool = shell.new { allow = { "cat", "ls" }, cwd = root }
+      local _, r = task.run(function() return tool.run { command = "cat", args = { "a.txt" } } end)
+      assert.equal("b\na\n", r.stdout)
+      refused(tool, "cat", { "../out/secret" }, "is outside the allowed roots")
+      local sub = shell.new { allow = { "cat", "ls" }, cwd = root, roots = { "sub" } }
+      refused(sub, "cat", { "a.txt" }, "argument 1 'a.txt' is outside the allowed roots %(.*/root/sub;")
+      refused(sub, "ls", {}, "the working directory is outside the allowed roots")
+      local _, r2 = task.run(function() return sub.run { command = "ls", args = { "sub" } } end)
+      assert.equal(0, r2.code)
+    end)
+
     it("takes a policy table for any program", function()
       local tool = shell.new { roots = { dir .. "/root" }, allow = {
         { "echo", flags = "n", operands = "any" },

@@ -23,8 +23,9 @@
 --                path (its BUILTIN policy if it has one, otherwise any
 --                arguments), or a policy table {name, flags, values, long,
 --                operands, pattern, dashdash, cwd_operand, unrestricted}
---   roots        directories the path arguments must stay under (default:
---                cwd, or the host's working directory)
+--   roots        directories the path arguments must stay under; relative
+--                ones are taken from cwd (default: cwd, or the host's
+--                working directory)
 --   check        function(command, args) -> true | false, reason
 --   cwd, env     passed to ah.proc.run (env merges into the host's)
 --   timeout      seconds per run (30)
@@ -349,7 +350,9 @@ function M.new(opts)
   if opts.check ~= nil and type(opts.check) ~= "function" then
     misuse("shell.new: check must be a function(command, args)", 2)
   end
-  local roots = opts.roots or { opts.cwd or "." }
+  -- Relative roots are taken from cwd, as realpath runs there: the default
+  -- "." is cwd itself.
+  local roots = opts.roots or { "." }
   if type(roots) ~= "table" or #roots == 0 then misuse("shell.new: roots must be a list of directories", 2) end
   for i, r in ipairs(roots) do
     if type(r) ~= "string" or r == "" or r:find("\0", 1, true) then
@@ -367,7 +370,8 @@ function M.new(opts)
       ("Runs one program with a list of arguments (no shell: no pipes, globs, " ..
        "redirection or variables). Allowed programs: " .. table.concat(names, ", ") .. ". " ..
        "Each program accepts only some options, and paths only under " ..
-       table.concat(roots, ", ") .. "; a refused argument is reported with the reason."),
+       (opts.roots and table.concat(roots, ", ") or (opts.cwd or "the working directory")) ..
+       "; a refused argument is reported with the reason."),
     parameters = {
       type = "object",
       properties = {
