@@ -125,6 +125,26 @@ describe("tools/", function()
     assert.equal("b", http_fetch.html_text("b" .. ("<"):rep(200000)))
   end)
 
+  it("http_fetch decodes entities to valid UTF-8 only", function()
+    local t = http_fetch.html_text("a&#0;b&#xD800;c&#55296;d&#x110000;e&#99999999999999999999;f" ..
+      "&#x41;&#233;&#x1F600;&#xFFFE;")
+    assert.is_nil(t:find("\0", 1, true))
+    assert.is_truthy(utf8.len(t))
+    assert.equal("a\u{FFFD}b\u{FFFD}c\u{FFFD}d\u{FFFD}e\u{FFFD}fA\u{E9}\u{1F600}\u{FFFE}", t)
+  end)
+
+  it("http_fetch cuts its text on a UTF-8 character boundary", function()
+    local body = ("\u{E9}"):rep(10) -- 20 bytes
+    for cap = 1, 21 do
+      local text = http_fetch.text(body, "text/plain", cap)
+      local kept = text:match("^(.-)\n%[truncated") or text
+      assert.is_truthy(utf8.len(kept), "cap " .. cap)
+      assert.is_true(#kept <= cap)
+    end
+    assert.equal(body, http_fetch.text(body, "text/plain", 20))
+    assert.matches("^\u{E9}\u{E9}\n%[truncated to 5 bytes%]$", http_fetch.text(body, "text/plain", 5))
+  end)
+
   it("http_fetch reduces HTML to its text", function()
     assert.equal("Title\nHello & welcome\nbye",
       http_fetch.html_text("<html><head><style>p{}</style><script>x=1</script></head>" ..

@@ -35,6 +35,31 @@ end
 
 -- The behaviour both transports share; connect(opts) makes a client.
 local function shared(connect)
+  it("turns every malformed answer into a protocol error naming what was wrong", function()
+    run(function()
+      local c <close> = connect()
+      local cases = {
+        error_message_table = "'tools/call' answered with a malformed error: error.message must be a string, got object",
+        error_code_string = "'tools/call' answered with a malformed error: error.code must be an integer, got string",
+        batch_string_error = "'tools/call' answered with a malformed error: error must be an object, got string",
+        result_string = "tools/call: the result must be an object, got string",
+        content_not_list = "tools/call: content must be a list, got string",
+        content_item_number = "tools/call: content%[1%] must be an object, got number",
+        is_error_string = "tools/call: isError must be a boolean, got string",
+      }
+      for name, want in pairs(cases) do
+        local ok, err = pcall(c.call_tool, c, name)
+        assert.is_false(ok, name)
+        assert.is_true(ah.error.is(err, "protocol"), name .. ": " .. tostring(err))
+        assert.matches(want, err.message)
+        assert.is_nil(err.message:find("table: 0x", 1, true))
+        assert.is_nil(err.message:find("nil (code nil)", 1, true))
+      end
+      -- the session survives a malformed answer
+      assert.equal("still here", c:call_tool("echo", { text = "still here" }).content[1].text)
+    end)
+  end)
+
   it("runs the handshake and pages through the tools", function()
     run(function()
       local c <close> = connect()
@@ -156,8 +181,51 @@ local function shared(connect)
   end)
 end
 
+describe("mcp.check_message", function()
+  it("checks one raw answer without a server, raising only structured errors", function()
+    assert.same({}, mcp.check_message('{"jsonrpc":"2.0","id":1,"result":{}}', "ping"))
+    local r = mcp.check_message('{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"x"}]}}', "tools/call")
+    assert.is_false(r.isError)
+    local cases = {
+      { "not json", "protocol", "not JSON" },
+      { "[]", "protocol", "not a JSON%-RPC 2.0 response" },
+      { '{"jsonrpc":"2.0","id":1}', "protocol", "not a JSON%-RPC 2.0 response" },
+      { '{"jsonrpc":"2.0","id":1,"result":{"tools":[1]}}', "protocol", "tools%[1%] must be an object, got number" },
+      { '{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":7}]}}', "protocol", "tools%[1%]%.name must be" },
+      { '{"jsonrpc":"2.0","id":1,"result":{"tools":"x"}}', "protocol", "tools must be a list, got string" },
+      { '{"jsonrpc":"2.0","id":1,"result":{"tools":[],"nextCursor":5}}', "protocol", "nextCursor must be a string" },
+      { '{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":{}}}', "protocol", "error%.message must be a string" },
+      { '[{"jsonrpc":"2.0","id":1,"error":"x"}]', "protocol", "error must be an object, got string" },
+      { '{"jsonrpc":"2.0","id":1,"error":{"code":1.5,"message":"m"}}', "protocol", "error%.code must be an integer" },
+      { '{"jsonrpc":"2.0","id":1,"result":1,"error":{"code":1,"message":"m"}}', "protocol", "both result and error" },
+      { '{"jsonrpc":"2.0","id":1,"error":{"code":-5,"message":"nope"}}', "mcp", "failed: nope %(code %-5%)" },
+      { '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":null}}', "protocol", "protocolVersion must be a string, got null" },
+    }
+    for _, case in ipairs(cases) do
+      local method = case[1]:find("protocolVersion", 1, true) and "initialize" or
+        (case[1]:find("tools", 1, true) and "tools/list" or "tools/call")
+      local ok, e = pcall(mcp.check_message, case[1], method)
+      assert.is_false(ok, case[1])
+      assert.is_true(ah.error.is(e, case[2]), case[1] .. ": " .. tostring(e))
+      assert.matches(case[3], e.message)
+    end
+  end)
+end)
+
 describe("mcp over stdio", function()
   shared(function(opts) return stdio(nil, opts) end)
+
+  it("turns a malformed tools/list into a protocol error", function()
+    run(function()
+      local c <close> = stdio("--hostile")
+      local ok, err = pcall(c.list_tools, c)
+      assert.is_false(ok)
+      assert.is_true(ah.error.is(err, "protocol"), tostring(err))
+      assert.matches("tools/list: tools%[1%] must be an object, got number", err.message)
+      ok, err = pcall(mcp.tools, c)
+      assert.is_true(ah.error.is(err, "protocol"), tostring(err))
+    end)
+  end)
 
   it("passes the reading on when the caller reading for the others gives up", function()
     run(function()

@@ -65,6 +65,16 @@ local function drop_tags(s)
   return table.concat(out)
 end
 
+-- The UTF-8 of a numeric character reference: U+FFFD for NUL, a
+-- surrogate or a number past U+10FFFF, which have no valid encoding.
+local function code_point(n)
+  n = math.tointeger(n)
+  if not n or n <= 0 or n > 0x10FFFF or (n >= 0xD800 and n <= 0xDFFF) then
+    return "\u{FFFD}"
+  end
+  return utf8.char(n)
+end
+
 -- Visible text of an HTML document, roughly: no scripts, styles or tags.
 local function html_text(s)
   s = drop_spans(s, "<!--", "-->")
@@ -72,28 +82,28 @@ local function html_text(s)
   s = drop_spans(s, "<style", "</style>")
   s = drop_tags(s)
   s = s:gsub("&(%a+);", function(e) return entities[e:lower()] end)
-  s = s:gsub("&#(%d+);", function(d)
-    local n = tonumber(d)
-    return n and n < 0x110000 and utf8.char(n) or nil
-  end)
+  s = s:gsub("&#(%d+);", function(d) return code_point(tonumber(d)) end)
+  s = s:gsub("&#[xX](%x+);", function(h) return code_point(tonumber(h, 16)) end)
   s = s:gsub("[ \t\r]+", " "):gsub(" *\n[ \n]*", "\n")
   return (s:gsub("^%s+", ""):gsub("%s+$", ""))
 end
 M.html_text = html_text
 
+-- text(body, ctype, cap) -> the text for the model: HTML reduced to its
+-- text, cut to at most cap bytes on a UTF-8 character boundary, with a
+-- note when it was cut.
+local function text(body, ctype, cap)
+  if ctype:find("html", 1, true) then body = html_text(body) end
+  if #body <= cap then return body end
+  return string.format("%s\n[truncated to %d bytes]", ah.tools.utf8_cut(body, cap), cap)
+end
+M.text = text
+
 local function fetch(args, allow_private, max_body)
   local res = ah.http.request { url = args.url, timeout = 20, connect_timeout = 5,
     max_body = max_body, follow_redirects = true, allow_private = allow_private }
   local ctype = res.headers["content-type"] or ""
-  local body = res.body
-  if ctype:find("html", 1, true) then body = html_text(body) end
-  local cap = args.max_bytes or 65536
-  local note = ""
-  if #body > cap then
-    body = body:sub(1, cap)
-    note = string.format("\n[truncated to %d bytes]", cap)
-  end
-  return string.format("HTTP %d %s\n\n%s%s", res.status, ctype, body, note)
+  return string.format("HTTP %d %s\n\n%s", res.status, ctype, text(res.body, ctype, args.max_bytes or 65536))
 end
 
 function M.run(args)

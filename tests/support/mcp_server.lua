@@ -5,6 +5,7 @@
 --                                                     port, announced as "port=N" on stdout
 --   agenthost tests/support/mcp_server.lua --silent   stdio, never answers anything
 --   agenthost tests/support/mcp_server.lua --garbage  stdio, answers everything with garbage
+--   agenthost tests/support/mcp_server.lua --hostile  stdio, tools/list answers {"tools":[1]}
 --
 -- The same handler serves both transports.  Its tools, paged two to a
 -- tools/list page, are well-behaved (echo, add, fail, chatty, state)
@@ -41,6 +42,18 @@ local TOOLS = {
 }
 
 local state = { cancelled = {}, initialized = false, pongs = 0, refused = 0 }
+-- Unlisted tools whose answers are malformed JSON-RPC or MCP, each the raw
+-- line the server sends (%s is the request id, as JSON).
+local MALFORMED = {
+  error_message_table = '{"jsonrpc":"2.0","id":%s,"error":{"code":-32000,"message":{"text":"hidden"}}}',
+  error_code_string = '{"jsonrpc":"2.0","id":%s,"error":{"code":"E42","message":"bad code"}}',
+  batch_string_error = '[{"jsonrpc":"2.0","id":%s,"error":"it broke"}]',
+  result_string = '{"jsonrpc":"2.0","id":%s,"result":"done"}',
+  content_not_list = '{"jsonrpc":"2.0","id":%s,"result":{"content":"just text"}}',
+  content_item_number = '{"jsonrpc":"2.0","id":%s,"result":{"content":[1]}}',
+  is_error_string = '{"jsonrpc":"2.0","id":%s,"result":{"content":[],"isError":"yes"}}',
+}
+
 -- A call of the unlisted tool "later" is answered only once the client has
 -- cancelled some other request (so its answer comes after another call of
 -- the client has given up).
@@ -86,6 +99,8 @@ local function handle(msg, out)
     }
   elseif method == "ping" then
     reply {}
+  elseif method == "tools/list" and mode == "--hostile" then
+    out(string.format('{"jsonrpc":"2.0","id":%s,"result":{"tools":[1]}}', cjson.encode(id)))
   elseif method == "tools/list" then
     local start = tonumber(params.cursor or "1") or 1
     local page = {}
@@ -95,7 +110,9 @@ local function handle(msg, out)
     reply(result)
   elseif method == "tools/call" then
     local name, a = params.name, params.arguments or {}
-    if name == "echo" then
+    if MALFORMED[name] then
+      out(string.format(MALFORMED[name], cjson.encode(id)))
+    elseif name == "echo" then
       reply(text(tostring(a.text)))
     elseif name == "add" then
       local r = text(string.format("%.14g", a.a + a.b))

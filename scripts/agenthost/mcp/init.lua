@@ -20,7 +20,8 @@
 -- background task is started.
 --
 -- Errors are structured: kind "mcp" for a JSON-RPC error answer (with
--- code and data), "timeout", "cancelled", "too_large", "io" when the
+-- code and data), "protocol" for an answer that is malformed (a field
+-- missing or of the wrong type; the message names it), "timeout", "cancelled", "too_large", "io" when the
 -- server went away or spoke something that is not JSON-RPC, "http" for an
 -- HTTP status that is not a success, "invalid_argument" for misuse.  When a
 -- call is cancelled or times out the server is sent notifications/cancelled.
@@ -63,6 +64,121 @@ local function tidy_schema(s)
   return s
 end
 
+-- Checking what a server sent ------------------------------------------------------
+--
+-- Every result is checked before it is used: a field of the wrong type
+-- raises a "protocol" error naming the call and the field, never a Lua
+-- error from deep inside the client.
+
+local typename = rpc.typename
+
+local function is_list(v)
+  if type(v) ~= "table" then return false end
+  local n = #v
+  for k in pairs(v) do
+    if math.type(k) ~= "integer" or k < 1 or k > n then return false end
+  end
+  return true
+end
+
+-- v with JSON null read as absent.
+local function opt(v)
+  if v == cjson.null then return nil end
+  return v
+end
+
+-- The checks of each call's result: check(r) returns nil when r is well
+-- formed, or what is wrong with it.  They may normalise r (null fields
+-- dropped, defaults set).
+local CHECKS = {}
+
+CHECKS["initialize"] = function(r)
+  if type(r.protocolVersion) ~= "string" then
+    return "protocolVersion must be a string, got " .. typename(r.protocolVersion)
+  end
+  for _, k in ipairs { "capabilities", "serverInfo" } do
+    r[k] = opt(r[k])
+    if r[k] ~= nil and type(r[k]) ~= "table" then return k .. " must be an object, got " .. typename(r[k]) end
+  end
+  r.instructions = opt(r.instructions)
+  if r.instructions ~= nil and type(r.instructions) ~= "string" then
+    return "instructions must be a string, got " .. typename(r.instructions)
+  end
+end
+
+CHECKS["tools/list"] = function(r)
+  if not is_list(r.tools) then return "tools must be a list, got " .. typename(r.tools) end
+  for i, t in ipairs(r.tools) do
+    if type(t) ~= "table" then return string.format("tools[%d] must be an object, got %s", i, typename(t)) end
+    if type(t.name) ~= "string" or t.name == "" then
+      return string.format("tools[%d].name must be a non-empty string, got %s", i, typename(t.name))
+    end
+    for _, k in ipairs { "description", "title" } do
+      t[k] = opt(t[k])
+      if t[k] ~= nil and type(t[k]) ~= "string" then
+        return string.format("tools[%d].%s must be a string, got %s", i, k, typename(t[k]))
+      end
+    end
+    t.inputSchema = opt(t.inputSchema)
+    if t.inputSchema ~= nil and type(t.inputSchema) ~= "table" then
+      return string.format("tools[%d].inputSchema must be an object, got %s", i, typename(t.inputSchema))
+    end
+  end
+  r.nextCursor = opt(r.nextCursor)
+  if r.nextCursor ~= nil and type(r.nextCursor) ~= "string" then
+    return "nextCursor must be a string, got " .. typename(r.nextCursor)
+  end
+end
+
+CHECKS["tools/call"] = function(r)
+  r.content = opt(r.content) or {}
+  if not is_list(r.content) then return "content must be a list, got " .. typename(r.content) end
+  for i, p in ipairs(r.content) do
+    if type(p) ~= "table" then return string.format("content[%d] must be an object, got %s", i, typename(p)) end
+    if type(p.type) ~= "string" then
+      return string.format("content[%d].type must be a string, got %s", i, typename(p.type))
+    end
+  end
+  r.isError = opt(r.isError)
+  if r.isError ~= nil and type(r.isError) ~= "boolean" then
+    return "isError must be a boolean, got " .. typename(r.isError)
+  end
+  r.isError = r.isError == true
+  r.structuredContent = opt(r.structuredContent)
+end
+
+-- check_result(name, method, r) -> r checked (see CHECKS) for the call
+-- `method` of client `name`; raises a "protocol" error otherwise.  Pure.
+function M.check_result(name, method, r)
+  if type(r) ~= "table" then
+    error(rpc.protocol(name, string.format("%s: the result must be an object, got %s", method, typename(r))), 0)
+  end
+  local check = CHECKS[method]
+  local wrong = check and check(r)
+  if wrong then error(rpc.protocol(name, method .. ": " .. wrong), 0) end
+  return r
+end
+local check_result = M.check_result
+
+-- check_message(raw, method [, name]) -> the result of one raw message
+-- from a server, read as the answer to `method` (initialize, tools/list,
+-- tools/call, ...): decoded, its JSON-RPC envelope and its result checked.
+-- Raises a structured error ("protocol" for anything malformed, "mcp" for
+-- an error answer) and nothing else.  It needs no server, no client and no
+-- task: the entry point for fuzzing what a server may send.
+function M.check_message(raw, method, name)
+  name = name or "fuzz"
+  if type(raw) ~= "string" then rpc.misuse("mcp.check_message: raw must be a string") end
+  local ok, msg = pcall(cjson.decode, raw)
+  if not ok then error(rpc.protocol(name, "a message that is not JSON: " .. rpc.excerpt(raw, 80)), 0) end
+  if type(msg) == "table" and msg[1] ~= nil then msg = msg[1] end -- a batch: its first answer
+  if type(msg) ~= "table" or msg.jsonrpc ~= "2.0" or msg.id == nil
+      or (msg.result == nil and msg.error == nil) then
+    error(rpc.protocol(name, "a message that is not a JSON-RPC 2.0 response: " .. rpc.excerpt(raw, 80)), 0)
+  end
+  return check_result(name, method, rpc.answer(name, method, msg))
+end
+
 -- The MCP calls, on the class of agenthost.mcp.rpc.
 local Client = rpc.Client
 
@@ -74,12 +190,13 @@ end
 function Client:list_tools(opts)
   local tools, cursor, pages = {}, nil, 0
   repeat
-    local r = self:request("tools/list", cursor and { cursor = cursor } or nil, opts)
-    for _, t in ipairs(type(r) == "table" and r.tools or {}) do
+    local r = check_result(self.name, "tools/list",
+      self:request("tools/list", cursor and { cursor = cursor } or nil, opts))
+    for _, t in ipairs(r.tools) do
       tidy_schema(t.inputSchema)
       tools[#tools + 1] = t
     end
-    cursor = type(r) == "table" and type(r.nextCursor) == "string" and r.nextCursor or nil
+    cursor = r.nextCursor
     pages = pages + 1
     if pages > 1000 then
       error(err("io", "mcp " .. self.name .. ": tools/list did not end after 1000 pages"), 2)
@@ -95,13 +212,8 @@ end
 function Client:call_tool(name, args, opts)
   if type(name) ~= "string" then misuse("mcp: call_tool: name must be a string") end
   if args ~= nil and type(args) ~= "table" then misuse("mcp: call_tool: args must be a table") end
-  local r = self:request("tools/call", { name = name, arguments = args or {} }, opts)
-  if type(r) ~= "table" then
-    error(err("io", "mcp " .. self.name .. ": tools/call answered with something that is not a result"), 2)
-  end
-  r.content = r.content or {}
-  r.isError = r.isError == true
-  return r
+  return check_result(self.name, "tools/call",
+    self:request("tools/call", { name = name, arguments = args or {} }, opts))
 end
 
 -- The initialize handshake, then notifications/initialized.
@@ -114,9 +226,10 @@ local function initialize(c, opts)
     capabilities = capabilities,
     clientInfo = info,
   }, { timeout = opts.init_timeout or c.timeout })
-  if type(r) ~= "table" or type(r.protocolVersion) ~= "string" then
+  local ok, e = pcall(check_result, c.name, "initialize", r)
+  if not ok then
     c:close()
-    error(err("io", "mcp " .. c.name .. ": the initialize answer has no protocolVersion"), 0)
+    error(e, 0)
   end
   if not supported(r.protocolVersion) then
     c:close()
@@ -176,8 +289,9 @@ function M.result_text(r)
     elseif p.type == "resource" and type(p.resource) == "table" and p.resource.text then
       parts[#parts + 1] = tostring(p.resource.text)
     else
+      local what = p.mimeType or p.uri
       parts[#parts + 1] = string.format("[%s%s]", tostring(p.type),
-        p.mimeType and (" " .. p.mimeType) or (p.uri and (" " .. p.uri) or ""))
+        type(what) == "string" and (" " .. what) or "")
     end
   end
   if #parts == 0 and r.structuredContent ~= nil then

@@ -75,6 +75,46 @@ function M.excerpt(s, n)
 end
 local excerpt = M.excerpt
 
+-- protocol(name, message) -> the error for a server message that is
+-- malformed: kind "protocol", naming the client and what was wrong.
+function M.protocol(name, message)
+  return err("protocol", string.format("mcp %s: %s", tostring(name), message))
+end
+local protocol = M.protocol
+
+-- A JSON type name for messages: cjson's null is "null", a table "object".
+function M.typename(v)
+  if v == cjson.null then return "null" end
+  if type(v) == "table" then return "object" end
+  return type(v)
+end
+local typename = M.typename
+
+-- answer(name, method, msg) -> the result of msg, the answer (a decoded
+-- table with a result or an error) to the request `method` of client
+-- `name`; raises kind "mcp" for a well-formed error answer and "protocol"
+-- for one that is malformed.  Pure: no client, no I/O.
+function M.answer(name, method, msg)
+  if type(msg) ~= "table" then
+    error(protocol(name, string.format("'%s' answered with a %s, not a JSON-RPC response", method, typename(msg))), 0)
+  end
+  local e = msg.error
+  if e == nil then return msg.result end
+  local function bad(what)
+    error(protocol(name, string.format("'%s' answered with a malformed error: %s", method, what)), 0)
+  end
+  if msg.result ~= nil then bad("it has both result and error") end
+  if type(e) ~= "table" then bad("error must be an object, got " .. typename(e)) end
+  local code = type(e.code) == "number" and math.tointeger(e.code)
+  if not code then bad("error.code must be an integer, got " .. typename(e.code)) end
+  if type(e.message) ~= "string" then bad("error.message must be a string, got " .. typename(e.message)) end
+  local data = e.data
+  if data == cjson.null then data = nil end
+  error(err("mcp", string.format("mcp %s: '%s' failed: %s (code %d)", name, method,
+    excerpt(e.message, 1000), code), { code = code, data = data }), 0)
+end
+local answer = M.answer
+
 local Client = {}
 Client.__index = Client
 M.Client = Client
@@ -213,14 +253,7 @@ function Client:request(method, params, opts)
     end
     error(e, 0)
   end
-  res = slot.msg or res
-  if res.error ~= nil then
-    local e = type(res.error) == "table" and res.error or {}
-    local code = math.tointeger(e.code) or e.code
-    error(err("mcp", string.format("mcp %s: '%s' failed: %s (code %s)", self.name, method,
-      tostring(e.message), tostring(code)), { code = code, data = e.data }), 0)
-  end
-  return res.result
+  return answer(self.name, method, slot.msg or res)
 end
 
 -- notify(method, params): sends a notification.
