@@ -209,17 +209,18 @@ $(BUILD)/fuzz/%: tests/fuzz/%.c $(BUILD)/fuzz/libhost.a
 	  $(PKG_LIBS) -lm -ldl -lpthread
 
 fuzz: all fuzz-build
-	@for n in $(FUZZ_NAMES); do \
+	@failed=""; for n in $(FUZZ_NAMES); do \
 	  mkdir -p $(BUILD)/fuzz/work/$$n $(BUILD)/fuzz/artifacts; \
 	  echo "# fuzz $$n for $(FUZZ_S) s"; \
 	  $(BUILD)/fuzz/$$n -max_total_time=$(FUZZ_S) -print_final_stats=1 \
 	    -artifact_prefix=$(BUILD)/fuzz/artifacts/$$n- \
 	    $(BUILD)/fuzz/work/$$n tests/fuzz/corpus/$$n 2>$(BUILD)/fuzz/$$n.log; rc=$$?; \
-	  grep -E '^(#[0-9]+.*DONE|stat::|SUMMARY|==[0-9]+==ERROR)' $(BUILD)/fuzz/$$n.log; \
-	  [ $$rc -eq 0 ] || { echo "fuzz: $$n failed, see $(BUILD)/fuzz/$$n.log"; exit 1; }; \
-	done
+	  grep -E '^(#[0-9]+.*DONE|stat::|SUMMARY|==[0-9]+==ERROR|[a-z]+: )' $(BUILD)/fuzz/$$n.log; \
+	  [ $$rc -eq 0 ] || { echo "fuzz: $$n failed, see $(BUILD)/fuzz/$$n.log"; failed="$$failed $$n"; }; \
+	done; \
 	LUA_PATH="scripts/?.lua;scripts/?/init.lua;tools/?.lua;tests/?.lua;;" LUA_CPATH="$(BUILD)/?.so;;" \
-	  lua5.4 tests/fuzz/lua_fuzz.lua --cases $(FUZZ_N) --seed $$(date +%s) --mutate-schemas
+	  lua5.4 tests/fuzz/lua_fuzz.lua --cases $(FUZZ_N) --seed $$(date +%s) --mutate-schemas || failed="$$failed lua_fuzz"; \
+	[ -z "$$failed" ] || { echo "fuzz: failed:$$failed"; exit 1; }
 
 asan:
 	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 test
