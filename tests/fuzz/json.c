@@ -8,8 +8,8 @@
  * The other way is checked too where cjson is known to be strict: a text
  * without control characters (cjson takes them raw in strings), valid UTF-8, that a cjson refusing invalid numbers
  * (decode_invalid_numbers(false)) decodes, must pass the checker, unless
- * it holds "digits." with no digit after the point, which strtod (and so
- * cjson) takes but RFC 8259 does not.
+ * it holds a number whose point lacks a digit on one side ("1.", "-.5"),
+ * which strtod (and so cjson) takes but RFC 8259 does not.
  *
  * AH_FUZZ_ALLOW_SURROGATES=1 in the environment tolerates the one known
  * disagreement, a \u escape of a lone UTF-16 surrogate (cjson refuses it,
@@ -89,13 +89,22 @@ static int has_control(const uint8_t *s, size_t n) {
   return 0;
 }
 
-/* Does s hold a digit followed by '.' that no digit follows? */
-static int has_bare_point(const uint8_t *s, size_t n) {
+/* Does s hold, outside strings, a '.' without a digit on both sides
+ * ("1.", "-.5")?  strtod, and so cjson, takes those; RFC 8259 does not. */
+static int has_loose_point(const uint8_t *s, size_t n) {
   size_t i;
-  for (i = 1; i < n; i++)
-    if (s[i] == '.' && s[i - 1] >= '0' && s[i - 1] <= '9' &&
-        (i + 1 == n || s[i + 1] < '0' || s[i + 1] > '9'))
+  int in_string = 0;
+  for (i = 0; i < n; i++) {
+    if (in_string) {
+      if (s[i] == '\\') i++;
+      else if (s[i] == '"') in_string = 0;
+    } else if (s[i] == '"') {
+      in_string = 1;
+    } else if (s[i] == '.' && (i == 0 || s[i - 1] < '0' || s[i - 1] > '9' || i + 1 == n ||
+                               s[i + 1] < '0' || s[i + 1] > '9')) {
       return 1;
+    }
+  }
   return 0;
 }
 
@@ -112,7 +121,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fprintf(stderr, "json: ah__json_check accepts a text cjson.decode refuses\n");
     abort();
   }
-  if (!checked && !has_control(data, size) && !has_bare_point(data, size) &&
+  if (!checked && !has_control(data, size) && !has_loose_point(data, size) &&
       call("valid_utf8", data, size) && call("strict_ok", data, size)) {
     fprintf(stderr, "json: strict cjson decodes a text ah__json_check refuses\n");
     abort();
