@@ -66,6 +66,8 @@ DEB_PKGS := liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libsqlite3-dev 
             pkg-config lua-cjson lua-busted luarocks
 # The MCP fixture's Streamable HTTP mode (tests/support/mcp_server.lua).
 DEB_PKGS += lua-socket openssl
+# The fuzzers (tests/fuzz): clang's libFuzzer.
+DEB_PKGS += clang
 
 .PHONY: all deps build run test asan bench clean ctests
 
@@ -145,7 +147,7 @@ $(BUILD)/tests/mockllm: tests/support/mockllm.c tests/support/httpd.c
 run: all
 	$(BUILD)/agenthost scripts/examples/ops_agent.lua
 
-test: all check-layers
+test: all check-layers fuzz-build
 	@BUILD=$(BUILD) SAN=$(SAN) sh tests/run
 
 # The layers of DESIGN.md §1: host/ knows libuv, libcurl, sqlite3 and libpq
@@ -162,6 +164,63 @@ check-layers:
 	bad=$$(grep -nE '\bah__[a-z_]+\(' cli/*.c include/*.h); \
 	[ -z "$$bad" ] || { echo "check-layers: cli/ and include/ must not call internal ah__ functions:"; echo "$$bad"; exit 1; }; \
 	echo "check-layers: ok"
+
+# ---- fuzzers (tests/fuzz) --------------------------------------------------
+#
+#   make fuzz               each libFuzzer harness for FUZZ_S seconds (60),
+#                           then the Lua fuzzer with FUZZ_N cases (20000)
+#   make fuzz-build         the harnesses only (make test builds them and runs
+#                           each over its corpus; tests/run)
+#
+# A harness is tests/fuzz/<name>.c with LLVMFuzzerTestOneInput, linked with
+# the host/ sources built again by clang with the same sanitizers; its
+# seeds are tests/fuzz/corpus/<name>/.  A long run reads the seeds and
+# writes what it finds under $(BUILD)/fuzz only (new inputs in
+# work/<name>, crashes in artifacts/); copy an input worth keeping into the
+# corpus by hand.  Without clang and its libFuzzer the build fails, and so
+# does make test: fuzzers are never skipped.
+FUZZ_CC      ?= clang
+FUZZ_S       ?= 60
+FUZZ_N       ?= 20000
+FUZZ_NAMES   := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/*.c))
+FUZZ_BINS    := $(addprefix $(BUILD)/fuzz/,$(FUZZ_NAMES))
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS  := -O1 -g $(WARN) -fPIC -D_POSIX_C_SOURCE=200809L -Iinclude $(FUZZ_SAN) $(PKG_CFLAGS)
+# The host/ files the parsers live in, and what they call.
+FUZZ_HOST_SRC := host/buf.c host/sse.c host/json.c host/http.c
+FUZZ_HOST_OBJ := $(patsubst %.c,$(BUILD)/fuzz/obj/%.o,$(FUZZ_HOST_SRC))
+
+.PHONY: fuzz fuzz-build
+fuzz-build: $(FUZZ_BINS)
+
+$(BUILD)/fuzz/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+$(BUILD)/fuzz/libhost.a: $(FUZZ_HOST_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+-include $(FUZZ_HOST_OBJ:.o=.d) $(FUZZ_BINS:=.d)
+
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(BUILD)/fuzz/libhost.a
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -MMD -MP -o $@ $< $(BUILD)/fuzz/libhost.a \
+	  $(PKG_LIBS) -lm -ldl -lpthread
+
+fuzz: all fuzz-build
+	@failed=""; for n in $(FUZZ_NAMES); do \
+	  mkdir -p $(BUILD)/fuzz/work/$$n $(BUILD)/fuzz/artifacts; \
+	  echo "# fuzz $$n for $(FUZZ_S) s"; \
+	  $(BUILD)/fuzz/$$n -max_total_time=$(FUZZ_S) -print_final_stats=1 \
+	    -artifact_prefix=$(BUILD)/fuzz/artifacts/$$n- \
+	    $(BUILD)/fuzz/work/$$n tests/fuzz/corpus/$$n 2>$(BUILD)/fuzz/$$n.log; rc=$$?; \
+	  grep -E '^(#[0-9]+.*DONE|stat::|SUMMARY|==[0-9]+==ERROR|[a-z]+: )' $(BUILD)/fuzz/$$n.log; \
+	  [ $$rc -eq 0 ] || { echo "fuzz: $$n failed, see $(BUILD)/fuzz/$$n.log"; failed="$$failed $$n"; }; \
+	done; \
+	LUA_PATH="scripts/?.lua;scripts/?/init.lua;tools/?.lua;tests/?.lua;;" LUA_CPATH="$(BUILD)/?.so;;" \
+	  lua5.4 tests/fuzz/lua_fuzz.lua --cases $(FUZZ_N) --seed $$(date +%s) --mutate-schemas || failed="$$failed lua_fuzz"; \
+	[ -z "$$failed" ] || { echo "fuzz: failed:$$failed"; exit 1; }
 
 asan:
 	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 test
