@@ -813,7 +813,9 @@ int ah__http_check_url(const char *url, size_t len) {
   if (len > AH_HTTP_MAX_URL) return UV_ENAMETOOLONG;
   for (i = 0; i < len; i++)
     if ((unsigned char)url[i] <= ' ' || url[i] == 0x7f) return UV_EINVAL;
-  if (strncasecmp(url, "http://", 7) != 0 && strncasecmp(url, "https://", 8) != 0)
+  /* Only the len bytes given are read: the url need not end in a NUL. */
+  if (!(len >= 7 && strncasecmp(url, "http://", 7) == 0) &&
+      !(len >= 8 && strncasecmp(url, "https://", 8) == 0))
     return UV_EPROTONOSUPPORT;
   return 0;
 }
