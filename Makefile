@@ -357,7 +357,7 @@ valgrind: all
 	$(call install_missing,valgrind)
 	@for t in $(CTESTS); do \
 	  echo "# valgrind $$t"; \
-	  AH_TEST_OPENS=50 valgrind -q --error-exitcode=99 --leak-check=full \
+	  AH_TEST_OPENS=50 AH_TEST_ALLOC_STRIDE=401 valgrind -q --error-exitcode=99 --leak-check=full \
 	    --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect \
 	    $$t > $(BUILD)/valgrind.out 2>&1; rc=$$?; \
 	  grep -v '^ok ' $(BUILD)/valgrind.out; \

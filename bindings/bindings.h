@@ -64,8 +64,21 @@ void ah__sched_defer(ah_sched *S, ah_defer *d);
 void ah__sched_undefer(ah_sched *S, ah_defer *d);
 
 /* Starts a detached task running the function below the nargs values on
- * the top of L (all are popped).  For completions that run Lua code. */
-void ah__task_detach(lua_State *L, int nargs);
+ * the top of L (all are popped).  For completions that run Lua code.
+ * Never raises: returns LUA_OK, or LUA_ERRMEM when it is out of memory
+ * (and no task was started). */
+int ah__task_detach(lua_State *L, int nargs);
+/* Calls fn(L) with ud as its light userdata argument in protected mode,
+ * leaving its nres results; for C code outside any task, which must not
+ * raise.  Returns the status; on failure nothing is left on L. */
+int ah__protect(lua_State *L, lua_CFunction fn, void *ud, int nres);
+/* Wakes t (as ah__task_wake) with the values push(L) returns, made in
+ * protected mode on the main thread for a completion; when that runs out
+ * of memory, t is woken with a `resource` error instead. */
+void ah__task_wake_with(ah_sched *S, ah_task *t, lua_CFunction push, void *ud,
+                        int is_error);
+/* Pushes the shared `resource` error "out of memory" (no allocation). */
+void ah__push_oom(lua_State *L);
 
 /* Suspends t (which must be running in L) on op.  Use as a return value. */
 int ah__task_suspend(lua_State *L, ah_task *t, const ah_op *op, void *opdata);

@@ -296,7 +296,8 @@ static int start_chunk(ah_host *h, int status) {
     lua_pop(L, 1);
     return code;
   }
-  ah__task_detach(L, 0);
+  if (ah__task_detach(L, 0) != LUA_OK)
+    return fail(h, AH_ENOMEM, "out of memory: the script was not started");
   return AH_OK;
 }
 
@@ -375,6 +376,15 @@ static int deliver_one(lua_State *L) {
   return 1;
 }
 
+/* [post] with the delivery's error below: reports it. */
+static int deliver_failed(lua_State *L) {
+  ah_postmsg *m = lua_touserdata(L, 1);
+  lua_pushfstring(L, "ah_post to channel '%s': %s", m->channel,
+                  luaL_tolstring(L, -2, NULL));
+  ah__report(L, -1, "");
+  return 0;
+}
+
 static void deliver(ah_posts *p) {
   ah_host *h = p->data;
   lua_State *L = h->L;
@@ -388,10 +398,13 @@ static void deliver(ah_posts *p) {
     if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
       /* Checked JSON that lua-cjson still refuses, or out of memory: it
        * is reported, not dropped silently. */
-      lua_pushfstring(L, "ah_post to channel '%s': %s", m->channel,
-                      luaL_tolstring(L, -1, NULL));
-      ah__report(L, -1, "");
-      lua_pop(L, 3);
+      if (ah__protect(L, deliver_failed, m, 0) != LUA_OK) {
+        char msg[CHANNEL_MAX_LEN + 80];
+        snprintf(msg, sizeof msg, "ah_post to channel '%s': out of memory; "
+                 "the post was dropped", m->channel);
+        host_log(h, AH_LOG_ERROR, msg);
+      }
+      lua_pop(L, 1);
       done++;
     } else {
       if (lua_toboolean(L, -1)) done++;

@@ -178,10 +178,10 @@ static void report_now(lua_State *L, int erridx, const char *traceback) {
   }
 }
 
-void ah__reports_deliver(ah_sched *S) {
-  lua_State *L = S->L;
+/* [S]: hands every queued report to the handler, in protected mode. */
+static int reports_deliver_p(lua_State *L) {
+  ah_sched *S = lua_touserdata(L, 1);
   int i, n = S->nreports;
-  if (n == 0) return;
   lua_rawgeti(L, LUA_REGISTRYINDEX, S->reports);
   /* Start a fresh table first: a handler may cause more reports. */
   lua_createtable(L, 4, 0);
@@ -193,7 +193,18 @@ void ah__reports_deliver(ah_sched *S) {
     report_now(L, -2, lua_tostring(L, -1));
     lua_pop(L, 2);
   }
-  lua_pop(L, 1);
+  return 0;
+}
+
+void ah__reports_deliver(ah_sched *S) {
+  if (S->nreports == 0) return;
+  if (ah__protect(S->L, reports_deliver_p, S, 0) != LUA_OK) {
+    /* Out of memory: what was not delivered is dropped, said on stderr,
+     * so that the drain goes on. */
+    S->nreports = 0;
+    fprintf(stderr, "agenthost: uncaught errors were dropped: out of memory\n");
+    fflush(stderr);
+  }
 }
 
 /* Reports every failure nobody has taken (at the end of task.run). */
@@ -204,14 +215,42 @@ void ah__reports_unobserved(ah_sched *S) {
 }
 
 
-/* Queues [error, traceback] from the top of L (popped) for the handler. */
-static void report_queue(ah_sched *S, lua_State *L) {
+/* [S, error, traceback]: appends the pair to the report table; the
+ * traceback may be a light userdata (a C string) to turn into a string. */
+static int report_queue_p(lua_State *L) {
+  ah_sched *S = lua_touserdata(L, 1);
+  if (lua_islightuserdata(L, 3)) {
+    lua_pushstring(L, lua_touserdata(L, 3));
+    lua_replace(L, 3);
+  }
   lua_rawgeti(L, LUA_REGISTRYINDEX, S->reports);
-  lua_rotate(L, -3, 1);
-  lua_rawseti(L, -3, S->nreports + 2);
+  lua_pushvalue(L, 2);
   lua_rawseti(L, -2, S->nreports + 1);
+  lua_pushvalue(L, 3);
+  lua_rawseti(L, -2, S->nreports + 2);
   S->nreports += 2;
-  lua_pop(L, 1);
+  return 0;
+}
+
+/* Queues [error, traceback] from the top of L, the main thread (popped),
+ * for the handler.  Never raises: out of memory drops the report, said
+ * on stderr. */
+static void report_queue(ah_sched *S, lua_State *L) {
+  int rc;
+  if (!lua_checkstack(L, 3)) {
+    lua_pop(L, 2);
+    rc = LUA_ERRMEM;
+  } else {
+    lua_pushcfunction(L, report_queue_p);
+    lua_pushlightuserdata(L, S);
+    lua_rotate(L, -4, 2);
+    rc = lua_pcall(L, 3, 0, 0);
+    if (rc != LUA_OK) lua_pop(L, 1);
+  }
+  if (rc != LUA_OK) {
+    fprintf(stderr, "agenthost: an uncaught error was dropped: out of memory\n");
+    fflush(stderr);
+  }
   ah__loop_pending(&S->loop, 1);
 }
 
@@ -223,6 +262,10 @@ void ah__report_task(ah_sched *S, ah_task *t) {
   t->flags |= F_OBSERVED;
   link_remove(&t->link);
   if (ah__error_is(t->co, 1, "cancelled")) return;
+  if (!lua_checkstack(t->co, 2) || !lua_checkstack(L, 2)) {
+    fprintf(stderr, "agenthost: an uncaught error was dropped: out of memory\n");
+    return;
+  }
   lua_pushvalue(t->co, 1);
   lua_pushvalue(t->co, 2);
   lua_xmove(t->co, L, 2);
@@ -238,8 +281,12 @@ void ah__report(lua_State *L, int erridx, const char *traceback) {
     return;
   }
   M = S->L;
+  if (!lua_checkstack(L, 2) || !lua_checkstack(M, 2)) {
+    fprintf(stderr, "agenthost: an uncaught error was dropped: out of memory\n");
+    return;
+  }
   lua_pushvalue(L, erridx);
-  lua_pushstring(L, traceback ? traceback : "");
+  lua_pushlightuserdata(L, (void *)(traceback ? traceback : ""));
   lua_xmove(L, M, 2);
   report_queue(S, M);
 }

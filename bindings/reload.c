@@ -30,20 +30,43 @@ typedef struct rwatch {
   int hup_on;
 } rwatch;
 
+typedef struct change {
+  rwatch *rw;
+  const char *path, *data;
+  size_t len;
+  int err;
+} change;
+
+/* [change]: starts the handler as a detached task, in protected mode. */
+static int change_p(lua_State *L) {
+  change *c = lua_touserdata(L, 1);
+  int rc;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->rw->handler);
+  lua_pushstring(L, c->path);
+  if (c->data) {
+    lua_pushlstring(L, c->data, c->len);
+    rc = ah__task_detach(L, 2);
+  } else {
+    lua_pushnil(L);
+    lua_pushstring(L, c->err == UV_ENOENT ? "deleted" : uv_strerror(c->err));
+    rc = ah__task_detach(L, 3);
+  }
+  if (rc != LUA_OK) return ah__nomem(L, "reload");
+  return 0;
+}
+
 static void on_change(ah_watch *w, const char *path, const char *data,
                       size_t len, int err) {
   rwatch *rw = ah__watch_data(w);
   lua_State *L = rw->L;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, rw->handler);
-  lua_pushstring(L, path);
-  if (data) {
-    lua_pushlstring(L, data, len);
-    ah__task_detach(L, 2);
-  } else {
-    lua_pushnil(L);
-    lua_pushstring(L, err == UV_ENOENT ? "deleted" : uv_strerror(err));
-    ah__task_detach(L, 3);
-  }
+  change c;
+  c.rw = rw;
+  c.path = path;
+  c.data = data;
+  c.len = len;
+  c.err = err;
+  if (ah__protect(L, change_p, &c, 0) != LUA_OK)
+    ah__log(L, 3, "reload: out of memory; a change was not handled");
 }
 
 static void on_hup(ah_loop_hup *h) {

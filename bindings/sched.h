@@ -109,6 +109,7 @@ struct ah_sched {
   int nreports;
   int pool;          /* registry ref of the array of reusable threads */
   int npool;
+  int poolcap;       /* slots of the pool's array part known to exist */
   int signal;        /* last SIGINT/SIGTERM seen (ah_handle_signals) */
   ah_loop_hup hup;   /* ah_handle_signals' SIGHUP listener, while added */
   int closed;

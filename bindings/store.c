@@ -119,48 +119,54 @@ static void push_row(lua_State *L, const ah_store_job *j, size_t r) {
   }
 }
 
-/* Completion of exec, batch, query, first and flush: wakes the task. */
+/* [job] -> the values a completed job hands to its task. */
+static int done_push_p(lua_State *L) {
+  ah_store_job *j = lua_touserdata(L, 1);
+  if (j->kind) {
+    push_job_error(L, j, j->label ? j->label : "db");
+    return 1;
+  } else if (j->type == AH_JOB_FLUSH) {
+    return 0;
+  } else if (j->type == AH_JOB_READ && j->first_only) {
+    if (j->nrows) push_row(L, j, 0);
+    else lua_pushnil(L);
+    return 1;
+  } else if (j->type == AH_JOB_READ) {
+    size_t r;
+    lua_createtable(L, (int)(j->nrows > 1000000 ? 1000000 : j->nrows), 0);
+    for (r = 0; r < j->nrows; r++) {
+      push_row(L, j, r);
+      lua_rawseti(L, -2, (lua_Integer)r + 1);
+    }
+    return 1;
+  }
+  lua_pushinteger(L, (lua_Integer)j->changes);
+  lua_pushinteger(L, (lua_Integer)j->rowid);
+  return 2;
+}
+
+/* Completion of exec, batch, query, first and flush: wakes the task (with
+ * a `resource` error when its result cannot be made for lack of memory). */
 static void on_done(ah_store_job *j) {
   ah_task *t = j->data;
   lstore *ls = j->owner;
-  lua_State *co;
-  if (!t) { /* the waiter was cancelled */
-    ah__store_job_free(j);
-    return;
-  }
-  co = ah__task_thread(t);
-  if (j->kind) {
-    push_job_error(co, j, j->label ? j->label : "db");
-    ah__task_wake(ls->S, t, 1, 1);
-  } else if (j->type == AH_JOB_FLUSH) {
-    ah__task_wake(ls->S, t, 0, 0);
-  } else if (j->type == AH_JOB_READ && j->first_only) {
-    if (j->nrows) push_row(co, j, 0);
-    else lua_pushnil(co);
-    ah__task_wake(ls->S, t, 1, 0);
-  } else if (j->type == AH_JOB_READ) {
-    size_t r;
-    lua_createtable(co, (int)(j->nrows > 1000000 ? 1000000 : j->nrows), 0);
-    for (r = 0; r < j->nrows; r++) {
-      push_row(co, j, r);
-      lua_rawseti(co, -2, (lua_Integer)r + 1);
-    }
-    ah__task_wake(ls->S, t, 1, 0);
-  } else {
-    lua_pushinteger(co, (lua_Integer)j->changes);
-    lua_pushinteger(co, (lua_Integer)j->rowid);
-    ah__task_wake(ls->S, t, 2, 0);
-  }
-  ah__store_job_free(j);
+  if (t) ah__task_wake_with(ls->S, t, done_push_p, j, j->kind != 0);
+  ah__store_job_free(j); /* t NULL: the waiter was cancelled */
+}
+
+/* [job]: reports a failed post. */
+static int post_error_p(lua_State *L) {
+  push_job_error(L, lua_touserdata(L, 1), "db:post");
+  ah__report(L, -1, NULL);
+  return 0;
 }
 
 /* A post failed: nobody waits for it, so the error handler gets it. */
 static void on_post_error(ah_store_job *j) {
   lstore *ls = j->owner;
-  lua_State *L = ls->L;
-  push_job_error(L, j, "db:post");
-  ah__report(L, -1, NULL);
-  lua_pop(L, 1);
+  if (ah__protect(ls->L, post_error_p, j, 0) != LUA_OK)
+    ah__log(ls->L, 3, "db:post: a write failed and could not be reported "
+                      "(out of memory)");
   ah__store_job_free(j);
 }
 

@@ -32,7 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static char SCHED_KEY, BORROW_KEY, TASK_MT;
+static char SCHED_KEY, BORROW_KEY, TASK_MT, OOM_KEY, CANCEL_KEY;
 
 ah_sched *ah__sched_get(lua_State *L) {
   ah_sched *S;
@@ -66,6 +66,67 @@ ah_task *ah__task_require(lua_State *L, const char *what) {
   return t;
 }
 
+/* ---- out of memory -------------------------------------------------------- */
+
+/* Code of the scheduler that runs outside any task (completions, the
+ * drain, finishing a task) must not raise: there is no protected call to
+ * catch the error, and Lua would abort.  What may allocate there runs
+ * under ah__protect; when even that fails, the values made when the
+ * scheduler was created stand in (an out-of-memory `resource` error and a
+ * `cancelled` error), which need no allocation to push. */
+int ah__protect(lua_State *L, lua_CFunction fn, void *ud, int nres) {
+  int rc;
+  if (!lua_checkstack(L, nres + 2)) return LUA_ERRMEM;
+  lua_pushcfunction(L, fn);
+  lua_pushlightuserdata(L, ud);
+  rc = lua_pcall(L, 1, nres, 0);
+  if (rc != LUA_OK) lua_pop(L, 1);
+  return rc;
+}
+
+void ah__push_oom(lua_State *L) { lua_rawgetp(L, LUA_REGISTRYINDEX, &OOM_KEY); }
+
+/* Is the value at idx one of the shared stand-ins (never to be changed)? */
+static int is_standin(lua_State *L, int idx) {
+  int is;
+  idx = lua_absindex(L, idx);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &OOM_KEY);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &CANCEL_KEY);
+  is = lua_rawequal(L, idx, -1) || lua_rawequal(L, idx, -2);
+  lua_pop(L, 2);
+  return is;
+}
+
+typedef struct errspec {
+  const char *kind, *msg;
+} errspec;
+
+static int push_error_p(lua_State *L) {
+  errspec *e = lua_touserdata(L, 1);
+  ah__error_push(L, e->kind, 0, "%s", e->msg);
+  lua_pushliteral(L, "");
+  return 2;
+}
+
+/* Pushes on co (which is not running) a structured error and, with tb, an
+ * empty traceback after it, without raising: made on the main thread in
+ * protected mode, or the stand-in at key. */
+static void push_error_on(ah_sched *S, lua_State *co, const char *kind,
+                          const char *msg, int tb, const char *key) {
+  lua_State *L = S->L;
+  errspec e;
+  e.kind = kind;
+  e.msg = msg;
+  lua_checkstack(co, 2); /* a waiting task's frame keeps room for these */
+  if (ah__protect(L, push_error_p, &e, 2) == LUA_OK) {
+    if (!tb) lua_pop(L, 1);
+    lua_xmove(L, co, tb ? 2 : 1);
+    return;
+  }
+  lua_rawgetp(co, LUA_REGISTRYINDEX, key);
+  if (tb) lua_pushnil(co);
+}
+
 /* ---- the ready queue and waking ----------------------------------------- */
 
 static void enqueue(ah_sched *S, ah_task *t) {
@@ -84,6 +145,28 @@ void ah__task_wake(ah_sched *S, ah_task *t, int nargs, int is_error) {
   if (is_error) t->flags |= F_WAKE_ERR;
   t->state = T_READY;
   enqueue(S, t);
+}
+
+void ah__task_wake_with(ah_sched *S, ah_task *t, lua_CFunction push, void *ud,
+                        int is_error) {
+  lua_State *L = S->L;
+  int top = lua_gettop(L), n;
+  if (lua_checkstack(L, 2)) {
+    lua_pushcfunction(L, push);
+    lua_pushlightuserdata(L, ud);
+    if (lua_pcall(L, 1, LUA_MULTRET, 0) == LUA_OK) {
+      n = lua_gettop(L) - top;
+      if (lua_checkstack(t->co, n + 1)) {
+        lua_xmove(L, t->co, n);
+        ah__task_wake(S, t, n, is_error);
+        return;
+      }
+    }
+    lua_settop(L, top);
+  }
+  /* Out of memory: the task fails with `resource` where it waits. */
+  ah__push_oom(t->co);
+  ah__task_wake(S, t, 1, 1);
 }
 
 static int resume_k(lua_State *L, int status, lua_KContext ctx);
@@ -264,10 +347,22 @@ static int task_detach(lua_State *L) {
   return 0;
 }
 
-void ah__task_detach(lua_State *L, int nargs) {
-  int fidx = lua_gettop(L) - nargs;
-  ah__task_new(L, ah__sched_get(L), fidx, NULL, F_DETACHED | F_INTERNAL);
-  lua_pop(L, 1);
+static int detach_p(lua_State *L) {
+  ah__task_new(L, ah__sched_get(L), 1, NULL, F_DETACHED | F_INTERNAL);
+  return 0;
+}
+
+int ah__task_detach(lua_State *L, int nargs) {
+  int rc;
+  if (!lua_checkstack(L, 1)) {
+    lua_pop(L, nargs + 1);
+    return LUA_ERRMEM;
+  }
+  lua_pushcfunction(L, detach_p);
+  lua_insert(L, -(nargs + 2));
+  rc = lua_pcall(L, nargs + 1, 0, 0);
+  if (rc != LUA_OK) lua_pop(L, 1);
+  return rc;
 }
 
 /* ---- completion ------------------------------------------------------------ */
@@ -295,6 +390,16 @@ void ah__task_observe(ah_task *t) {
   }
 }
 
+/* Makes room for one more thread in the pool. */
+static int pool_grow_p(lua_State *L) {
+  ah_sched *S = lua_touserdata(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->pool);
+  lua_pushboolean(L, 1);
+  lua_rawseti(L, -2, S->npool + 1);
+  S->poolcap = S->npool + 1;
+  return 0;
+}
+
 /* Returns the thread of a completed task that no Lua code can reach to the
  * pool.  The pool holds at most as many threads as there are live tasks
  * (plus a few), so a burst does not pin its memory. */
@@ -303,6 +408,11 @@ void ah__task_recycle(ah_sched *S, ah_task *t, lua_State *L, int idx) {
   ah__task_observe(t);
   t->flags &= ~F_INTERNAL; /* recycled once */
   if ((size_t)S->npool >= S->live + 256) return;
+  /* Slots up to poolcap are in the table's array part, so storing there
+   * cannot fail; the pool grows past it only in protected mode. */
+  if (S->npool >= S->poolcap &&
+      (!lua_checkstack(L, 4) || ah__protect(L, pool_grow_p, S, 0) != LUA_OK))
+    return;
   lua_settop(t->co, 0);
   *slot(t->co) = NULL;
   idx = lua_absindex(L, idx);
@@ -325,8 +435,14 @@ static void complete(ah_sched *S, ah_task *t) {
       int n;
       link_remove(&w->link);
       if (failed) ah__task_observe(t);
-      n = ah__task_outcome(w->co, t, w->op == &result_op);
-      ah__task_wake(S, w, n, failed && w->op == &join_op);
+      n = failed ? 1 : lua_gettop(t->co);
+      if (lua_checkstack(w->co, n + 2) && lua_checkstack(t->co, 1)) {
+        n = ah__task_outcome(w->co, t, w->op == &result_op);
+        ah__task_wake(S, w, n, failed && w->op == &join_op);
+      } else {
+        ah__push_oom(w->co); /* no room for the values */
+        ah__task_wake(S, w, 1, 1);
+      }
     }
     if (t->group) ah__group_child_done(S, t);
     if (failed && (t->flags & F_DETACHED)) ah__report_task(S, t);
@@ -361,6 +477,32 @@ static void resetthread(lua_State *co, lua_State *from) {
 #endif
 }
 
+typedef struct bodyfail {
+  lua_State *co;
+  int status;
+} bodyfail;
+
+/* [bodyfail, error] -> error, traceback: the traceback of the failed
+ * body, kept in a structured error too; out of memory becomes a
+ * `resource` error. */
+static int body_fail_p(lua_State *L) {
+  bodyfail *b = lua_touserdata(L, 1);
+  luaL_traceback(L, b->co, NULL, 0);
+  if (b->status == LUA_ERRMEM) {
+    ah__error_push(L, "resource", 0, "out of memory");
+    lua_replace(L, 2);
+  }
+  if (ah__error_is(L, 2, NULL) && !is_standin(L, 2)) {
+    lua_getfield(L, 2, "traceback");
+    if (lua_isnil(L, -1)) {
+      lua_pushvalue(L, 3);
+      lua_setfield(L, 2, "traceback");
+    }
+    lua_pop(L, 1);
+  }
+  return 2;
+}
+
 /* The body of t returned (nres results on its stack) or raised (status). */
 static void body_done(ah_sched *S, ah_task *t, int status, int nres) {
   lua_State *co = t->co;
@@ -372,23 +514,35 @@ static void body_done(ah_sched *S, ah_task *t, int status, int nres) {
     }
   } else {
     lua_State *L = S->L;
+    bodyfail b;
+    b.co = co;
+    b.status = status;
     /* Take the traceback before the stack is reset, then keep
      * [error, traceback] as the task's result. */
-    lua_checkstack(L, 4);
-    luaL_traceback(L, co, NULL, 0);
-    lua_xmove(co, L, 1); /* the error */
-    resetthread(co, S->from);
-    lua_settop(co, 0);
-    if (ah__error_is(L, -1, NULL)) {
-      lua_getfield(L, -1, "traceback");
-      if (lua_isnil(L, -1)) {
-        lua_pushvalue(L, -3);
-        lua_setfield(L, -3, "traceback");
+    if (lua_checkstack(L, 6)) {
+      lua_xmove(co, L, 1); /* the error */
+      lua_pushcfunction(L, body_fail_p);
+      lua_pushlightuserdata(L, &b);
+      lua_pushvalue(L, -3);
+      if (lua_pcall(L, 2, 2, 0) == LUA_OK) {
+        lua_remove(L, -3);
+      } else {
+        lua_pop(L, 1);
+        if (status == LUA_ERRMEM) {
+          lua_pop(L, 1);
+          ah__push_oom(L);
+        }
+        lua_pushnil(L);
       }
-      lua_pop(L, 1);
+      resetthread(co, S->from);
+      lua_settop(co, 0);
+      lua_xmove(L, co, 2);
+    } else {
+      resetthread(co, S->from);
+      lua_settop(co, 0);
+      ah__push_oom(co);
+      lua_pushnil(co);
     }
-    lua_xmove(L, co, 1);
-    lua_xmove(L, co, 1);
     t->flags |= F_BODY_ERR;
   }
   if (!link_empty(&t->children)) {
@@ -420,8 +574,8 @@ static void run_task(ah_sched *S, ah_task *t) {
   if (t->state == T_NEW && (t->flags & F_CANCEL)) {
     /* Cancelled before it started: it completes without running. */
     lua_settop(t->co, 0);
-    ah__error_push(t->co, "cancelled", 0, "task cancelled before it started");
-    lua_pushliteral(t->co, "");
+    push_error_on(S, t->co, "cancelled", "task cancelled before it started", 1,
+                  &CANCEL_KEY);
     t->flags |= F_BODY_ERR;
     complete(S, t);
     return;
@@ -538,7 +692,7 @@ void ah__task_cancel(ah_sched *S, ah_task *t) {
     break;
   case T_SUSPENDED:
     if (t->op->cancel) t->op->cancel(S, t);
-    ah__error_push(t->co, "cancelled", 0, "task cancelled");
+    push_error_on(S, t->co, "cancelled", "task cancelled", 0, &CANCEL_KEY);
     ah__task_wake(S, t, 1, 1);
     break;
   case T_READY:
@@ -754,6 +908,11 @@ static ah_sched *sched_create(lua_State *L) {
   S->reports = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_createtable(L, 64, 0);
   S->pool = luaL_ref(L, LUA_REGISTRYINDEX);
+  S->poolcap = 64;
+  ah__error_push(L, "resource", 0, "out of memory");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &OOM_KEY);
+  ah__error_push(L, "cancelled", 0, "task cancelled");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &CANCEL_KEY);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &BORROW_KEY);
   borrow = lua_touserdata(L, -1);
   lua_pop(L, 1);

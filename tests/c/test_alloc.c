@@ -1,0 +1,173 @@
+/*
+ * Allocation failures: a counting allocator in ah_config.alloc fails the
+ * Nth allocation of Lua (and, in a second mode, every allocation from the
+ * Nth on) while a host opens, runs a script that uses tasks, the store and
+ * a channel fed by ah_post, and closes.  For every N over the whole range
+ * of allocations such a run makes, the host must not abort: ah_open fails
+ * cleanly (AH_ENOMEM or AH_ESCRIPT) or the run completes or fails cleanly,
+ * and ah_close returns AH_OK.  Leaks are caught by LeakSanitizer (make
+ * asan) and valgrind (make valgrind).
+ *
+ * A run takes tens of milliseconds and a run makes about 6600
+ * allocations, so by default every 29th N is tried (both modes), which
+ * keeps make test and make asan reasonable; AH_TEST_ALLOC_STRIDE=1 tries
+ * every N (minutes), AH_TEST_ALLOC_FROM=N and AH_TEST_ALLOC_MODE=0|1
+ * start later, AH_TEST_ALLOC_VERBOSE=1 prints each N on stderr.
+ */
+#include "agenthost.h"
+#include "ctest.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct counter {
+  long count;     /* allocations so far */
+  long fail_at;   /* the allocation that fails; 0: none */
+  int from_on;    /* fail every allocation from fail_at on */
+  long failed;
+} counter;
+
+static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  counter *c = ud;
+  (void)osize;
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  c->count++;
+  if (c->fail_at > 0 &&
+      (c->count == c->fail_at || (c->from_on && c->count > c->fail_at))) {
+    c->failed++;
+    return NULL;
+  }
+  return realloc(ptr, nsize);
+}
+
+static void quiet_log(void *ud, int level, const char *msg) {
+  (void)ud, (void)level, (void)msg;
+}
+static long errors_seen;
+static void count_error(void *ud, const char *msg, const char *tb) {
+  (void)ud, (void)msg, (void)tb;
+  errors_seen++;
+}
+
+static char db_path[256];
+static char script[4096];
+
+/* Tasks (spawn, gather, sleep, a queue), the store (exec, post, query) and
+ * a channel that ah_post feeds; sets ok = true at the end. */
+static const char *const script_fmt =
+    "local ah = require 'agenthost'\n"
+    "local task = ah.task\n"
+    "local db = ah.store.open('%s')\n"
+    "db:exec('create table if not exists t(x)')\n"
+    "local q = task.queue(2)\n"
+    "local producer = task.spawn(function()\n"
+    "  for i = 1, 4 do q:push(i) end\n"
+    "  q:push(false)\n"
+    "end)\n"
+    "local got = {}\n"
+    "local a, b = task.gather(function()\n"
+    "  while true do local v = q:pop(); if not v then break end; got[#got + 1] = v end\n"
+    "  return #got\n"
+    "end, function() task.sleep(0.001); return 'slept' end)\n"
+    "producer:join()\n"
+    "db:exec('insert into t(x) values (?)', a)\n"
+    "db:post('insert into t(x) values (?)', b)\n"
+    "db:flush()\n"
+    "local rows = db:query('select x from t')\n"
+    "local msg = ah.channel('in'):recv()\n"
+    "assert(msg.n == 1 and #rows >= 2)\n"
+    "db:close()\n"
+    "ok = true\n";
+
+/* One open, load, run and close with the allocator set as c says.
+ * Returns 1 when every call behaved; *ran is set when the script ran to
+ * its end. */
+static int one_run(counter *c, int *ran) {
+  ah_config cfg;
+  ah_host *h = NULL;
+  int rc, steps = 0, good = 1;
+  ah_config_init(&cfg);
+  cfg.alloc = counting_alloc;
+  cfg.alloc_ud = c;
+  cfg.log = quiet_log;
+  cfg.on_error = count_error;
+  *ran = 0;
+  rc = ah_open(&cfg, &h);
+  if (rc != AH_OK) return (rc == AH_ENOMEM || rc == AH_ESCRIPT) && h == NULL;
+  rc = ah_load_string(h, script, "=alloc");
+  if (rc != AH_OK && rc != AH_ENOMEM && rc != AH_ESCRIPT) good = 0;
+  rc = ah_post(h, "in", "{\"n\": 1}");
+  if (rc != AH_OK && rc != AH_ENOMEM) good = 0;
+  /* A run whose post was lost waits on its channel for ever: after a
+   * bounded number of steps ah_close cancels it. */
+  while ((rc = ah_step(h, 1000)) == AH_AGAIN && steps++ < 3000)
+    if (steps > 2000) { /* waiting on the store's thread; nothing is timed */
+      struct timespec ts = {0, 100000};
+      nanosleep(&ts, NULL);
+    }
+  if (rc != AH_OK && rc != AH_AGAIN) good = 0;
+  {
+    lua_State *L = ah_lua(h);
+    if (lua_getglobal(L, "ok") == LUA_TBOOLEAN) *ran = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
+  if (ah_close(h) != AH_OK) good = 0;
+  return good;
+}
+
+int main(void) {
+  counter c;
+  long total, n, stride = 29;
+  int mode, ran;
+  const char *env = getenv("AH_TEST_ALLOC_STRIDE");
+  char dir[] = "/tmp/ah_alloc_XXXXXX";
+  if (env && atol(env) > 0) stride = atol(env);
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  if (!mkdtemp(dir)) {
+    perror("mkdtemp");
+    return 1;
+  }
+  snprintf(db_path, sizeof db_path, "%s/alloc.db", dir);
+  snprintf(script, sizeof script, script_fmt, db_path);
+
+  memset(&c, 0, sizeof c);
+  CHECK(one_run(&c, &ran) && ran, "the script runs with no failing allocation");
+  total = c.count;
+  printf("# %ld allocations in a run\n", total);
+
+  for (mode = getenv("AH_TEST_ALLOC_MODE") ? atoi(getenv("AH_TEST_ALLOC_MODE")) : 0;
+       mode < 2; mode++) {
+    long bad = 0, completed = 0, first_bad = 0;
+    const char *from = getenv("AH_TEST_ALLOC_FROM");
+    for (n = from ? atol(from) : 1; n <= total + 50; n += stride) {
+      memset(&c, 0, sizeof c);
+      c.fail_at = n;
+      c.from_on = mode;
+      if (getenv("AH_TEST_ALLOC_VERBOSE")) fprintf(stderr, "N=%ld\n", n);
+      if (!one_run(&c, &ran)) {
+        if (!bad++) first_bad = n;
+      }
+      completed += ran;
+    }
+    printf("# mode %s: %ld runs completed the script, first bad N %ld\n",
+           mode ? "from N on" : "Nth only", completed, first_bad);
+    CHECK(bad == 0, mode ? "every allocation from the Nth on fails: clean every time"
+                         : "the Nth allocation fails: clean every time");
+  }
+  unlink(db_path);
+  {
+    char side[300];
+    snprintf(side, sizeof side, "%s-wal", db_path);
+    unlink(side);
+    snprintf(side, sizeof side, "%s-shm", db_path);
+    unlink(side);
+  }
+  rmdir(dir);
+  return ctest_done();
+}
