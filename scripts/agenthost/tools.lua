@@ -263,6 +263,9 @@ function validate(schema, v, path)
   return true
 end
 M.validate = validate
+-- is_array(v): whether v is a table whose keys are exactly 1..#v (what
+-- JSON calls an array; an empty table counts).
+M.is_array = is_array
 
 -- ---- the registry ----------------------------------------------------------------
 

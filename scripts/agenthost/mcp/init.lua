@@ -72,14 +72,7 @@ end
 
 local typename = rpc.typename
 
-local function is_list(v)
-  if type(v) ~= "table" then return false end
-  local n = #v
-  for k in pairs(v) do
-    if math.type(k) ~= "integer" or k < 1 or k > n then return false end
-  end
-  return true
-end
+local is_list = ah.tools.is_array
 
 -- v with JSON null read as absent.
 local function opt(v)
