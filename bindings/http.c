@@ -103,27 +103,34 @@ static void stream_done(ah_http_req *r) {
   stream_wake(r);
 }
 
+/* [lreq] -> the response table, or the transfer's error. */
+static int done_push_p(lua_State *L) {
+  lreq *lr = lua_touserdata(L, 1);
+  ah_http_req *r = &lr->r;
+  if (r->kind) {
+    push_error(L, lr);
+    return 1;
+  }
+  lua_createtable(L, 0, 4);
+  lua_pushinteger(L, r->status);
+  lua_setfield(L, -2, "status");
+  push_headers(L, r);
+  lua_setfield(L, -2, "headers");
+  lua_pushlstring(L, r->body.data ? r->body.data : "", r->body.len);
+  lua_setfield(L, -2, "body");
+  lua_pushstring(L, r->version == 20   ? "2"
+                    : r->version == 30 ? "3"
+                    : r->version == 10 ? "1.0"
+                                       : "1.1");
+  lua_setfield(L, -2, "version");
+  return 1;
+}
+
+/* Wakes the waiting task with the response or the error (or `resource`
+ * when the response cannot be built for lack of memory). */
 static void on_done(ah_http_req *r) {
   lreq *lr = r->data;
-  lua_State *co = ah__task_thread(lr->t);
-  if (r->kind) {
-    push_error(co, lr);
-    ah__task_wake(lr->S, lr->t, 1, 1);
-  } else {
-    lua_createtable(co, 0, 3);
-    lua_pushinteger(co, r->status);
-    lua_setfield(co, -2, "status");
-    push_headers(co, r);
-    lua_setfield(co, -2, "headers");
-    lua_pushlstring(co, r->body.data ? r->body.data : "", r->body.len);
-    lua_setfield(co, -2, "body");
-    lua_pushstring(co, r->version == 20   ? "2"
-                       : r->version == 30 ? "3"
-                       : r->version == 10 ? "1.0"
-                                          : "1.1");
-    lua_setfield(co, -2, "version");
-    ah__task_wake(lr->S, lr->t, 1, 0);
-  }
+  ah__task_wake_with(lr->S, lr->t, done_push_p, lr, r->kind != NULL);
   ah__http_req_free(r);
 }
 

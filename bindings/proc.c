@@ -235,39 +235,70 @@ static int lrun_gc(lua_State *L) {
   return 0;
 }
 
-static void run_check(lrun *lr) {
+/* Push functions for ah__task_wake_with: [lrun] -> a run's outcome.  They
+ * run in protected mode, so a lack of memory fails only the waiting task. */
+static int run_too_large_p(lua_State *L) {
+  lrun *lr = lua_touserdata(L, 1);
   ah_proc *p = lr->p;
-  lua_State *co = ah__task_thread(lr->t);
+  ah__error_push(L, "too_large", 0,
+                 "ah.proc.run: '%s' wrote more than max_output (%d bytes) "
+                 "on %s; it was terminated (pass truncate = true to keep "
+                 "the first max_output bytes instead)",
+                 lr->name, (int)p->out.max, p->out.too_large ? "stdout" : "stderr");
+  return 1;
+}
+
+static int run_read_error_p(lua_State *L) {
+  lrun *lr = lua_touserdata(L, 1);
+  ah_proc *p = lr->p;
+  ah__error_push(L, "io", 0, "ah.proc.run: reading the output of '%s': %s",
+                 lr->name, uv_strerror(p->out.err ? p->out.err : p->err.err));
+  return 1;
+}
+
+static int run_result_p(lua_State *L) {
+  lrun *lr = lua_touserdata(L, 1);
+  ah_proc *p = lr->p;
+  push_status(L, p);
+  lua_pushlstring(L, p->out.buf.data ? p->out.buf.data : "", p->out.buf.len);
+  lua_setfield(L, -2, "stdout");
+  lua_pushlstring(L, p->err.buf.data ? p->err.buf.data : "", p->err.buf.len);
+  lua_setfield(L, -2, "stderr");
+  lua_pushboolean(L, p->out.truncated || p->err.truncated);
+  lua_setfield(L, -2, "truncated");
+  return 1;
+}
+
+static int run_timeout_p(lua_State *L) {
+  lrun *lr = lua_touserdata(L, 1);
+  char secs[32];
+  snprintf(secs, sizeof secs, "%g", lr->timeout); /* pushfstring has no %g */
+  ah__error_push(L, "timeout", 1,
+                 "ah.proc.run: '%s' did not finish within %s s; it was "
+                 "terminated", lr->name, secs);
+  return 1;
+}
+
+/* Wakes the run's task with what push makes of it, then lets p go. */
+static void run_end(lrun *lr, lua_CFunction push, int is_error) {
   ah_task *t = lr->t;
   ah_sched *S = lr->S;
+  ah__task_wake_with(S, t, push, lr, is_error);
+  finish(lr);
+}
+
+static void run_check(lrun *lr) {
+  ah_proc *p = lr->p;
   if (p->out.too_large || p->err.too_large) {
-    ah__error_push(co, "too_large", 0,
-                   "ah.proc.run: '%s' wrote more than max_output (%d bytes) "
-                   "on %s; it was terminated (pass truncate = true to keep "
-                   "the first max_output bytes instead)",
-                   lr->name, (int)p->out.max,
-                   p->out.too_large ? "stdout" : "stderr");
-    finish(lr);
-    ah__task_wake(S, t, 1, 1);
+    run_end(lr, run_too_large_p, 1);
     return;
   }
   if (!(p->exited && p->out.eof && p->err.eof)) return;
   if (p->out.err || p->err.err) {
-    ah__error_push(co, "io", 0, "ah.proc.run: reading the output of '%s': %s",
-                   lr->name, uv_strerror(p->out.err ? p->out.err : p->err.err));
-    finish(lr);
-    ah__task_wake(S, t, 1, 1);
+    run_end(lr, run_read_error_p, 1);
     return;
   }
-  push_status(co, p);
-  lua_pushlstring(co, p->out.buf.data ? p->out.buf.data : "", p->out.buf.len);
-  lua_setfield(co, -2, "stdout");
-  lua_pushlstring(co, p->err.buf.data ? p->err.buf.data : "", p->err.buf.len);
-  lua_setfield(co, -2, "stderr");
-  lua_pushboolean(co, p->out.truncated || p->err.truncated);
-  lua_setfield(co, -2, "truncated");
-  finish(lr);
-  ah__task_wake(S, t, 1, 0);
+  run_end(lr, run_result_p, 0);
 }
 
 static void run_output(ah_proc *p, ah_proc_out *o) {
@@ -283,14 +314,8 @@ static void run_cancel(ah_sched *S, ah_task *t) {
 }
 
 static void run_timeout(ah_sched *S, ah_task *t) {
-  lrun *lr = ah__task_opdata(t);
-  char secs[32];
-  snprintf(secs, sizeof secs, "%g", lr->timeout); /* pushfstring has no %g */
-  ah__error_push(ah__task_thread(t), "timeout", 1,
-                 "ah.proc.run: '%s' did not finish within %s s; it was "
-                 "terminated", lr->name, secs);
-  finish(lr);
-  ah__task_wake(S, t, 1, 1);
+  (void)S;
+  run_end(ah__task_opdata(t), run_timeout_p, 1);
 }
 
 static const ah_op run_op = {"process", run_cancel, run_timeout, NULL};
@@ -511,16 +536,30 @@ static int read_after(lua_State *L, ah_task *t, int nargs) {
   return pr_read(L);
 }
 
+typedef struct write_failure {
+  const lproc *lp;
+  int status;
+} write_failure;
+
+/* [write_failure] -> the error of a write the process did not take. */
+static int write_error_p(lua_State *L) {
+  const write_failure *f = lua_touserdata(L, 1);
+  ah__error_push(L, "io", 0, "process:write: '%s' does not take input: %s",
+                 f->lp->name,
+                 f->status == UV_EPIPE || f->status == UV_ECANCELED
+                     ? "its stdin is closed"
+                     : uv_strerror(f->status));
+  return 1;
+}
+
 static void write_done(ah_proc_write *w, int status) {
   ah_task *t = w->data;
   lproc *lp = w->p->data;
   if (status < 0) {
-    ah__error_push(ah__task_thread(t), "io", 0,
-                   "process:write: '%s' does not take input: %s", lp->name,
-                   status == UV_EPIPE || status == UV_ECANCELED
-                       ? "its stdin is closed"
-                       : uv_strerror(status));
-    ah__task_wake(lp->S, t, 1, 1);
+    write_failure f;
+    f.lp = lp;
+    f.status = status;
+    ah__task_wake_with(lp->S, t, write_error_p, &f, 1);
     return;
   }
   ah__task_wake(lp->S, t, 0, 0);

@@ -8,7 +8,7 @@
  * and ah_close returns AH_OK.  Leaks are caught by LeakSanitizer (make
  * asan) and valgrind (make valgrind).
  *
- * A run takes tens of milliseconds and a run makes about 6600
+ * A run takes tens of milliseconds and a run makes about 7000
  * allocations, so by default every 29th N is tried (both modes), which
  * keeps make test and make asan reasonable; AH_TEST_ALLOC_STRIDE=1 tries
  * every N (minutes), AH_TEST_ALLOC_FROM=N and AH_TEST_ALLOC_MODE=0|1
@@ -58,8 +58,10 @@ static void count_error(void *ud, const char *msg, const char *tb) {
 static char db_path[256];
 static char script[4096];
 
-/* Tasks (spawn, gather, sleep, a queue), the store (exec, post, query) and
- * a channel that ah_post feeds; sets ok = true at the end. */
+/* Tasks (spawn, gather, sleep, a queue), the store (exec, post, query), a
+ * channel that ah_post feeds, a failing HTTP request (its completion builds
+ * the error) and a subprocess (its completion builds the result); sets
+ * ok = true at the end. */
 static const char *const script_fmt =
     "local ah = require 'agenthost'\n"
     "local task = ah.task\n"
@@ -82,6 +84,10 @@ static const char *const script_fmt =
     "local rows = db:query('select x from t')\n"
     "local msg = ah.channel('in'):recv()\n"
     "assert(msg.n == 1 and #rows >= 2)\n"
+    "local hok, herr = pcall(ah.http.request, {url = 'http://127.0.0.1:1/', timeout = 5})\n"
+    "assert(not hok and ah.error.is(herr))\n"
+    "local r = ah.proc.run {'sh', '-c', 'echo out; echo err >&2; exit 3'}\n"
+    "assert(r.code == 3 and r.stdout == 'out\\n' and r.stderr == 'err\\n')\n"
     "db:close()\n"
     "ok = true\n";
 
