@@ -5,9 +5,6 @@
  * ah__http_safe_url and ah__http_token on the same text, which must stay
  * within their buffers.  Every caller passes a NUL-terminated string (a
  * Lua string), so the input is copied with a NUL after it.
- *
- * ah__http_addr_blocked (the address classifier behind deny_private) is
- * not fuzzed yet: see docs/reliability.md.
  */
 #include "../../host/host.h"
 
