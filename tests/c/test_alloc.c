@@ -127,6 +127,83 @@ static int one_run(counter *c, int *ran) {
   return good;
 }
 
+/* An allocator with a cap on the bytes in use (Lua passes the old size
+ * on free and realloc, so no header is needed). */
+typedef struct capped {
+  size_t used, cap;
+  long refused;
+} capped;
+
+static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  capped *c = ud;
+  size_t old = ptr ? osize : 0;
+  void *p;
+  if (nsize == 0) {
+    free(ptr);
+    c->used -= old;
+    return NULL;
+  }
+  if (nsize > old && c->used + (nsize - old) > c->cap) {
+    c->refused++;
+    return NULL;
+  }
+  if (!(p = realloc(ptr, nsize))) return NULL;
+  c->used = c->used - old + nsize;
+  return p;
+}
+
+/* The audit's case: under a 16 MiB cap, one task keeps allocating until
+ * memory runs out.  It fails alone with `resource`; a task beside it goes
+ * on to its end; the host steps and closes normally. */
+static void test_task_exhausts_memory(void) {
+  ah_config cfg;
+  ah_host *h = NULL;
+  capped cap;
+  int rc, steps = 0, result = 0;
+  memset(&cap, 0, sizeof cap);
+  cap.cap = (size_t)16 << 20;
+  ah_config_init(&cfg);
+  cfg.alloc = capped_alloc;
+  cfg.alloc_ud = &cap;
+  cfg.log = quiet_log;
+  cfg.on_error = count_error;
+  CHECK(ah_open(&cfg, &h) == AH_OK, "a host opens under a 16 MiB cap");
+  if (!h) return;
+  rc = ah_load_string(h,
+      "local ah = require 'agenthost'\n"
+      "local hog = ah.task.spawn(function()\n"
+      "  local t = {}\n"
+      "  for i = 1, 1e9 do t[i] = string.rep('x', 64) .. i end\n"
+      "end)\n"
+      "local steady = ah.task.spawn(function()\n"
+      "  local n = 0\n"
+      "  for i = 1, 20 do ah.task.sleep(0.001); n = n + 1 end\n"
+      "  return n\n"
+      "end)\n"
+      "local ok, err = hog:result()\n"
+      "collectgarbage()\n"
+      "kind = (not ok) and ah.error.is(err, 'resource') and 'resource' or tostring(err)\n"
+      "steady_n = steady:join()\n",
+      "=hog");
+  CHECK(rc == AH_OK, "the script loads");
+  while ((rc = ah_step(h, 1000)) == AH_AGAIN && steps++ < 100000) {
+  }
+  CHECK(rc == AH_OK, "every task ended");
+  CHECK(cap.refused > 0, "the cap was reached");
+  {
+    lua_State *L = ah_lua(h);
+    lua_getglobal(L, "kind");
+    CHECK(lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "resource") == 0,
+          "the task that ran out of memory failed with resource");
+    lua_pop(L, 1);
+    lua_getglobal(L, "steady_n");
+    result = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  }
+  CHECK(result == 20, "the task beside it ran to its end");
+  CHECK(ah_close(h) == AH_OK, "the host closes normally");
+}
+
 int main(void) {
   counter c;
   long total, n, stride = 29;
@@ -141,6 +218,8 @@ int main(void) {
   }
   snprintf(db_path, sizeof db_path, "%s/alloc.db", dir);
   snprintf(script, sizeof script, script_fmt, db_path);
+
+  test_task_exhausts_memory();
 
   memset(&c, 0, sizeof c);
   CHECK(one_run(&c, &ran) && ran, "the script runs with no failing allocation");
