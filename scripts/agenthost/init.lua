@@ -40,15 +40,32 @@ function task.map(items, fn, opts)
   return results
 end
 
-core.reload = require "agenthost.reload"
-core.http = require "agenthost.http"
-core.memory = require "agenthost.memory"
-core.llm = require "agenthost.llm"
-core.tools = require "agenthost.tools"
-core.agent = require "agenthost.agent"
-core.channel = require("agenthost.channel").channel
 core.host = core.host or {}
-core.proc = require "agenthost.proc"
-core.config = require "agenthost.config"
+
+-- The library's parts load on first use (ah.llm, ah.agent, ...), so that a
+-- host that runs a small script opens fast and carries only what it uses:
+-- the agent layer (memory, llm, tools, agent and the JSON codec) is most of
+-- what a full load costs.  Each is then a plain field of the module.
+local parts = {
+  reload = "agenthost.reload",
+  http = "agenthost.http",
+  memory = "agenthost.memory",
+  llm = "agenthost.llm",
+  tools = "agenthost.tools",
+  agent = "agenthost.agent",
+  proc = "agenthost.proc",
+  config = "agenthost.config",
+  channel = "agenthost.channel",
+}
+setmetatable(core, {
+  __index = function(t, k)
+    local name = parts[k]
+    if not name then return nil end
+    local m = require(name)
+    if k == "channel" then m = m.channel end
+    rawset(t, k, m)
+    return m
+  end,
+})
 
 return core
