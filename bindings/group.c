@@ -105,10 +105,14 @@ static ah_group *group_start(lua_State *L, ah_sched *S, ah_task *me, int kind,
   }
   luaL_checkstack(L, n + 4, "too many tasks");
   g = group_new(L, me, kind, n);
+  /* The children join the group only once all of them exist: spawning one
+   * may raise (memory), and then the others must not report to a group
+   * that goes away with the failed call (they are cancelled with it). */
   for (i = 2; i <= n + 1; i++) {
     lua_pushvalue(L, i);
-    ah__task_new(L, S, lua_gettop(L), me, F_INTERNAL)->group = g;
+    ah__task_new(L, S, lua_gettop(L), me, F_INTERNAL);
   }
+  for (i = n + 2; i <= 2 * n + 1; i++) ((ah_task *)lua_touserdata(L, i))->group = g;
   lua_rotate(L, 2, -n);
   lua_settop(L, n + 1);
   return g;
@@ -207,14 +211,16 @@ static int group_timeout_fn(lua_State *L) {
   ah_task *me = ah__task_require(L, "task.timeout");
   double s = ah__arg_number(L, 1, "task.timeout", "seconds", 0, HUGE_VAL);
   ah_group *g;
+  ah_task *c;
   ah__arg_type(L, 2, LUA_TFUNCTION, "task.timeout", "fn");
   /* The child takes fn and its arguments; [group, handle] stay here. */
   g = group_new(L, me, G_TIMEOUT, 1);
   g->seconds = s;
   lua_remove(L, 2);
-  ah__task_new(L, S, 2, me, F_INTERNAL)->group = g;
+  c = ah__task_new(L, S, 2, me, F_INTERNAL);
   if (ah__task_timer(S, me, s))
     return ah__error_raise(L, "resource", 1, "task.timeout: out of memory");
+  c->group = g; /* only now: the raise above must leave no report to g */
   return ah__task_suspend(L, me, &group_op, g);
 }
 

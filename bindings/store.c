@@ -603,17 +603,21 @@ static int db_open(lua_State *L) {
   ls->max_queue = (long)ah__opt_integer(L, 2, FN_OPEN, "max_queue", 1000000, 0,
                                         (lua_Integer)1 << 30);
   luaL_setmetatable(L, MT);
-  ls->opener = me;
-  if ((rc = ah__store_open(&ls->st, ah__sched_uv(ls->S), path, &o, on_opened, ls)) != 0)
-    return open_error(L, ls, uv_strerror(rc));
-  ah__store_on_post_error(ls->st, on_post_error);
   /* Anchor it: an open database is never collected, so its queue always
-   * drains, at the latest when the state closes. */
+   * drains, at the latest when the state closes.  Anchored before the open
+   * starts, as anchoring may raise (memory) and nothing may raise once the
+   * writer thread will call on_opened for this task. */
   lua_rawgetp(L, LUA_REGISTRYINDEX, &ANCHOR_KEY);
   lua_pushlightuserdata(L, ls);
   lua_pushvalue(L, -3);
   lua_rawset(L, -3);
   lua_pop(L, 1);
+  ls->opener = me;
+  if ((rc = ah__store_open(&ls->st, ah__sched_uv(ls->S), path, &o, on_opened, ls)) != 0) {
+    unanchor(L, ls);
+    return open_error(L, ls, uv_strerror(rc));
+  }
+  ah__store_on_post_error(ls->st, on_post_error);
   lua_replace(L, 1);
   lua_settop(L, 1);
   return ah__task_suspend(L, me, &open_op, ls);
