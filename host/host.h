@@ -259,6 +259,11 @@ int ah__http_start(ah_http *h, ah_http_req *r);
  * interfaces (the list is read again at most once a second). */
 int ah__http_addr_blocked(const struct sockaddr *sa);
 int ah__http_addr_refused(ah_http *h, const struct sockaddr *sa);
+/* The error kind of a transfer that ended with curl's code (NULL when it
+ * succeeded), and in *retryable whether trying again may succeed.  An
+ * address refused by the guard makes it "forbidden" only when curl found
+ * no other address to connect to. */
+const char *ah__http_error_kind(const ah_http_req *r, int code, int *retryable);
 /* Aborts the transfer if it is running (no done call) and frees its
  * buffers; the easy handle goes back to the pool. */
 void ah__http_req_free(ah_http_req *r);

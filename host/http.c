@@ -520,11 +520,10 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
   return len;
 }
 
-/* The error kind of a transfer that ended with rc (NULL for success), and
- * in *retryable whether the same request may succeed when tried again: a
- * failed lookup, connection or deadline can be passing; the rest would
- * fail the same way. */
-static const char *kind_of(ah_http_req *r, CURLcode rc, int *retryable) {
+/* A failed lookup, connection or deadline can be passing (retryable); the
+ * rest would fail the same way. */
+const char *ah__http_error_kind(const ah_http_req *r, int code, int *retryable) {
+  CURLcode rc = (CURLcode)code;
   *retryable = 0;
   if (r->too_large) return "too_large";
   /* An address refused by the guard fails the request only when curl had
@@ -596,7 +595,7 @@ static void check_done(hlane *lane) {
                    : v == CURL_HTTP_VERSION_3   ? 30
                                                 : 11;
     }
-    r->kind = kind_of(r, r->code, &r->retryable);
+    r->kind = ah__http_error_kind(r, r->code, &r->retryable);
     if (r->code == CURLE_OUT_OF_MEMORY && !r->too_large)
       snprintf(r->errbuf, sizeof r->errbuf,
                "a response field exceeds libcurl's bounds (a header line over "

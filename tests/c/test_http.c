@@ -9,6 +9,7 @@
 #include "ctest.h"
 
 #include <arpa/inet.h>
+#include <curl/curl.h>
 #include <netinet/in.h>
 #include <string.h>
 
@@ -146,6 +147,29 @@ static void test_addr_blocked(void) {
 /* Every address of this machine's interfaces is refused, whatever range
  * it is in (on a machine whose only addresses are special-purpose ones the
  * table alone would refuse them; the check is then on loopback at least). */
+/* A name that resolves to a refused address and another: curl falls back
+ * to the other, and the outcome is that connection's, not "forbidden". */
+static void test_fallback_kind(void) {
+  ah_http_req r;
+  int retry = -1;
+  memset(&r, 0, sizeof r);
+  snprintf(r.blocked, sizeof r.blocked, "10.1.2.3");
+  CHECK(ah__http_error_kind(&r, CURLE_OK, &retry) == NULL,
+        "refused one address, connected to the next: success");
+  CHECK(strcmp(ah__http_error_kind(&r, CURLE_COULDNT_CONNECT, &retry), "forbidden") == 0 &&
+            retry == 0,
+        "refused an address and found no other: forbidden, not retryable");
+  CHECK(strcmp(ah__http_error_kind(&r, CURLE_OPERATION_TIMEDOUT, &retry), "timeout") == 0 &&
+            retry == 1,
+        "refused one address, the next timed out: timeout");
+  CHECK(strcmp(ah__http_error_kind(&r, CURLE_GOT_NOTHING, &retry), "connect") == 0,
+        "refused one address, the next closed: connect");
+  r.blocked[0] = 0;
+  CHECK(strcmp(ah__http_error_kind(&r, CURLE_COULDNT_CONNECT, &retry), "connect") == 0 &&
+            retry == 1,
+        "nothing refused, no connection: connect, retryable");
+}
+
 static void test_addr_local(void) {
   uv_loop_t loop;
   ah_http *h = NULL;
@@ -171,5 +195,6 @@ int main(void) {
   test_response_headers();
   test_addr_blocked();
   test_addr_local();
+  test_fallback_kind();
   return ctest_done();
 }
