@@ -8,11 +8,13 @@
  * and ah_close returns AH_OK.  Leaks are caught by LeakSanitizer (make
  * asan) and valgrind (make valgrind).
  *
- * A run takes tens of milliseconds and a run makes about 7000
- * allocations, so by default every 29th N is tried (both modes), which
- * keeps make test and make asan reasonable; AH_TEST_ALLOC_STRIDE=1 tries
- * every N (minutes), AH_TEST_ALLOC_FROM=N and AH_TEST_ALLOC_MODE=0|1
- * start later, AH_TEST_ALLOC_VERBOSE=1 prints each N on stderr.
+ * A run makes about 1,600 allocations (the library's parts load on first
+ * use) and every run starts from a fresh database, so each makes the same
+ * ones: every N is tried in the two failing modes, every 7th in a third
+ * mode where the Nth allocation fails once and Lua's retry after its
+ * emergency collection succeeds.  AH_TEST_ALLOC_STRIDE=K sets one stride
+ * for all modes, AH_TEST_ALLOC_FROM=N and AH_TEST_ALLOC_MODE=0|1|2 start
+ * later, AH_TEST_ALLOC_VERBOSE=1 prints each N on stderr.
  */
 #include "agenthost.h"
 #include "ctest.h"
@@ -23,24 +25,55 @@
 #include <time.h>
 #include <unistd.h>
 
+enum { FAIL_NTH, FAIL_FROM_N, COLLECT_AT_N, NMODES };
+static const char *const mode_names[NMODES] = {"Nth only", "from N on", "collect at N"};
+
+/* lua-cjson (a Debian package, not ours) keeps the buffer of a decode in
+ * malloc'd memory that it frees on return or on a syntax error, but not
+ * when Lua raises out of memory inside the decode (a longjmp over its
+ * free): a post decoded while memory runs out leaks that buffer.  Known and
+ * documented (docs/reliability.md); every other leak fails the test. */
+const char *__lsan_default_suppressions(void);
+const char *__lsan_default_suppressions(void) {
+  return "leak:strbuf_new\nleak:strbuf_init\n";
+}
+
 typedef struct counter {
   long count;     /* allocations so far */
   long fail_at;   /* the allocation that fails; 0: none */
-  int from_on;    /* fail every allocation from fail_at on */
+  int mode;       /* FAIL_NTH, FAIL_FROM_N, COLLECT_AT_N */
   long failed;
+  /* The request refused last (Lua retries it once after an emergency
+   * collection: in FAIL_NTH mode the retry is refused too, so that the
+   * Nth allocation really fails as Lua sees it). */
+  int retry_pending;
+  void *last_ptr;
+  size_t last_osize, last_nsize;
 } counter;
 
 static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   counter *c = ud;
-  (void)osize;
   if (nsize == 0) {
     free(ptr);
     return NULL;
   }
+  if (c->retry_pending) {
+    c->retry_pending = 0;
+    if (ptr == c->last_ptr && osize == c->last_osize && nsize == c->last_nsize) {
+      c->failed++;
+      return NULL;
+    }
+  }
   c->count++;
   if (c->fail_at > 0 &&
-      (c->count == c->fail_at || (c->from_on && c->count > c->fail_at))) {
+      (c->count == c->fail_at || (c->mode == FAIL_FROM_N && c->count > c->fail_at))) {
     c->failed++;
+    if (c->mode == FAIL_NTH) {
+      c->retry_pending = 1;
+      c->last_ptr = ptr;
+      c->last_osize = osize;
+      c->last_nsize = nsize;
+    }
     return NULL;
   }
   return realloc(ptr, nsize);
@@ -57,6 +90,17 @@ static void count_error(void *ud, const char *msg, const char *tb) {
 
 static char db_path[256];
 static char script[4096];
+
+/* Each run starts from no database, so that every run makes the same
+ * allocations (a table that grew would make later runs longer). */
+static void remove_db(void) {
+  char side[300];
+  unlink(db_path);
+  snprintf(side, sizeof side, "%s-wal", db_path);
+  unlink(side);
+  snprintf(side, sizeof side, "%s-shm", db_path);
+  unlink(side);
+}
 
 /* Tasks (spawn, gather, sleep, a queue), the store (exec, post, query), a
  * channel that ah_post feeds, a failing HTTP request (its completion builds
@@ -91,6 +135,11 @@ static const char *const script_fmt =
     "db:close()\n"
     "ok = true\n";
 
+static int get_ok(lua_State *L) {
+  lua_getglobal(L, "ok");
+  return 1;
+}
+
 /* One open, load, run and close with the allocator set as c says.
  * Returns 1 when every call behaved; *ran is set when the script ran to
  * its end. */
@@ -104,6 +153,7 @@ static int one_run(counter *c, int *ran) {
   cfg.log = quiet_log;
   cfg.on_error = count_error;
   *ran = 0;
+  remove_db();
   rc = ah_open(&cfg, &h);
   if (rc != AH_OK) return (rc == AH_ENOMEM || rc == AH_ESCRIPT) && h == NULL;
   rc = ah_load_string(h, script, "=alloc");
@@ -119,8 +169,11 @@ static int one_run(counter *c, int *ran) {
     }
   if (rc != AH_OK && rc != AH_AGAIN) good = 0;
   {
+    /* Protected: with every allocation failing, even the name "ok" may
+     * not be interned. */
     lua_State *L = ah_lua(h);
-    if (lua_getglobal(L, "ok") == LUA_TBOOLEAN) *ran = lua_toboolean(L, -1);
+    lua_pushcfunction(L, get_ok);
+    if (lua_pcall(L, 0, 1, 0) == LUA_OK && lua_isboolean(L, -1)) *ran = lua_toboolean(L, -1);
     lua_pop(L, 1);
   }
   if (ah_close(h) != AH_OK) good = 0;
@@ -206,11 +259,15 @@ static void test_task_exhausts_memory(void) {
 
 int main(void) {
   counter c;
-  long total, n, stride = 29;
+  long total, n;
+  /* Every N in the two failing modes; every 7th in the collecting one,
+   * whose runs all go to the end of the script (AH_TEST_ALLOC_STRIDE sets
+   * one stride for all three). */
+  long strides[NMODES] = {1, 1, 7};
   int mode, ran;
   const char *env = getenv("AH_TEST_ALLOC_STRIDE");
   char dir[] = "/tmp/ah_alloc_XXXXXX";
-  if (env && atol(env) > 0) stride = atol(env);
+  if (env && atol(env) > 0) strides[0] = strides[1] = strides[2] = atol(env);
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (!mkdtemp(dir)) {
     perror("mkdtemp");
@@ -227,32 +284,36 @@ int main(void) {
   printf("# %ld allocations in a run\n", total);
 
   for (mode = getenv("AH_TEST_ALLOC_MODE") ? atoi(getenv("AH_TEST_ALLOC_MODE")) : 0;
-       mode < 2; mode++) {
-    long bad = 0, completed = 0, first_bad = 0;
+       mode < NMODES; mode++) {
+    long bad = 0, completed = 0, first_bad = 0, runs = 0, refused = 0;
     const char *from = getenv("AH_TEST_ALLOC_FROM");
-    for (n = from ? atol(from) : 1; n <= total + 50; n += stride) {
+    for (n = from ? atol(from) : 1; n <= total + 50; n += strides[mode]) {
       memset(&c, 0, sizeof c);
       c.fail_at = n;
-      c.from_on = mode;
+      c.mode = mode;
       if (getenv("AH_TEST_ALLOC_VERBOSE")) fprintf(stderr, "N=%ld\n", n);
       if (!one_run(&c, &ran)) {
         if (!bad++) first_bad = n;
       }
+      runs++;
       completed += ran;
+      refused += c.failed > 0;
     }
-    printf("# mode %s: %ld runs completed the script, first bad N %ld\n",
-           mode ? "from N on" : "Nth only", completed, first_bad);
-    CHECK(bad == 0, mode ? "every allocation from the Nth on fails: clean every time"
-                         : "the Nth allocation fails: clean every time");
+    printf("# mode %s: %ld runs (every %ld. N), %ld refused an allocation, "
+           "%ld completed the script, first bad N %ld\n",
+           mode_names[mode], runs, strides[mode], refused, completed, first_bad);
+    CHECK(bad == 0, mode == FAIL_NTH      ? "the Nth allocation fails: clean every time"
+                    : mode == FAIL_FROM_N ? "every allocation from the Nth on fails: clean every time"
+                                          : "an emergency collection at the Nth allocation: "
+                                            "clean every time");
+    /* Runs past the last allocation refuse nothing; every other one must
+     * have been refused what was asked, and in the first mode those past
+     * the end complete the script. */
+    CHECK(refused >= runs - 50 - 2, "the allocations were refused as asked");
+    if (mode == FAIL_NTH && !from && strides[mode] == 1)
+      CHECK(completed >= 48, "runs past the last allocation complete the script");
   }
-  unlink(db_path);
-  {
-    char side[300];
-    snprintf(side, sizeof side, "%s-wal", db_path);
-    unlink(side);
-    snprintf(side, sizeof side, "%s-shm", db_path);
-    unlink(side);
-  }
+  remove_db();
   rmdir(dir);
   return ctest_done();
 }
