@@ -231,7 +231,7 @@ describe("agent tool errors", function()
       local a = agent.new { name = "t", provider = p, on_event = function(ev)
         if ev.type == "tool_error" then events[#events + 1] = ev end
       end, tools = {
-        { name = "broken", run = function() return explode() end },
+        { name = "broken", run = function() local v = explode() return v end },
         { name = "honest", raw_errors = true, run = function() error("disk full at /srv/data") end },
         { name = "structured", run = function() ah.error.raise("http", "upstream said 502") end },
       } }

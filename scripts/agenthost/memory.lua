@@ -212,9 +212,12 @@ end
 -- tables get no metatable.
 function M.decode(text)
   if type(text) ~= "string" then return nil, "not a string" end
-  local ok, v, _, err = pcall(dkjson.decode, text, 1, null, nil, nil)
+  local ok, v, pos, err = pcall(dkjson.decode, text, 1, null, nil, nil)
   if not ok then return nil, tostring(v) end
   if err then return nil, err end
+  if type(pos) == "number" and text:find("%S", pos) then
+    return nil, "text after the JSON value at byte " .. math.tointeger(pos)
+  end
   return v
 end
 
@@ -341,6 +344,16 @@ function Memory:finish_run(run, status, result, err)
   local now = os.time()
   self.db:exec(SQL.run_finish, status, text_or_json(result, "finish_run", "result"),
     err ~= nil and tostring(err) or nil, now, now, M.id(run, "memory:finish_run"))
+end
+
+-- Like finish_run, without waiting (for a run being cancelled, whose
+-- cleanup must not wait).
+function Memory:post_finish_run(run, status, result, err)
+  status = status or "done"
+  check_state("memory:post_finish_run", status, FINISHED)
+  local now = os.time()
+  self.db:post(SQL.run_finish, status, text_or_json(result, "post_finish_run", "result"),
+    err ~= nil and tostring(err) or nil, now, now, M.id(run, "memory:post_finish_run"))
 end
 
 -- mem:set_status(run, status): running or waiting_approval.
