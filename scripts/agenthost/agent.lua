@@ -411,7 +411,8 @@ end
 
 -- ---- tokens and the context window ----------------------------------------------
 
--- Estimates are on the high side (a token per three bytes), so that a
+-- Estimates are on the high side (a token per three bytes of the message
+-- as the wire carries it, framing and escaping included), so that a
 -- window that fits by the estimate fits in fact; where the provider has
 -- reported usage, it is used instead (see window()).
 local function estimate_text(s)
@@ -420,15 +421,20 @@ local function estimate_text(s)
   return (#s + 2) // 3
 end
 
+local function quoted_len(s)
+  if type(s) ~= "string" then s = llm_common.content_text(s) end
+  local _, escapes = s:gsub('["\\\n]', "")
+  return #s + escapes
+end
+
 local function estimate(m)
-  if m.role == "assistant" and type(m.usage) == "table" and math.type(m.usage.output_tokens) == "integer"
-      and m.usage.output_tokens > 0 then
-    return m.usage.output_tokens + 8
-  end
-  local n = 8 + estimate_text(m.content) + estimate_text(m.tool_call_id)
+  local bytes = 48 + quoted_len(m.content or "") + #(m.tool_call_id or "") + #(m.name or "")
   for _, c in ipairs(has_calls(m) and m.tool_calls or {}) do
-    n = n + 8 + estimate_text(c.id) + estimate_text(c.name) + estimate_text(llm_common.arguments_text(c))
+    bytes = bytes + 72 + #(c.id or "") + #(c.name or "") + quoted_len(llm_common.arguments_text(c))
   end
+  local n = (bytes + 2) // 3
+  local u = m.role == "assistant" and type(m.usage) == "table" and m.usage.output_tokens
+  if math.type(u) == "integer" and u + 8 > n then n = u + 8 end
   return n
 end
 M.estimate = estimate
