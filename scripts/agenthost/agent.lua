@@ -107,12 +107,13 @@ local function check_guardrails(list, what)
   if list == nil then return {} end
   if type(list) ~= "table" then bad(what .. " must be a list of functions or {name =, run =}", 3) end
   local out = {}
+  local default = what:gsub("s$", ""):gsub("_", " ") -- "input guardrail"
   for i, g in ipairs(list) do
     if type(g) == "function" then
-      out[i] = { name = what:gsub("s$", "") .. " " .. i, run = g }
+      out[i] = { name = default .. " " .. i, run = g }
     elseif type(g) == "table" and type(g.run) == "function" and
         (g.name == nil or type(g.name) == "string") then
-      out[i] = { name = g.name or (what:gsub("s$", "") .. " " .. i), run = g.run }
+      out[i] = { name = g.name or (default .. " " .. i), run = g.run }
     else
       bad(what .. "[" .. i .. "] must be a function or {name =, run = function}", 3)
     end
