@@ -632,6 +632,25 @@ static void gen_value(sbuf *b, const jv *s, const convo *cv, int depth) {
 
 static const char default_rules[] =
     "{\"rules\":["
+    /* The support team of scripts/examples/support_team.lua: a triage agent
+     * and two specialists, told apart by their system prompts. */
+    "{\"system\":\"triage agent\",\"when\":\"user\",\"match\":[\"invoice\",\"refund\",\"charge\","
+    "\"billing\",\"payment\"],\"tool_calls\":[{\"name\":\"transfer_to_billing\"}]},"
+    "{\"system\":\"triage agent\",\"when\":\"user\",\"match\":[\"crash\",\"error\",\"bug\",\"slow\","
+    "\"latency\",\"outage\"],\"tool_calls\":[{\"name\":\"transfer_to_tech\"}]},"
+    "{\"system\":\"triage agent\",\"reply\":\"I route questions to billing or technical support. "
+    "Tell me about an invoice, a refund, a crash or an error.\"},"
+    "{\"system\":\"billing specialist\",\"when\":\"tool\",\"match\":\"Transferred to\","
+    "\"tool_calls\":[{\"name\":\"lookup_invoice\",\"arguments\":{\"query\":\"{{user}}\"}}]},"
+    "{\"system\":\"billing specialist\",\"when\":\"tool\",\"reply\":\"Billing: {{tool_results}}. I have "
+    "asked for the refund; it reaches your account in 3 to 5 days.\"},"
+    "{\"system\":\"billing specialist\",\"reply\":\"Billing: about {{user}}, I can look up invoices "
+    "and refunds.\"},"
+    "{\"system\":\"tech specialist\",\"when\":\"tool\",\"match\":\"Transferred to\","
+    "\"tool_calls\":[{\"name\":\"metrics\",\"arguments\":{}}]},"
+    "{\"system\":\"tech specialist\",\"when\":\"tool\",\"reply\":\"Tech: the host says {{tool_results}}. "
+    "Nothing is failing now; send the crash log and I will look at it.\"},"
+    "{\"system\":\"tech specialist\",\"reply\":\"Tech: about {{user}}, send me the error you see.\"},"
     "{\"when\":\"tool\",\"reply\":\"Here is what I found: {{tool_results}}\\nBased on these "
     "results, the most likely cause is the latest deploy; I suggest rolling it back and "
     "watching p99 latency.\"},"
