@@ -107,6 +107,7 @@ for _, kind in ipairs(mockllm.DIALECTS) do
         assert.is_false(ok)
         assert.is_true(ah.error.is(err, "invalid_argument"), tostring(err))
         assert.matches("is with agent billing", err.message)
+        assert.equal("done", ah.memory.open(db):run(b.conversation).status) -- a refused resume changes nothing
         db:close()
       end)
     end)

@@ -932,7 +932,9 @@ local function fail(run, err)
   if err.conversation == nil then err.conversation = run.conversation end
   if err.turn == nil then err.turn = run.turns end
   if err.agent == nil then err.agent = run.cur.name end
-  if run.memory and run.conversation and not ah.error.is(err, "max_turns") then
+  -- A run refused before it began (a bad id, a conversation held by an
+  -- agent this one cannot reach) changes nothing stored.
+  if run.live and run.memory and run.conversation and not ah.error.is(err, "max_turns") then
     if ah.error.is(err, "cancelled") then
       -- The write must not wait: the run is being cancelled.
       pcall(run.memory.post_finish_run, run.memory, run.conversation, "failed", nil, tostring(err))
@@ -940,9 +942,11 @@ local function fail(run, err)
       pcall(run.memory.finish_run, run.memory, run.conversation, "failed", nil, tostring(err))
     end
   end
-  emit(run, { type = "error", error = err })
-  emit(run, { type = "run_end", status = ah.error.is(err, "max_turns") and "max_turns" or "failed",
-              error = err, turns = run.turns, usage = run.usage, duration = ah.clock() - run.started })
+  if run.live then
+    emit(run, { type = "error", error = err })
+    emit(run, { type = "run_end", status = ah.error.is(err, "max_turns") and "max_turns" or "failed",
+                error = err, turns = run.turns, usage = run.usage, duration = ah.clock() - run.started })
+  end
   error(err, 0)
 end
 
@@ -974,6 +978,7 @@ local function body(self, run, input, opts)
       run.conversation = self.seq
     end
   end
+  run.live = true
   emit(run, { type = "run_start", input = input, resumed = opts.conversation ~= nil or nil })
   local msgs = run.msgs
   local last = msgs[#msgs]
