@@ -219,6 +219,41 @@ describe("agent conversations across runs", function()
   end)
 end)
 
+describe("agent events", function()
+  it("reach agent.observe for every run, with run ids, durations and usage", function()
+    task.run(function()
+      local seen = {}
+      local stop = agent.observe(function(ev) seen[#seen + 1] = ev end)
+      local p = scripted { { tool_calls = { call("c1", "noop") }, usage = { input_tokens = 3, output_tokens = 2 } },
+                           { text = "done", usage = { input_tokens = 4, output_tokens = 1 } },
+                           { text = "unseen" } }
+      local a = agent.new { name = "t", provider = p, tools = { noop } }
+      local r = a:run("go")
+      stop()
+      a:run("again")
+      local types, by = {}, {}
+      for i, ev in ipairs(seen) do
+        types[i] = ev.type
+        by[ev.type] = by[ev.type] or ev
+        assert.equal(r.run, ev.run)
+        assert.equal(r.conversation, ev.conversation)
+        assert.equal("t", ev.agent)
+        assert.equal("number", type(ev.time))
+      end
+      assert.same({ "run_start", "turn_start", "model_start", "model_response", "tool_start", "tool_end",
+                    "turn_end", "turn_start", "model_start", "model_response", "turn_end", "run_end" }, types)
+      assert.same({ input_tokens = 3, output_tokens = 2 }, by.model_response.usage)
+      assert.equal("c1", by.tool_end.call_id)
+      for _, k in ipairs { "model_response", "tool_end", "turn_end", "run_end" } do
+        assert.is_true(by[k].duration >= 0, k)
+      end
+      assert.same({ input_tokens = 7, output_tokens = 3 }, by.run_end.usage)
+      assert.equal("done", by.run_end.status)
+      assert.equal(2, seen[#seen].turns)
+    end)
+  end)
+end)
+
 describe("agent tool errors", function()
   it("emits tool_error with the traceback and shows the model the message without paths", function()
     task.run(function()

@@ -151,11 +151,12 @@ local SQL = {
   runs_of_agent = "SELECT " .. RUN_COLUMNS .. " FROM runs r JOIN agents a ON a.id = r.agent_id " ..
     "WHERE r.agent_id = ? ORDER BY r.id DESC LIMIT ?",
   -- conversations{}: every filter is optional (a NULL parameter matches
-  -- everything); ?5 = 1 asks for conversations without a parent.
+  -- everything); ?5 = 1 asks for conversations without a parent.  A LIMIT
+  -- of -1 is no limit (PostgreSQL: LIMIT NULL).
   conversations = "SELECT " .. RUN_COLUMNS .. " FROM runs r JOIN agents a ON a.id = r.agent_id " ..
     "WHERE (?1 IS NULL OR r.agent_id = ?1) AND (?2 IS NULL OR r.status = ?2) " ..
     "AND (?3 IS NULL OR r.parent_id = ?3) AND (?4 IS NULL OR r.parent_call = ?4) " ..
-    "AND (?5 IS NULL OR r.parent_id IS NULL) ORDER BY r.id LIMIT ?6",
+    "AND (?5 = 0 OR r.parent_id IS NULL) ORDER BY r.id LIMIT ?6",
   message_insert = [[INSERT INTO messages(run_id, seq, role, content, name, tool_call_id, data, created, agent)
     SELECT ?1, coalesce(max(seq), 0) + 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 FROM messages WHERE run_id = ?1]],
   history = "SELECT m.id, m.seq, m.role, m.content, m.name, m.tool_call_id, m.data, " ..
@@ -396,7 +397,7 @@ function Memory:conversations(opts)
     aid = r.id
   end
   if opts.state ~= nil then check_state("memory:conversations", opts.state, M.STATES) end
-  local parent, top
+  local parent, top = nil, 0
   if opts.parent == false then top = 1
   elseif opts.parent ~= nil then parent = M.id(opts.parent, "memory:conversations") end
   if opts.call ~= nil and type(opts.call) ~= "string" then bad("memory:conversations", "call must be a string") end
