@@ -169,6 +169,33 @@ for _, kind in ipairs(mockllm.DIALECTS) do
   end
 end
 
+describe("context over budget", function()
+  for _, strategy in ipairs { "trim", "summarize" } do
+    it("sends the last turn whole when it alone is over budget, and says so (" .. strategy .. ")", function()
+      task.run(function()
+        local sent = {}
+        local p = { chat = function(_, req)
+          sent[#sent + 1] = req
+          if req.system and req.system:find("condense") then return { text = "short summary" } end
+          if #sent == 1 then return { tool_calls = { { id = "c1", name = "big", arguments = {} } } } end
+          return { text = "read it" }
+        end }
+        local events = {}
+        local a = ah.agent.new { name = "b", provider = p, context = { max_tokens = 200, strategy = strategy },
+          tools = { { name = "big", run = function() return string.rep("x", 4000) end } },
+          on_event = function(ev) if ev.type == "context" then events[#events + 1] = ev end end }
+        local r = a:run("read the big file")
+        assert.equal("read it", r.text)
+        local last = sent[#sent]
+        assert.equal("tool", last.messages[#last.messages].role) -- the result is there
+        assert.equal("assistant", last.messages[#last.messages - 1].role) -- with its call
+        assert.equal("user", last.messages[1].role)
+        assert.is_true(events[#events].over_budget)
+      end)
+    end)
+  end
+end)
+
 describe("context settings", function()
   it("refuses bad context settings", function()
     for _, c in ipairs {

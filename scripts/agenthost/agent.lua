@@ -527,16 +527,21 @@ local function window(run, a, tools, extra)
   end
   -- summarize: fold everything before the kept messages, or more, so that
   -- the window fits with a summary of summary_tokens.
+  -- The last unit is never folded: a request must end with what the
+  -- model answers.
   local assumed = cfg.summary_tokens * 4 // 3 + 16 + estimate_text(SUMMARY_HEAD)
-  for s = keep, n + 1 do
-    if s > base and (s == n + 1 or msgs[s].role ~= "tool") then
+  local last = unit_start(msgs, n)
+  for s = math.max(keep, base + 1), last do
+    if msgs[s].role ~= "tool" then
       local cost = head + suffix[s] + assumed
-      if cost <= budget or s >= unit_start(msgs, n) then
+      if cost <= budget or s == last then
         return nil, cost - head, cost, s - base, s - 1
       end
     end
   end
-  return build(base, run.summary and summary_message(run.summary)), total - head, total
+  -- Nothing can be folded (the conversation past the summary is one
+  -- unit): it is sent over budget.
+  return build(base, run.summary and summary_message(run.summary)), total - head, total, 0
 end
 
 -- The text of msgs[from..to] for the summarizer.
@@ -616,8 +621,8 @@ local function request_messages(run, a, tools)
     end
     emit(run, { type = "context", strategy = "summarize", summarized = run.summary.upto, tokens = total,
                 budget = run.context.max_tokens, over_budget = total > run.context.max_tokens or nil })
-  elseif dropped and dropped > 0 then
-    emit(run, { type = "context", strategy = "trim", dropped = dropped, tokens = total,
+  elseif (dropped and dropped > 0) or (total and total > run.context.max_tokens) then
+    emit(run, { type = "context", strategy = run.context.strategy, dropped = dropped or 0, tokens = total,
                 budget = run.context.max_tokens, over_budget = total > run.context.max_tokens or nil })
   end
   return msgs, sent
