@@ -68,6 +68,8 @@ DEB_PKGS := liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libsqlite3-dev 
 DEB_PKGS += lua-socket openssl
 # The fuzzers (tests/fuzz): clang's libFuzzer.
 DEB_PKGS += clang
+# tests/http_netns_spec.lua: network namespaces and a veth pair.
+DEB_PKGS += iproute2
 
 .PHONY: all deps build run test asan bench clean ctests
 
