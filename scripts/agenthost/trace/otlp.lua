@@ -259,7 +259,10 @@ function M.new(s)
     random = s.random or math.random,
     -- the queue: a ring of spans from head to head + len - 1
     q = {}, head = 1, len = 0,
-    running = false, urgent = false, sending = 0,
+    -- spans pushed and taken so far, and the count pushed when a root
+    -- span or a flush asked for everything queued to go at once
+    pushed = 0, taken = 0, mark = 0,
+    running = false, sending = 0,
     wake = core.task.event(), idle = {},
     counts = { exported = 0, dropped = 0, dropped_queue_full = 0, rejected = 0,
                batches = 0, failed_batches = 0, retries = 0 },
@@ -280,10 +283,9 @@ function Exporter:push(sp)
   end
   self.q[(self.head + self.len - 1) % self.max_queue + 1] = sp
   self.len = self.len + 1
-  if sp.is_root or self.len >= self.batch then
-    self.urgent = true
-    self.wake:set()
-  end
+  self.pushed = self.pushed + 1
+  if sp.is_root then self.mark = self.pushed end
+  if sp.is_root or self.len >= self.batch then self.wake:set() end
   if not self.running then
     self.running = true
     trace_mod().raw_task("detach")(self.work, self)
@@ -301,6 +303,7 @@ local function take(self, n)
   end
   self.head = (self.head + n - 1) % self.max_queue + 1
   self.len = self.len - n
+  self.taken = self.taken + n
   return out
 end
 
@@ -395,11 +398,10 @@ end
 function Exporter.work(self)
   local timeout = trace_mod().raw_task("timeout")
   while self.len > 0 do
-    if not self.urgent and self.len < self.batch then
+    if self.taken >= self.mark and self.len < self.batch then
       pcall(timeout, self.delay, self.wake.wait, self.wake)
     end
     self.wake:clear()
-    self.urgent = false
     local batch = take(self, self.batch)
     self.sending = #batch
     local ok, err = pcall(self.send, self, batch)
@@ -420,7 +422,7 @@ end
 -- false when timeout seconds passed first.
 function Exporter:flush(timeout)
   if not self.running and self.len == 0 then return true end
-  self.urgent = true
+  self.mark = self.pushed
   self.wake:set()
   local ev = core.task.event()
   self.idle[#self.idle + 1] = ev
