@@ -14,7 +14,8 @@
 -- number), start_ns and end_ns (Unix nanoseconds), status ('unset', 'ok',
 -- 'error'), status_message, conversation (the gen_ai.conversation.id of
 -- the span's run, inherited by its children), attributes (a JSON object)
--- and events (a JSON array of {name, time_ns, attributes}, or NULL).
+-- and events (a JSON array of {name, offset_ns, attributes}, or NULL;
+-- offset_ns from the span's start, which JSON numbers hold exactly).
 
 local cjson = require "cjson"
 
@@ -90,7 +91,7 @@ function M.write(db, sp)
   if sp.events then
     local list = {}
     for i, e in ipairs(sp.events) do
-      list[i] = { name = e.name, time_ns = e.time_ns, attributes = e.attributes }
+      list[i] = { name = e.name, offset_ns = e.time_ns - sp.start_ns, attributes = e.attributes }
     end
     events = encode(list)
   end
@@ -111,6 +112,10 @@ local function decode_rows(rows)
     if r.events then
       local ok2, e = pcall(cjson.decode, r.events)
       r.events = ok2 and type(e) == "table" and e or nil
+      for _, ev in ipairs(r.events or {}) do
+        ev.time_ns = r.start_ns + (math.tointeger(ev.offset_ns) or 0)
+        ev.offset_ns = nil
+      end
     end
   end
   return rows
