@@ -68,6 +68,12 @@ DEB_PKGS := liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libsqlite3-dev 
 DEB_PKGS += lua-socket openssl
 # The fuzzers (tests/fuzz): clang's libFuzzer.
 DEB_PKGS += clang
+# The trace specs: node for the OTLP schema check and the browser driver
+# (their npm packages: tests/support/package.json), headless Chromium for
+# the timeline page.  npm comes with nodejs where that package ships it,
+# else from Debian's npm.
+DEB_PKGS += nodejs chromium
+NPM_DEPS := tests/support/node_modules/.package-lock.json
 
 .PHONY: all deps build run test asan bench clean ctests
 
@@ -94,6 +100,17 @@ endef
 
 deps:
 	$(call install_missing,$(DEB_PKGS))
+	@command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory deps-npm-command
+	@$(MAKE) --no-print-directory $(NPM_DEPS)
+
+.PHONY: deps-npm-command
+deps-npm-command:
+	$(call install_missing,npm)
+
+# The exact versions of tests/support/package-lock.json, without install
+# scripts.
+$(NPM_DEPS): tests/support/package.json tests/support/package-lock.json
+	cd tests/support && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -226,6 +243,8 @@ asan:
 	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 test
 
 BENCH_DEB_PKGS := wrk python3-aiohttp python3-aiosqlite
+# The charts of docs/benchmarks.md (bench/lib.sh: bench_chart).
+BENCH_DEB_PKGS += gnuplot-nox
 .PHONY: bench-deps bench-http bench-store bench-llm
 
 # The benchmark peers' packages.

@@ -125,7 +125,7 @@ M.Span = Span
 -- returns it (traceparent returns nil), and nothing allocates.
 local NOOP = { noop = true }
 local function noop_self(self) return self end
-for _, k in ipairs { "set", "add_event", "record_error", "set_status", "finish" } do
+for _, k in ipairs { "set", "add_event", "record_error", "set_status", "set_conversation", "finish" } do
   NOOP[k] = noop_self
 end
 function NOOP.traceparent() return nil end
@@ -266,6 +266,16 @@ function Span:set_status(status, message)
     self.status_message = message
     if self.attributes["error.type"] == nil then self.attributes["error.type"] = "error" end
   end
+  return self
+end
+
+-- sp:set_conversation(id) -> sp: the conversation the span belongs to
+-- (gen_ai.conversation.id; the timeline groups by it), for a span started
+-- before the id was known.  Children started later inherit it.
+function Span:set_conversation(id)
+  if id == nil or self.end_ns then return self end
+  self.conversation = tostring(id)
+  self.attributes["gen_ai.conversation.id"] = self.conversation
   return self
 end
 

@@ -9,8 +9,9 @@
 -- span on a shared time axis, nested under its parent (indented, in start
 -- order), coloured by kind; a failed span is red with a mark.  Hovering a
 -- bar shows its name, duration and tokens; clicking it opens the side
--- panel with its status, timing, attributes, events and, for a run or a
--- turn, the messages of that run or turn, as text.
+-- panel with its status, timing, attributes, events and, for a run (or a
+-- root span of a conversation) or a turn, the messages of that run or
+-- turn, as text.
 --
 -- Everything stored is data, not markup: the spans and messages are
 -- embedded as JSON (with "<" escaped so no text can close the script) and
@@ -201,7 +202,7 @@ local JS = [==[
       panel.appendChild(et);
     }
     var conv = s.conversation;
-    if (s.kind === 'agent' && conv) showMessages(messages[conv]);
+    if (conv && (s.kind === 'agent' || !s.parent_span_id)) showMessages(messages[conv]);
     else if (s.kind === 'turn' && conv) showMessages(turnsOf(conv)[(s.attributes || {})['agenthost.turn.number']]);
   }
   panel.appendChild(el('div', 'hint', 'Click a span to see its details, attributes and messages.'));
