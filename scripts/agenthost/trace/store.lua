@@ -9,7 +9,10 @@
 -- INTEGER, positional parameters, no SQLite functions), so that another
 -- backend of ah.store can run it unchanged.
 --
--- Columns: trace_id, span_id (hex, W3C sizes), parent_span_id (NULL for a
+-- No primary key: span ids are random, and keeping them in a unique index
+-- costs every write more than it gives the reads (which go by trace and
+-- by conversation, both indexed).  Columns: trace_id, span_id (hex, W3C
+-- sizes), parent_span_id (NULL for a
 -- root), name, kind (the timeline's category), span_kind (OTLP's SpanKind
 -- number), start_ns and end_ns (Unix nanoseconds), status ('unset', 'ok',
 -- 'error'), status_message, conversation (the gen_ai.conversation.id of
@@ -37,9 +40,8 @@ M.SCHEMA = {
       status_message TEXT,
       conversation TEXT,
       attributes TEXT NOT NULL,
-      events TEXT,
-      PRIMARY KEY (trace_id, span_id))]],
-  [[CREATE INDEX IF NOT EXISTS trace_spans_start ON trace_spans(start_ns)]],
+      events TEXT)]],
+  [[CREATE INDEX IF NOT EXISTS trace_spans_trace ON trace_spans(trace_id)]],
   [[CREATE INDEX IF NOT EXISTS trace_spans_conversation ON trace_spans(conversation)]],
 }
 
