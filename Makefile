@@ -7,7 +7,7 @@
 #   make test       build and run every test
 #   make asan       the same suite under AddressSanitizer + UBSan
 #   make bench      the scheduler benchmark (bench/sched); bench-http,
-#                   bench-store, bench-llm and bench-embed run the others;
+#                   bench-store, bench-llm, bench-trace and bench-embed run the others;
 #                   every one writes its section of docs/benchmarks.md
 #   make lib        build/libagenthost.a, build/libagenthost.so (with its
 #                   soname links) and build/agenthost.pc
@@ -262,6 +262,10 @@ bench-store: all bench-deps
 
 bench-llm: all
 	bench/llm
+
+.PHONY: bench-trace
+bench-trace: all bench-deps
+	bench/trace
 
 clean:
 	rm -rf build

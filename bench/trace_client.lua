@@ -11,7 +11,7 @@
 -- off: the trace calls are made with tracing off (the inert span); store:
 -- tracing on, spans stored in a SQLite database in a temporary directory
 -- (db:post, group commit); otlp: stored and also exported to the OTLP/HTTP
--- endpoint URL.  The spans are made with the calls the agent loop makes
+-- endpoint URL (a queue large enough for every span).  The spans are made with the calls the agent loop makes
 -- (docs/observability.md): a run span, a turn span per turn, a chat span
 -- per model call, an execute_tool span per tool call.
 --
@@ -38,7 +38,10 @@ os.remove(dir)
 assert(os.execute("mkdir -p " .. dir))
 local db = ah.store.open(dir .. "/trace.db")
 if tracing ~= "off" then
-  trace.enable { store = db, otlp = tracing == "otlp" and { url = url, delay = 1 } or false }
+  -- The queue holds every span of the run, so that all are exported and
+  -- the figure is the cost of exporting them, not of dropping some.
+  trace.enable { store = db, otlp = tracing == "otlp" and
+    { url = url, delay = 1, max_queue = agents * calls * 3 } or false }
 end
 
 local resp = { text = "ok", usage = { input_tokens = 420, output_tokens = 36 },
