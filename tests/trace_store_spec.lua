@@ -128,6 +128,23 @@ describe("trace store", function()
     end)
   end)
 
+  it("stores a trace continued from a traceparent in the default store", function()
+    local db_path = dir .. "/e.db"
+    task.run(function()
+      local db = ah.store.open(db_path)
+      trace.enable { otlp = false, store = db }
+      local sp = trace.start("from gateway", { parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01" })
+      trace.start("child"):finish()
+      sp:finish()
+      db:flush()
+      local rows = db:query("SELECT name, trace_id, parent_span_id FROM trace_spans ORDER BY start_ns")
+      assert.equal(2, #rows)
+      assert.equal("0af7651916cd43dd8448eb211c80319c", rows[1].trace_id)
+      assert.equal("b7ad6b7169203331", rows[1].parent_span_id)
+      db:close()
+    end)
+  end)
+
   it("uses plain SQL a PostgreSQL backend runs as well (no SQLite-only syntax)", function()
     for _, sql in ipairs(tstore.SCHEMA) do
       for _, word in ipairs { "AUTOINCREMENT", "OR REPLACE", "WITHOUT ROWID", "json_", "strftime", "PRAGMA" } do

@@ -150,7 +150,8 @@ local function new_span(name, kind, span_kind, parent, make_current, store)
   if parent then
     sp.trace_id = parent.trace_id
     sp.parent_id = parent.span_id
-    sp.store = store or parent.store
+    -- A remote parent (a traceparent from elsewhere) names no store.
+    sp.store = store or parent.store or (parent.remote and cfg.store) or nil
     sp.conversation = parent.conversation
     sp.is_root = parent.remote or nil
   else
