@@ -64,6 +64,8 @@ CTESTS   := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c)
 
 DEB_PKGS := liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libsqlite3-dev \
             pkg-config lua-cjson lua-busted luarocks
+# agenthost.memory's JSON codec, which keeps integers integers.
+DEB_PKGS += lua-dkjson
 # The MCP fixture's Streamable HTTP mode (tests/support/mcp_server.lua).
 DEB_PKGS += lua-socket openssl
 # The fuzzers (tests/fuzz): clang's libFuzzer.
