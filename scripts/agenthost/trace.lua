@@ -122,8 +122,9 @@ Span.__index = Span
 M.Span = Span
 
 -- The inert span that start() returns while tracing is off: every method
--- returns it (traceparent returns nil), and nothing allocates.
-local NOOP = { noop = true }
+-- returns it (traceparent returns nil), it may be a to-be-closed value
+-- (closing it does nothing), and nothing allocates.
+local NOOP = setmetatable({ noop = true }, { __close = function() end })
 local function noop_self(self) return self end
 for _, k in ipairs { "set", "add_event", "record_error", "set_status", "set_conversation", "finish" } do
   NOOP[k] = noop_self
@@ -150,6 +151,8 @@ local function new_span(name, kind, span_kind, parent, make_current, store)
   if parent then
     sp.trace_id = parent.trace_id
     sp.parent_id = parent.span_id
+    -- The run (invoke_agent span) the span belongs to, for handoffs.
+    if not parent.remote then sp.run = parent.kind == "agent" and parent or parent.run end
     -- A remote parent (a traceparent from elsewhere) names no store.
     sp.store = store or parent.store or (parent.remote and cfg.store) or nil
     sp.conversation = parent.conversation
@@ -363,14 +366,22 @@ end
 -- ---- GenAI spans (OpenTelemetry's gen_ai.* conventions) -------------------------------------
 --
 -- Each starts a span that is current until it finishes, takes only values
--- the agent loop already has, and returns NOOP while tracing is off.
+-- the agent loop already has, and returns NOOP while tracing is off.  The
+-- spans may be to-be-closed values (`local sp <close> = trace.turn(n)`):
+-- leaving the block by an error (a cancellation included) ends the span
+-- with that error, the way its _end function would; leaving it normally
+-- ends a span not ended yet.
 
 -- invoke_agent: one run of an agent.  store: the agent's memory (or its
--- database); the run's trace is stored there when it is the trace's root.
-function M.agent(name, conversation, store, agent_id)
+-- database): the run's spans are stored there.  progress: a table whose
+-- turns and usage fields hold the run's figures so far (the loop's own
+-- record of the run), read when the span ends without a result (as a
+-- to-be-closed value, or by agent_end with none).
+function M.agent(name, conversation, store, agent_id, progress)
   if not M.on then return NOOP end
   local sp = new_span("invoke_agent " .. tostring(name), "agent", M.INTERNAL, nil, nil,
     store_of(store))
+  sp.progress = progress
   local a = sp.attributes
   a["gen_ai.operation.name"] = "invoke_agent"
   a["gen_ai.agent.name"] = name
@@ -382,9 +393,12 @@ function M.agent(name, conversation, store, agent_id)
   return sp
 end
 
--- The end of a run: result {turns, usage = {input_tokens, output_tokens}}.
+-- The end of a run: result {turns, usage = {input_tokens, output_tokens}}
+-- (the run's result; nil: the span's progress table).  The handoff
+-- stretch still open ends with it.
 function M.agent_end(sp, result, err)
   if sp == NOOP then return end
+  if result == nil then result = sp.progress end
   if type(result) == "table" then
     local u = result.usage
     if type(u) == "table" then
@@ -393,21 +407,50 @@ function M.agent_end(sp, result, err)
     end
     sp:set("agenthost.agent.turns", result.turns)
   end
+  local h = sp.handoff
+  if h then
+    sp.handoff = nil
+    h:finish(err)
+  end
   sp:finish(err)
 end
 
 -- A turn of the loop: one model call and the tool calls it asked for.
-function M.turn(number)
+-- agent: the name of the agent taking the turn; messages: the
+-- conversation as the loop holds it before the turn (its list of
+-- messages), from which the turn's place in the whole conversation is
+-- counted (agenthost.conversation.turn: the number of model answers before
+-- it, plus one), which is how the timeline finds the stored messages of
+-- the turn when a conversation spans several runs.
+function M.turn(number, agent, messages)
   if not M.on then return NOOP end
   local sp = new_span("turn " .. tostring(number), "turn", M.INTERNAL)
-  sp.attributes["agenthost.turn.number"] = number
+  local a = sp.attributes
+  a["agenthost.turn.number"] = number
+  a["gen_ai.agent.name"] = agent
+  if type(messages) == "table" then
+    local answers = 0
+    for i = 1, #messages do
+      local m = messages[i]
+      if type(m) == "table" and m.role == "assistant" then answers = answers + 1 end
+    end
+    a["agenthost.conversation.turn"] = answers + 1
+  end
   return sp
 end
 
--- chat: one model call.  provider: gen_ai.provider.name ("openai", ...).
+-- chat: one model call.  model: the model's name, or the provider itself
+-- (an agenthost.llm provider, or any table with model and kind fields);
+-- provider: gen_ai.provider.name ("openai", ...).
 function M.chat(model, provider)
   if not M.on then return NOOP end
-  local sp = new_span("chat " .. tostring(model), "chat", M.CLIENT)
+  if type(model) == "table" then
+    provider = provider or model.kind
+    model = model.model
+  elseif type(model) == "userdata" then
+    model = nil
+  end
+  local sp = new_span(model ~= nil and ("chat " .. tostring(model)) or "chat", "chat", M.CLIENT)
   local a = sp.attributes
   a["gen_ai.operation.name"] = "chat"
   a["gen_ai.request.model"] = model
@@ -415,11 +458,18 @@ function M.chat(model, provider)
   return sp
 end
 
+local function int_or_nil(v)
+  return math.type(v) == "integer" and v or nil
+end
+
 -- The end of a model call, from the provider's result {usage =
--- {input_tokens, output_tokens}, finish_reason, finish, raw = {id,
--- model}}; opts: {retries, time_to_first_token (seconds)}.
+-- {input_tokens, output_tokens}, finish_reason (or finish), id, model,
+-- retries, time_to_first_token (seconds), raw}, or from its error err
+-- (whose attempts give the retries).  opts {retries, time_to_first_token}
+-- overrides what the result says.
 function M.chat_end(sp, resp, err, opts)
   if sp == NOOP then return end
+  local retries, ttft
   if type(resp) == "table" then
     local u = resp.usage
     if type(u) == "table" then
@@ -428,16 +478,22 @@ function M.chat_end(sp, resp, err, opts)
     end
     local reason = resp.finish_reason or resp.finish
     if reason ~= nil then sp:set("gen_ai.response.finish_reasons", { tostring(reason) }) end
-    local raw = resp.raw
-    if type(raw) == "table" then
-      if type(raw.id) == "string" then sp:set("gen_ai.response.id", raw.id) end
-      if type(raw.model) == "string" then sp:set("gen_ai.response.model", raw.model) end
-    end
+    local raw = type(resp.raw) == "table" and resp.raw or nil
+    local id = resp.id or (raw and raw.id)
+    local model = resp.model or (raw and raw.model)
+    if type(id) == "string" then sp:set("gen_ai.response.id", id) end
+    if type(model) == "string" then sp:set("gen_ai.response.model", model) end
+    retries, ttft = int_or_nil(resp.retries), resp.time_to_first_token
+  elseif type(err) == "table" then
+    local n = int_or_nil(err.attempts)
+    if n then retries = n - 1 end
   end
   if type(opts) == "table" then
-    sp:set("agenthost.chat.retries", opts.retries)
-    sp:set("agenthost.chat.time_to_first_token", opts.time_to_first_token)
+    if opts.retries ~= nil then retries = opts.retries end
+    if opts.time_to_first_token ~= nil then ttft = opts.time_to_first_token end
   end
+  sp:set("agenthost.chat.retries", retries)
+  if type(ttft) == "number" then sp:set("agenthost.chat.time_to_first_token", ttft) end
   sp:finish(err)
 end
 
@@ -458,36 +514,83 @@ function M.tool(call)
   return sp
 end
 
--- The end of a tool call: res {is_error, content}; a result marked
--- is_error (sent back to the model) marks the span as failed with
--- error.type "tool_error".
+-- The end of a tool call: res {is_error, content, error} (what the tool
+-- registry returns).  A result marked is_error (sent back to the model)
+-- marks the span as failed: error.type is the kind of the error the tool
+-- raised when it raised a structured one (timeout, ...), else
+-- "tool_error" (a failing tool, invalid arguments, a call not approved);
+-- the status message is the text the model was sent.
 function M.tool_end(sp, res, err)
   if sp == NOOP then return end
   if err == nil and type(res) == "table" and res.is_error then
-    sp:set("error.type", "tool_error")
+    local e = res.error
+    sp:set("error.type", type(e) == "table" and type(e.kind) == "string" and e.kind or "tool_error")
     local c = res.content
     sp:set_status("error", type(c) == "string" and c:sub(1, 1024) or "the tool failed")
   end
   sp:finish(err)
 end
 
--- A handoff from one agent to another (the new agent's run is a child).
-function M.handoff(from, to)
+-- A handoff from one agent to another, called where the run hands the
+-- conversation on.  The span is the stretch of the run that the agent
+-- handed to has the conversation: a child of the run's invoke_agent span
+-- (a sibling of the turns before it, whichever span is current when it is
+-- called) and current from then on, so that the target's turns are its
+-- children.  It ends at the next handoff of the run (whose span is its
+-- sibling) or with the run (trace.agent_end); finishing it earlier is
+-- allowed.  Outside a run's span it is a point in time under the current
+-- span.  call_id: the id of the model's transfer call.
+function M.handoff(from, to, call_id)
   if not M.on then return NOOP end
-  local sp = new_span("handoff " .. tostring(to), "handoff", M.INTERNAL)
-  sp.attributes["agenthost.handoff.from"] = from
-  sp.attributes["agenthost.handoff.to"] = to
+  local co = running()
+  local cur = current[co]
+  local run = cur and (cur.kind == "agent" and cur or cur.run)
+  if run and run.end_ns then run = nil end
+  local before = run and run.handoff
+  if before then before:finish() end
+  local sp = new_span("handoff " .. tostring(to), "handoff", M.INTERNAL, run or nil, false)
+  local a = sp.attributes
+  a["agenthost.handoff.from"] = from
+  a["agenthost.handoff.to"] = to
+  a["gen_ai.tool.call.id"] = call_id
+  if not run then return sp:finish() end
+  run.handoff = sp
+  sp.co, sp.prev = co, run
+  current[co] = sp
   return sp
 end
 
--- A guardrail check; stage "input" or "output".  A tripped guardrail is
--- finished with an error (or sp:set("agenthost.guardrail.triggered", true)).
+-- A guardrail check; stage "input" or "output".  Its end:
+-- trace.guardrail_end(sp, verdict), where a verdict (nil when the check
+-- passed, else {reason}) marks a trip: agenthost.guardrail.triggered,
+-- error.type "guardrail" and the reason as the status message.
 function M.guardrail(name, stage)
   if not M.on then return NOOP end
   local sp = new_span("guardrail " .. tostring(name), "guardrail", M.INTERNAL)
   sp.attributes["agenthost.guardrail.name"] = name
   sp.attributes["agenthost.guardrail.stage"] = stage
   return sp
+end
+
+function M.guardrail_end(sp, verdict, err)
+  if sp == NOOP then return end
+  sp:set("agenthost.guardrail.triggered", verdict ~= nil)
+  if verdict ~= nil and err == nil then
+    sp:set("error.type", "guardrail")
+    local why = type(verdict) == "table" and verdict.reason or verdict
+    sp:set_status("error", why ~= nil and tostring(why):sub(1, 1024) or "tripped")
+  end
+  sp:finish(err)
+end
+
+-- What closing a span (<close>) does: the end function of its kind.
+local closers = { agent = M.agent_end, chat = M.chat_end, tool = M.tool_end,
+                  guardrail = M.guardrail_end }
+
+function Span.__close(sp, err)
+  if sp.end_ns then return end
+  local fn = closers[sp.kind]
+  if fn then fn(sp, nil, err) else sp:finish(err) end
 end
 
 -- ---- following the task ------------------------------------------------------------------
