@@ -29,10 +29,16 @@ local function mempath()
   return string.format("%s/trace%d.db", dir, n)
 end
 
+-- Memory on the specs' backend where the suite has more than one
+-- (tests/support/backend.lua: SQLite, or PostgreSQL when a pg_ spec runs
+-- this file again), else SQLite.
+local memory = package.searchpath("support.backend", package.path) and require("support.backend").memory
+  or ah.memory
+
 -- fn(mem) in a task, with the memory at path open.
 local function with_memory(path, fn)
   return task.run(function()
-    local mem = ah.memory.open(path)
+    local mem = memory.open(path)
     local res = table.pack(pcall(fn, mem))
     mem.db:flush()
     mem:close()
@@ -422,8 +428,11 @@ describe("make run's ops agent", function()
     assert.equal(db, where)
     local conversation = r.out:match("conversation (%d+) in ")
     assert.matches(" trace " .. db:gsub("%p", "%%%0") .. " %-%-html %S+ %-%-conversation " .. conversation .. "$", cmd)
-    local rows = with_memory(db, function(mem)
-      return mem.db:query("SELECT name, kind, parent_span_id, span_id, conversation FROM trace_spans ORDER BY start_ns")
+    local rows = task.run(function()
+      local store = ah.store.open(db) -- the ops agent's SQLite file, whatever the specs' backend
+      local list = store:query("SELECT name, kind, parent_span_id, span_id, conversation FROM trace_spans ORDER BY start_ns")
+      store:close()
+      return list
     end)
     assert.equal(tonumber(stored), #rows)
     -- one trace whose root is the run: its turns, model calls, tools and their requests

@@ -690,7 +690,8 @@ function M.enable(opts)
     core.error.raise("invalid_argument", "trace.enable: on_span must be a function")
   end
   local store = store_of(opts.store)
-  if store ~= nil and type(store) ~= "userdata" then
+  if store ~= nil and type(store) ~= "userdata" and
+      not (type(store) == "table" and type(store.post) == "function") then
     core.error.raise("invalid_argument",
       "trace.enable: store must be an ah.store database or an agenthost.memory")
   end

@@ -3,7 +3,10 @@
 -- timeline reads them back with.
 --
 -- Writes go through db:post: the store's writer thread commits them with
--- whatever else is queued (group commit), and the agent never waits.  The
+-- whatever else is queued (group commit), and the agent never waits.  A
+-- database is an ah.store one or any object with the store's post, query
+-- and first (memory on PostgreSQL has one, which queues its writes for a
+-- background writer of its own).  The
 -- table is created on first use, with statements posted ahead of the first
 -- span (the writer runs posts in order).  The SQL is plain (TEXT, BIGINT,
 -- INTEGER, positional parameters, no SQLite functions), so that another
@@ -60,8 +63,12 @@ function M.use_post(fn)
   post_fn = post_fn or fn
 end
 
+-- Posts to db: an ah.store database (userdata, whose post the db hooks may
+-- wrap), or another backend's database object with the same post (memory
+-- on PostgreSQL: agenthost.memory.pg, which writes in the background too).
 local function post(db, ...)
-  return (post_fn or db.post)(db, ...)
+  if post_fn and type(db) == "userdata" then return post_fn(db, ...) end
+  return db:post(...)
 end
 
 -- Creates the table in db unless done already (posted: never waits).
