@@ -139,35 +139,34 @@ end
 
 -- A new span, child of parent (a span, or {trace_id =, span_id =} for a
 -- remote parent), made current in the running coroutine unless
--- make_current is false.
-local function new_span(name, kind, span_kind, parent, make_current, store)
+-- make_current is false; attributes: its table of attributes (made by the
+-- caller with room for the ones it will set, so that it rarely grows).
+-- The span table is made whole in one constructor: a span costs what its
+-- fields need and no rehash.
+local function new_span(name, kind, span_kind, parent, make_current, store, attributes)
   local co = running()
   if parent == nil then parent = current[co] end
-  local sp = {
-    name = name, kind = kind, span_kind = span_kind,
-    span_id = new_span_id(), start_ns = now_ns(),
-    attributes = {}, status = UNSET,
-  }
+  local trace_id, parent_id, run, conversation, is_root
   if parent then
-    sp.trace_id = parent.trace_id
-    sp.parent_id = parent.span_id
+    trace_id, parent_id, conversation = parent.trace_id, parent.span_id, parent.conversation
     -- The run (invoke_agent span) the span belongs to, for handoffs.
-    if not parent.remote then sp.run = parent.kind == "agent" and parent or parent.run end
+    if not parent.remote then run = parent.kind == "agent" and parent or parent.run end
     -- A remote parent (a traceparent from elsewhere) names no store.
-    sp.store = store or parent.store or (parent.remote and cfg.store) or nil
-    sp.conversation = parent.conversation
-    sp.is_root = parent.remote or nil
+    store = store or parent.store or (parent.remote and cfg.store) or nil
+    is_root = parent.remote or nil
   else
-    sp.is_root = true
-    sp.trace_id = new_trace_id()
-    sp.store = store or cfg.store
+    trace_id, is_root = new_trace_id(), true
+    store = store or cfg.store
   end
-  setmetatable(sp, Span)
+  local cur = make_current ~= false
+  local sp = setmetatable({
+    name = name, kind = kind, span_kind = span_kind, span_id = new_span_id(), start_ns = now_ns(),
+    end_ns = nil, attributes = attributes or {}, status = UNSET, trace_id = trace_id,
+    parent_id = parent_id, run = run, store = store, conversation = conversation, is_root = is_root,
+    co = cur and co or nil, prev = cur and current[co] or nil,
+  }, Span)
   counts.started = counts.started + 1
-  if make_current ~= false then
-    sp.co, sp.prev = co, current[co]
-    current[co] = sp
-  end
+  if cur then current[co] = sp end
   return sp
 end
 
@@ -379,17 +378,17 @@ end
 -- to-be-closed value, or by agent_end with none).
 function M.agent(name, conversation, store, agent_id, progress)
   if not M.on then return NOOP end
+  if conversation ~= nil then conversation = tostring(conversation) end
   local sp = new_span("invoke_agent " .. tostring(name), "agent", M.INTERNAL, nil, nil,
-    store_of(store))
+    store_of(store), {
+      ["gen_ai.operation.name"] = "invoke_agent", ["gen_ai.agent.name"] = name,
+      ["gen_ai.agent.id"] = agent_id ~= nil and tostring(agent_id) or nil,
+      ["gen_ai.conversation.id"] = conversation,
+      ["gen_ai.usage.input_tokens"] = nil, ["gen_ai.usage.output_tokens"] = nil,
+      ["agenthost.agent.turns"] = nil,
+    })
   sp.progress = progress
-  local a = sp.attributes
-  a["gen_ai.operation.name"] = "invoke_agent"
-  a["gen_ai.agent.name"] = name
-  if agent_id ~= nil then a["gen_ai.agent.id"] = tostring(agent_id) end
-  if conversation ~= nil then
-    sp.conversation = tostring(conversation)
-    a["gen_ai.conversation.id"] = sp.conversation
-  end
+  if conversation ~= nil then sp.conversation = conversation end
   return sp
 end
 
@@ -424,19 +423,18 @@ end
 -- the turn when a conversation spans several runs.
 function M.turn(number, agent, messages)
   if not M.on then return NOOP end
-  local sp = new_span("turn " .. tostring(number), "turn", M.INTERNAL)
-  local a = sp.attributes
-  a["agenthost.turn.number"] = number
-  a["gen_ai.agent.name"] = agent
+  local answers
   if type(messages) == "table" then
-    local answers = 0
+    answers = 1
     for i = 1, #messages do
       local m = messages[i]
       if type(m) == "table" and m.role == "assistant" then answers = answers + 1 end
     end
-    a["agenthost.conversation.turn"] = answers + 1
   end
-  return sp
+  return new_span("turn " .. tostring(number), "turn", M.INTERNAL, nil, nil, nil, {
+    ["agenthost.turn.number"] = number, ["gen_ai.agent.name"] = agent,
+    ["agenthost.conversation.turn"] = answers,
+  })
 end
 
 -- chat: one model call.  model: the model's name, or the provider itself
@@ -450,12 +448,30 @@ function M.chat(model, provider)
   elseif type(model) == "userdata" then
     model = nil
   end
-  local sp = new_span(model ~= nil and ("chat " .. tostring(model)) or "chat", "chat", M.CLIENT)
-  local a = sp.attributes
-  a["gen_ai.operation.name"] = "chat"
-  a["gen_ai.request.model"] = model
-  a["gen_ai.provider.name"] = provider
-  return sp
+  return new_span(model ~= nil and ("chat " .. tostring(model)) or "chat", "chat", M.CLIENT,
+    nil, nil, nil, {
+      ["gen_ai.operation.name"] = "chat", ["gen_ai.request.model"] = model,
+      ["gen_ai.provider.name"] = provider,
+      ["gen_ai.usage.input_tokens"] = nil, ["gen_ai.usage.output_tokens"] = nil,
+      ["gen_ai.response.finish_reasons"] = nil, ["gen_ai.response.id"] = nil,
+      ["gen_ai.response.model"] = nil, ["agenthost.chat.retries"] = nil,
+    })
+end
+
+-- One-item arrays of finish reasons, shared by the spans that have the
+-- same reason (a handful of distinct ones; beyond 32, each span gets its own).
+local reasons, nreasons = {}, 0
+
+local function reason_list(reason)
+  reason = tostring(reason)
+  local r = reasons[reason]
+  if r then return r end
+  r = { reason }
+  if nreasons < 32 then
+    nreasons = nreasons + 1
+    reasons[reason] = r
+  end
+  return r
 end
 
 local function int_or_nil(v)
@@ -477,7 +493,7 @@ function M.chat_end(sp, resp, err, opts)
       sp:set("gen_ai.usage.output_tokens", u.output_tokens)
     end
     local reason = resp.finish_reason or resp.finish
-    if reason ~= nil then sp:set("gen_ai.response.finish_reasons", { tostring(reason) }) end
+    if reason ~= nil then sp:set("gen_ai.response.finish_reasons", reason_list(reason)) end
     local raw = type(resp.raw) == "table" and resp.raw or nil
     local id = resp.id or (raw and raw.id)
     local model = resp.model or (raw and raw.model)
@@ -500,18 +516,16 @@ end
 -- execute_tool: one tool call {id, name, arguments, raw_arguments}.
 function M.tool(call)
   if not M.on then return NOOP end
-  local name = type(call) == "table" and call.name or nil
-  local sp = new_span("execute_tool " .. tostring(name), "tool", M.INTERNAL)
-  local a = sp.attributes
-  a["gen_ai.operation.name"] = "execute_tool"
-  a["gen_ai.tool.name"] = name
-  a["gen_ai.tool.type"] = "function"
+  local name, id, bytes
   if type(call) == "table" then
-    a["gen_ai.tool.call.id"] = call.id
-    local raw = call.raw_arguments
-    if type(raw) == "string" then a["agenthost.tool.arguments_bytes"] = #raw end
+    name, id = call.name, call.id
+    if type(call.raw_arguments) == "string" then bytes = #call.raw_arguments end
   end
-  return sp
+  return new_span("execute_tool " .. tostring(name), "tool", M.INTERNAL, nil, nil, nil, {
+    ["gen_ai.operation.name"] = "execute_tool", ["gen_ai.tool.name"] = name,
+    ["gen_ai.tool.type"] = "function", ["gen_ai.tool.call.id"] = id,
+    ["agenthost.tool.arguments_bytes"] = bytes, ["error.type"] = nil,
+  })
 end
 
 -- The end of a tool call: res {is_error, content, error} (what the tool
@@ -548,11 +562,9 @@ function M.handoff(from, to, call_id)
   if run and run.end_ns then run = nil end
   local before = run and run.handoff
   if before then before:finish() end
-  local sp = new_span("handoff " .. tostring(to), "handoff", M.INTERNAL, run or nil, false)
-  local a = sp.attributes
-  a["agenthost.handoff.from"] = from
-  a["agenthost.handoff.to"] = to
-  a["gen_ai.tool.call.id"] = call_id
+  local sp = new_span("handoff " .. tostring(to), "handoff", M.INTERNAL, run or nil, false, nil, {
+    ["agenthost.handoff.from"] = from, ["agenthost.handoff.to"] = to, ["gen_ai.tool.call.id"] = call_id,
+  })
   if not run then return sp:finish() end
   run.handoff = sp
   sp.co, sp.prev = co, run
@@ -566,10 +578,10 @@ end
 -- error.type "guardrail" and the reason as the status message.
 function M.guardrail(name, stage)
   if not M.on then return NOOP end
-  local sp = new_span("guardrail " .. tostring(name), "guardrail", M.INTERNAL)
-  sp.attributes["agenthost.guardrail.name"] = name
-  sp.attributes["agenthost.guardrail.stage"] = stage
-  return sp
+  return new_span("guardrail " .. tostring(name), "guardrail", M.INTERNAL, nil, nil, nil, {
+    ["agenthost.guardrail.name"] = name, ["agenthost.guardrail.stage"] = stage,
+    ["agenthost.guardrail.triggered"] = nil, ["error.type"] = nil,
+  })
 end
 
 function M.guardrail_end(sp, verdict, err)
