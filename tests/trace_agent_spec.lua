@@ -32,8 +32,15 @@ end
 -- Memory on the specs' backend where the suite has more than one
 -- (tests/support/backend.lua: SQLite, or PostgreSQL when a pg_ spec runs
 -- this file again), else SQLite.
-local memory = package.searchpath("support.backend", package.path) and require("support.backend").memory
-  or ah.memory
+local backend = package.searchpath("support.backend", package.path) and require("support.backend")
+local memory = backend and backend.memory or ah.memory
+
+-- What `agenthost trace` is given for the memory at path: the file, or the
+-- URL of the PostgreSQL schema standing for it.
+local function cli_target(path)
+  if backend and backend.is_pg() then return backend.url(path) end
+  return path
+end
 
 -- fn(mem) in a task, with the memory at path open.
 local function with_memory(path, fn)
@@ -350,6 +357,34 @@ for _, kind in ipairs(mockllm.DIALECTS) do
       assert.equal(2, #runs)
       assert.are_not.equal(runs[1].trace_id, runs[2].trace_id)
       assert.equal(runs[1].attributes["gen_ai.conversation.id"], runs[2].attributes["gen_ai.conversation.id"])
+    end)
+
+    it("are drawn by the timeline command from the memory database", function()
+      local path = mempath()
+      collect()
+      local r
+      with_memory(path, function(mem)
+        local a = ah.agent.new { name = "plain", provider = m:provider(kind), memory = mem,
+          system = "You are the plain agent." }
+        r = a:run("hello")
+      end)
+      trace.disable()
+      local page = dir .. "/timeline" .. n .. ".html"
+      local res = proc.cli { "trace", cli_target(path), "--html", page, "--conversation", tostring(r.conversation) }
+      assert.equal(0, res.code, res.err)
+      assert.matches("wrote %S+: 3 spans in 1 traces", res.out)
+      local html = proc.read(page)
+      for _, name in ipairs { "invoke_agent plain", "turn 1", "chat mock-1", "A plain answer to: hello" } do
+        assert.truthy(html:find(name, 1, true), name)
+      end
+      -- a memory database without spans says so
+      local empty = mempath()
+      with_memory(empty, function() end)
+      res = proc.cli { "trace", cli_target(empty), "--html", page }
+      assert.equal(1, res.code)
+      assert.matches("there are no spans in", res.err)
+      local secret = cli_target(empty):match("://[^:/@]*:([^@]+)@")
+      if secret then assert.is_nil((res.out .. res.err):find(secret, 1, true)) end -- a URL's password is never shown
     end)
 
     it("send the chat span as the traceparent of the model's request", function()
