@@ -18,6 +18,8 @@ local task = ah.task
 local RULES = { rules = {} }
 for i, r in ipairs(team.RULES.rules) do RULES.rules[i] = r end
 table.insert(RULES.rules, { system = "plain agent", reply = "A plain answer to: {{user}}, given in enough words to stream." })
+table.insert(RULES.rules, { system = "resumable agent", when = "user", tool_calls = { { name = "gate" } } })
+table.insert(RULES.rules, { system = "resumable agent", when = "tool", reply = "Done: {{tool_results}}" })
 
 local dir
 setup(function() dir = proc.tmpdir() end)
@@ -447,6 +449,47 @@ describe("the spans of real agents", function()
       assert.equal("cancelled", s.attributes["error.type"], s.name)
     end
     assert.is_nil(trace.current())
+  end)
+end)
+
+describe("the spans of a resumed run", function()
+  after_each(function() trace.disable() end)
+
+  it("put the tool calls its last turn left open under the run, before its turns", function()
+    local m <close> = mockllm.start { rules = RULES }
+    local path = mempath()
+    collect()
+    local r
+    with_memory(path, function(mem)
+      local opened, gate_open = task.event(), false
+      local gate = { name = "gate", description = "Waits for the gate.", run = function()
+        if not gate_open then
+          opened:set()
+          task.sleep(3600) -- the first run is cancelled here
+        end
+        return "the gate is open"
+      end }
+      local function agent()
+        return ah.agent.new { name = "resumer", provider = m:provider("openai"), memory = mem,
+          tools = { gate }, system = "You are the resumable agent." }
+      end
+      local a = agent()
+      local conversation
+      a.on_event = function(ev) conversation = conversation or ev.conversation end
+      local t = task.spawn(a.run, a, "open the gate")
+      opened:wait()
+      t:cancel()
+      assert.is_false((t:result()))
+      gate_open = true
+      spans = {}
+      r = agent():run(nil, { conversation = conversation })
+    end)
+    assert.equal("Done: the gate is open", r.text)
+    local run = one("invoke_agent resumer")
+    check_tree(run)
+    assert.same({ "execute_tool gate", "turn 1" }, names(children(run)))
+    assert.same({ "chat mock-1" }, names(children(one("turn 1"))))
+    assert.equal(2, one("turn 1").attributes["agenthost.conversation.turn"])
   end)
 end)
 

@@ -320,6 +320,7 @@ function Span:finish(err)
   if self.end_ns then return self end
   if err ~= nil then self:record_error(err) end
   self.end_ns = now_ns()
+  self.run = nil -- a finished span keeps no other span alive
   local co = self.co
   if co then
     if current[co] == self then current[co] = self.prev end
@@ -398,6 +399,7 @@ end
 function M.agent_end(sp, result, err)
   if sp == NOOP then return end
   if result == nil then result = sp.progress end
+  sp.progress = nil -- the loop's record of the run is not kept with the span
   if type(result) == "table" then
     local u = result.usage
     if type(u) == "table" then
