@@ -12,6 +12,7 @@ local ah = require "agenthost"
 local mockllm = require "support.mockllm"
 local proc = require "support.proc"
 local team = require "support.trace_team"
+local span_list = require "support.spans"
 local trace = ah.trace
 local task = ah.task
 
@@ -56,39 +57,12 @@ local function with_memory(path, fn)
   end)
 end
 
-local spans
-local function collect(opts)
-  spans = {}
-  opts = opts or {}
-  opts.otlp = false
-  opts.on_span = function(s) spans[#spans + 1] = s end
-  trace.enable(opts)
-end
-
-local function named(name)
-  local out = {}
-  for _, s in ipairs(spans) do if s.name == name then out[#out + 1] = s end end
-  return out
-end
-
-local function one(name)
-  local list = named(name)
-  assert(#list == 1, #list .. " spans named " .. name)
-  return list[1]
-end
-
-local function children(parent)
-  local out = {}
-  for _, s in ipairs(spans) do if s.parent_id == parent.span_id then out[#out + 1] = s end end
-  table.sort(out, function(a, b) return a.start_ns < b.start_ns end)
-  return out
-end
-
-local function names(list)
-  local out = {}
-  for i, s in ipairs(list) do out[i] = s.name end
-  return out
-end
+local spans -- what the running spec's spans went to (support.spans.collect)
+local function collect(opts) spans = span_list.collect(opts) end
+local function named(name) return span_list.named(spans, name) end
+local function one(name) return span_list.one(spans, name) end
+local function children(parent) return span_list.children(spans, parent) end
+local names = span_list.names
 
 local function sorted(list)
   local out = {}
@@ -481,7 +455,7 @@ describe("the spans of a resumed run", function()
       t:cancel()
       assert.is_false((t:result()))
       gate_open = true
-      spans = {}
+      collect() -- the resumed run's spans only
       r = agent():run(nil, { conversation = conversation })
     end)
     assert.equal("Done: the gate is open", r.text)

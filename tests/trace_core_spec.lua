@@ -15,10 +15,7 @@ local trace = ah.trace
 local task = ah.task
 
 local spans
-local function collect()
-  spans = {}
-  trace.enable { otlp = false, on_span = function(s) spans[#spans + 1] = s end }
-end
+local function collect() spans = require("support.spans").collect() end
 
 local function by_name(name)
   for _, s in ipairs(spans) do if s.name == name then return s end end
