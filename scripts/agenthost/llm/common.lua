@@ -148,6 +148,8 @@ function M.result(text, calls, reason, finish_map, usage, raw, id, model)
     raw = raw,
     id = id,
     model = model,
+    -- Set by the provider once the call is done (room made here).
+    attempts = nil, retries = nil, time_to_first_token = nil,
   }
 end
 
