@@ -88,10 +88,14 @@ describe("ah.trace", function()
       -- Two copies of agenthost.agent from its source: as it is, and with
       -- every line that names the trace module blanked (the lines stay, so
       -- that positions in messages match).  Each runs the team of
-      -- tests/support/trace_team.lua against the mock model, in a
-      -- database of its own: a run through every traced step (turns, a
-      -- gather of tools with one failing, a sub-agent as a tool, a handoff,
-      -- both kinds of guardrail) and a run an input guardrail refuses.
+      -- tests/support/trace_team.lua against the mock model: a run through
+      -- every traced step (turns, a gather of tools with one failing, a
+      -- sub-agent as a tool, a handoff, both kinds of guardrail) and a run
+      -- an input guardrail refuses.  The agents have no memory: the store's
+      -- writer thread hands back its commits in batches that depend on its
+      -- timing, which changes a few bytes of the loop's own bookkeeping from
+      -- one count to the next on a busy machine, and the trace lines are
+      -- the same with memory or without.
       -- The GC is stopped from the warm-up on, so that no collection
       -- (which shrinks stacks and tables) falls into one copy's count and
       -- not the other's; the copies take turns going first, and the least
@@ -110,16 +114,13 @@ describe("ah.trace", function()
       end)
       assert.is_true(blanked >= 12, "the agent loop names the trace module on " .. blanked .. " lines only")
       assert.is_nil(untraced:find("trace[.:]"))
-      local dir = proc.tmpdir()
       for _, kind in ipairs(mockllm.DIALECTS) do
         local m <close> = mockllm.start { rules = team.RULES }
         task.run(function()
           local copies = {}
           for i, text in ipairs { src, untraced } do
             local mod = assert(load(text, "=agent.lua"))()
-            local db = ah.store.open(string.format("%s/%s%d.db", dir, kind, i))
-            copies[i] = team.new { agent = mod, provider = m:provider(kind), memory = db,
-                                   on_event = function() end }
+            copies[i] = team.new { agent = mod, provider = m:provider(kind), on_event = function() end }
           end
           local started = trace.stats().started
           local function runs(lead, n)
@@ -132,7 +133,7 @@ describe("ah.trace", function()
           end
           local function bytes(lead)
             local before = collectgarbage("count")
-            runs(lead, 4)
+            runs(lead, 2)
             return (collectgarbage("count") - before) * 1024
           end
           collectgarbage("collect")
@@ -140,13 +141,18 @@ describe("ah.trace", function()
           local ok, err = pcall(function()
             runs(copies[1], 3)
             runs(copies[2], 3)
-            local least = { math.huge, math.huge }
-            for round = 1, 6 do
+            local least, seen = { math.huge, math.huge }, { {}, {} }
+            for round = 1, 16 do
               local first = round % 2 == 1 and 1 or 2
-              for _, i in ipairs { first, 3 - first } do least[i] = math.min(least[i], bytes(copies[i])) end
+              for _, i in ipairs { first, 3 - first } do
+                local b = bytes(copies[i])
+                seen[i][#seen[i] + 1] = string.format("%.0f", b)
+                least[i] = math.min(least[i], b)
+              end
             end
             assert.is_true(least[2] > 10000, "the runs allocated " .. least[2] .. " bytes: no real work")
-            assert.equal(least[2], least[1])
+            assert.equal(least[2], least[1], kind .. ": bytes of the loop as it is: " ..
+              table.concat(seen[1], " ") .. "; with its trace lines removed: " .. table.concat(seen[2], " "))
           end)
           collectgarbage("restart")
           assert(ok, err)
