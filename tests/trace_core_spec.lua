@@ -2,20 +2,20 @@
 -- gather of tool calls under one turn, a nested sub-run, a handoff), the
 -- current span following the task through spawn, gather, map, race,
 -- timeout and detach, errors, W3C ids, and the cost when off: no
--- allocation at all on the path the agent loop instruments.
+-- allocation at all on the path the agent loop instruments, counted over
+-- real agent runs against the mock model (the loop as it is, and with its
+-- trace lines removed).
 --
--- The agent-shaped traces are built with the trace API directly, the
--- calls the agent loop makes at its events (docs/observability.md).
+-- The agent-shaped traces here are built with the trace API directly, the
+-- calls the agent loop makes (docs/observability.md); the spans of real
+-- agents are in tests/trace_agent_spec.lua.
 
 local ah = require "agenthost"
 local trace = ah.trace
 local task = ah.task
 
 local spans
-local function collect()
-  spans = {}
-  trace.enable { otlp = false, on_span = function(s) spans[#spans + 1] = s end }
-end
+local function collect() spans = require("support.spans").collect() end
 
 local function by_name(name)
   for _, s in ipairs(spans) do if s.name == name then return s end end
@@ -82,6 +82,84 @@ describe("ah.trace", function()
         collectgarbage("restart")
         assert.equal(0, (after - before) * 1024)
       end)
+    end)
+
+    it("adds no allocation to real agent runs: the agent loop as it is against it with every trace line removed", function()
+      -- Two copies of agenthost.agent from its source: as it is, and with
+      -- every line that names the trace module blanked (the lines stay, so
+      -- that positions in messages match).  Each runs the team of
+      -- tests/support/trace_team.lua against the mock model: a run through
+      -- every traced step (turns, a gather of tools with one failing, a
+      -- sub-agent as a tool, a handoff, both kinds of guardrail) and a run
+      -- an input guardrail refuses.  The agents have no memory: the store's
+      -- writer thread hands back its commits in batches that depend on its
+      -- timing, which changes a few bytes of the loop's own bookkeeping from
+      -- one count to the next on a busy machine, and the trace lines are
+      -- the same with memory or without.
+      -- The GC is stopped from the warm-up on, so that no collection
+      -- (which shrinks stacks and tables) falls into one copy's count and
+      -- not the other's; the copies take turns going first, and the least
+      -- count of each over the rounds is compared.
+      local mockllm = require "support.mockllm"
+      local team = require "support.trace_team"
+      local proc = require "support.proc"
+      local path = assert(package.searchpath("agenthost.agent", package.path))
+      local src = proc.read(path)
+      local blanked = 0
+      local untraced = src:gsub("[^\n]*\n", function(line)
+        if line:find("%f[%w_]trace%f[^%w_]") then
+          blanked = blanked + 1
+          return "\n"
+        end
+      end)
+      assert.is_true(blanked >= 12, "the agent loop names the trace module on " .. blanked .. " lines only")
+      assert.is_nil(untraced:find("trace[.:]"))
+      for _, kind in ipairs(mockllm.DIALECTS) do
+        local m <close> = mockllm.start { rules = team.RULES }
+        task.run(function()
+          local copies = {}
+          for i, text in ipairs { src, untraced } do
+            local mod = assert(load(text, "=agent.lua"))()
+            copies[i] = team.new { agent = mod, provider = m:provider(kind), on_event = function() end }
+          end
+          local started = trace.stats().started
+          local function runs(lead, n)
+            for _ = 1, n do
+              local r = lead:run(team.QUESTION)
+              assert(r.text == team.ANSWER and r.turns == 3, r.text)
+              local ok, err = pcall(lead.run, lead, "a forbidden question")
+              assert(not ok and ah.error.is(err, "guardrail"), tostring(err))
+            end
+          end
+          local function bytes(lead)
+            local before = collectgarbage("count")
+            runs(lead, 2)
+            return (collectgarbage("count") - before) * 1024
+          end
+          collectgarbage("collect")
+          collectgarbage("stop")
+          local ok, err = pcall(function()
+            runs(copies[1], 3)
+            runs(copies[2], 3)
+            local least, seen = { math.huge, math.huge }, { {}, {} }
+            for round = 1, 16 do
+              local first = round % 2 == 1 and 1 or 2
+              for _, i in ipairs { first, 3 - first } do
+                local b = bytes(copies[i])
+                seen[i][#seen[i] + 1] = string.format("%.0f", b)
+                least[i] = math.min(least[i], b)
+              end
+            end
+            assert.is_true(least[2] > 10000, "the runs allocated " .. least[2] .. " bytes: no real work")
+            assert.equal(least[2], least[1], kind .. ": bytes of the loop as it is: " ..
+              table.concat(seen[1], " ") .. "; with its trace lines removed: " .. table.concat(seen[2], " "))
+          end)
+          collectgarbage("restart")
+          assert(ok, err)
+          assert.is_false(trace.on)
+          assert.equal(started, trace.stats().started)
+        end)
+      end
     end)
 
     it("adds no allocation to an HTTP request once disabled (bytes per request as before enabling)", function()
@@ -223,24 +301,76 @@ describe("ah.trace", function()
       end
     end)
 
-    it("put a handoff between the agent that hands off and the run it starts", function()
+    it("make each handoff the stretch of the run the agent handed to has, its turns under it", function()
       collect()
       task.run(function()
         local run = trace.agent("triage", 1, nil)
-        local turn = trace.turn(1)
-        local h = trace.handoff("triage", "billing")
-        local run2 = trace.agent("billing", 1, nil)
-        trace.agent_end(run2, { turns = 1 })
-        h:finish()
-        turn:finish()
+        local t1 = trace.turn(1, "triage")
+        trace.handoff("triage", "billing", "call_1") -- inside the turn that asked for it
+        t1:finish()
+        local t2 = trace.turn(2, "billing")
+        trace.handoff("billing", "tech", "call_2")
+        t2:finish()
+        trace.turn(3, "tech"):finish()
+        assert.equal("handoff tech", trace.current().name)
+        trace.agent_end(run, { turns = 3 }, ah.error.new("timeout", "took too long"))
+        assert.is_nil(trace.current())
+      end)
+      local run = by_name("invoke_agent triage")
+      local h1, h2 = by_name("handoff billing"), by_name("handoff tech")
+      assert.equal("handoff", h1.kind)
+      assert.same({ "triage", "billing", "call_1" }, { h1.attributes["agenthost.handoff.from"],
+        h1.attributes["agenthost.handoff.to"], h1.attributes["gen_ai.tool.call.id"] })
+      -- both stretches are children of the run, one after the other
+      assert.equal(run.span_id, h1.parent_id)
+      assert.equal(run.span_id, h2.parent_id)
+      assert.is_true(h1.end_ns <= h2.start_ns)
+      assert.equal(run.span_id, by_name("turn 1").parent_id)
+      assert.equal(h1.span_id, by_name("turn 2").parent_id)
+      assert.equal(h2.span_id, by_name("turn 3").parent_id)
+      assert.equal("billing", by_name("turn 2").attributes["gen_ai.agent.name"])
+      -- the run's error ends the stretch it happened in, and only that one
+      assert.equal(trace.STATUS_UNSET, h1.status)
+      assert.equal(trace.STATUS_ERROR, h2.status)
+      assert.equal("timeout", h2.attributes["error.type"])
+      assert.equal(trace.STATUS_ERROR, run.status)
+      assert.is_true(h2.end_ns <= run.end_ns)
+    end)
+
+    it("put a handoff outside a run's span as a point under the current span", function()
+      collect()
+      task.run(function()
+        local sp = trace.start("loop of my own")
+        local h = trace.handoff("a", "b")
+        assert.equal(sp, trace.current())
+        assert.truthy(h.end_ns)
+        sp:finish()
+      end)
+      assert.equal(by_name("loop of my own").span_id, by_name("handoff b").parent_id)
+    end)
+
+    it("end as to-be-closed values with the error that leaves the block", function()
+      collect()
+      task.run(function()
+        local run = trace.agent("ops", 7, nil)
+        pcall(function()
+          local turn <close> = trace.turn(1, "ops")
+          local chat <close> = trace.chat({ model = "m", kind = "openai" })
+          error(ah.error.new("http", "503 from the model", { attempts = 3 }))
+        end)
+        do
+          local t <close> = trace.tool({ id = "c", name = "ok" })
+        end
         trace.agent_end(run, { turns = 1 })
       end)
-      local h = by_name("handoff billing")
-      assert.equal("handoff", h.kind)
-      assert.equal("triage", h.attributes["agenthost.handoff.from"])
-      assert.equal("billing", h.attributes["agenthost.handoff.to"])
-      assert.equal(by_name("turn 1").span_id, h.parent_id)
-      assert.equal(h.span_id, by_name("invoke_agent billing").parent_id)
+      local chat, turn = by_name("chat m"), by_name("turn 1")
+      assert.equal(trace.STATUS_ERROR, chat.status)
+      assert.equal("http", chat.attributes["error.type"])
+      assert.equal(2, chat.attributes["agenthost.chat.retries"])
+      assert.equal("openai", chat.attributes["gen_ai.provider.name"])
+      assert.equal(trace.STATUS_ERROR, turn.status)
+      assert.equal(0, by_name("execute_tool ok").status)
+      assert.equal(0, by_name("invoke_agent ops").status)
     end)
 
     it("follow the task into spawn, race, timeout and detach, and not beyond", function()

@@ -1,7 +1,8 @@
 -- The trace timeline (`agenthost trace DB --html OUT`) in a real browser:
 -- headless Chromium (Debian's chromium, driven by playwright-core through
 -- tests/support/browser.js) loads the page written from the spans of an
--- agent-shaped run and its sub-run (tests/support/trace_fixture.lua); the
+-- agent-shaped run and its sub-run (tests/support/trace_fixture.lua), and
+-- the page of a real agent team's run against the mock model; the
 -- spec checks the rendered DOM: one bar per span with its name, nested
 -- under its parent, the failed tool marked, tokens on hover, each turn's
 -- messages in the side panel as text (a stored message with markup runs
@@ -128,6 +129,85 @@ describe("the trace timeline", function()
     assert.equal(0, code, out)
     local r = browse(page, build .. "/trace_timeline_conversation.png")
     assert.equal(info.spans, #r.bars)
+  end)
+
+  it("draws a real agent run from its memory: one bar per span, the failure marked, each turn's messages", function()
+    -- The team of tests/support/trace_team.lua against the mock model,
+    -- traced into its memory database: three turns, a gather of tools with
+    -- one failing, a sub-agent as a tool, a handoff, guardrails.
+    local mockllm = require "support.mockllm"
+    local team = require "support.trace_team"
+    local real = dir .. "/real.db"
+    local m <close> = mockllm.start { rules = team.RULES }
+    local r = ah.task.run(function()
+      local mem = ah.memory.open(real)
+      ah.trace.enable { otlp = false }
+      local lead = team.new { provider = m:provider("openai"), memory = mem, on_event = function() end }
+      local res = lead:run(team.QUESTION)
+      ah.trace.disable()
+      mem.db:flush()
+      mem:close()
+      return res
+    end)
+    local page = dir .. "/real.html"
+    local code, out = sh(proc.quote(proc.bin) .. " trace " .. proc.quote(real) .. " --html " .. proc.quote(page) ..
+      " --conversation " .. r.conversation)
+    assert.equal(0, code, out)
+    assert.matches("wrote .*: " .. #team.SPANS .. " spans in 1 traces", out)
+    local res = browse(page, build .. "/trace_timeline_agent.png",
+      "turn 1", "turn 2", "turn 3", "turn 1#2", "invoke_agent lead")
+    assert.same({}, res.errors)
+    assert.same({}, res.requests)
+    local got = {}
+    for i, b in ipairs(res.bars) do
+      got[i] = b.name
+      assert.is_true(b.visible, b.name .. " is not drawn")
+    end
+    local want = {}
+    for i, name in ipairs(team.SPANS) do want[i] = name end
+    table.sort(got)
+    table.sort(want)
+    assert.same(want, got)
+    -- nesting as the run went: the closer's turn under the handoff, the
+    -- sub-run under its tool
+    local depth = {}
+    for _, b in ipairs(res.bars) do depth[b.name] = depth[b.name] or b.depth end
+    assert.same({ 0, 1, 1, 1, 2, 2, 3 }, { depth["invoke_agent lead"], depth["turn 1"], depth["turn 2"],
+      depth["handoff closer"], depth["turn 3"], depth["execute_tool researcher"], depth["invoke_agent researcher"] })
+    -- exactly the failing lookup is marked
+    local failed = {}
+    for _, b in ipairs(res.bars) do if b.error then failed[#failed + 1] = b.name end end
+    assert.same({ "execute_tool lookup" }, failed)
+    assert.equal(1, res.marks)
+    -- each turn's messages, from memory, as text
+    local function roles(list)
+      local out2 = {}
+      for i, msg in ipairs(list) do out2[i] = msg.role end
+      return out2
+    end
+    local t1 = res.clicked["turn 1"].messages
+    assert.same({ "user", "assistant", "tool", "tool", "tool" }, roles(t1))
+    assert.equal(team.QUESTION, t1[1].text)
+    assert.equal(3, #t1[2].calls)
+    assert.matches("^→ lookup {\"key\":\"p99\"}", t1[2].calls[1])
+    local texts = {}
+    for i = 3, 5 do texts[#texts + 1] = t1[i].text end
+    table.sort(texts)
+    assert.matches("no such key: missing", table.concat(texts, "\n"))
+    assert.matches("p99 = 840 ms", table.concat(texts, "\n"))
+    assert.matches("Research: GC pauses", table.concat(texts, "\n"))
+    local t2 = res.clicked["turn 2"].messages
+    assert.same({ "assistant", "tool" }, roles(t2))
+    assert.matches("transfer_to_closer", t2[1].calls[1])
+    assert.matches("^Transferred to closer", t2[2].text)
+    assert.same({ "assistant" }, roles(res.clicked["turn 3"].messages))
+    assert.equal(team.ANSWER, res.clicked["turn 3"].messages[1].text)
+    -- the sub-run's turn shows its own conversation
+    local sub = res.clicked["turn 1#2"].messages
+    assert.same({ "user", "assistant" }, roles(sub))
+    assert.matches("^causes of: ", sub[1].text)
+    assert.matches("^Research: GC pauses", sub[2].text)
+    assert.equal(8, #res.clicked["invoke_agent lead"].messages)
   end)
 
   it("fails clearly with nothing to show, a missing file or bad arguments", function()

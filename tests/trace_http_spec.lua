@@ -17,12 +17,7 @@ describe("trace propagation", function()
   teardown(function() srv:stop(); proc.cleanup() end)
   after_each(function() trace.disable() end)
   before_each(function() spans = {} end)
-  local function on(opts)
-    opts = opts or {}
-    opts.otlp = false
-    opts.on_span = function(s) spans[#spans + 1] = s end
-    trace.enable(opts)
-  end
+  local function on(opts) spans = require("support.spans").collect(opts) end
   local function echo(extra)
     local o = { url = srv.url("/echo") }
     for k, v in pairs(extra or {}) do o[k] = v end

@@ -181,6 +181,31 @@ describe("trace OTLP export", function()
       assert.equal(5, trace.stats().export.exported)
     end)
 
+    it("sends a real agent team's run, valid, every span of it", function()
+      local mockllm = require "support.mockllm"
+      local team = require "support.trace_team"
+      local m <close> = mockllm.start { rules = team.RULES }
+      local reqs
+      task.run(function()
+        trace.enable { otlp = { url = srv.url("/v1/traces"), delay = 60 } }
+        local p = m:provider("anthropic", { headers = { ["x-mock-stream"] = "chunk=8" } })
+        local lead = team.new { provider = p, on_event = function() end }
+        lead:run(team.QUESTION, { stream = true })
+        pcall(lead.run, lead, "a forbidden question")
+        assert.is_true(trace.flush(10))
+        reqs = requests(srv)
+      end)
+      local names, n = {}, 0
+      for _, r in ipairs(reqs) do
+        assert.is_true(r.valid, table.concat(r.errors, "; "))
+        n = n + r.spans
+        for _, name in ipairs(r.names) do names[name] = (names[name] or 0) + 1 end
+      end
+      assert.equal(#team.SPANS + 4, n) -- the refused run: its span, a turn, the guardrail, the model call
+      assert.equal(2, names["invoke_agent lead"])
+      assert.equal(2, names["guardrail no_forbidden"])
+    end)
+
     it("batches: full batches leave at once, the rest with the root span", function()
       local reqs
       task.run(function()

@@ -36,12 +36,20 @@
 -- guardrail, context, deltas) to the run's on_event and to the observers
 -- of agent.observe, each with the run id, the conversation, the agent, the
 -- turn, ah.clock() time, durations on the events that end a step, and the
--- calling run for a sub-run: what tracing builds spans from.
+-- calling run for a sub-run.
+--
+-- The same steps are spans (agenthost.trace, docs/observability.md): each
+-- is one line naming the trace module, next to the step's event, and the
+-- spans that end with a step are to-be-closed values, so that an error or
+-- a cancellation ends them too.  While tracing is off those lines return
+-- the inert span and allocate nothing (tests/trace_core_spec.lua counts
+-- it against this file with those lines removed).
 
 local ah = require "agenthost.core"
 local tools_mod = require "agenthost.tools"
 local memory_mod = require "agenthost.memory"
 local llm_common = require "agenthost.llm.common"
+local trace = require "agenthost.trace"
 local cjson = require "cjson"
 local task = ah.task
 
@@ -585,8 +593,10 @@ local function summarize(run, a, upto)
   local p = cfg.provider or a.provider
   emit(run, { type = "model_start", purpose = "summary", folds = upto - base + 1 })
   local t0 = ah.clock()
+  local span <close> = trace.chat(p):set("agenthost.chat.purpose", "summary")
   local ok, resp = pcall(p.chat, p, { system = cfg.summary_prompt, max_tokens = cfg.summary_tokens,
     messages = { { role = "user", content = transcript(run, base, upto) } } })
+  trace.chat_end(span, ok and resp or nil, not ok and resp or nil)
   if not ok then
     emit(run, { type = "model_error", purpose = "summary", error = resp, duration = ah.clock() - t0 })
     error(resp, 0)
@@ -635,6 +645,7 @@ end
 -- run's own cancellation.
 local function check_guard(run, g, stage, value, ctx)
   local t0 = ah.clock()
+  local span <close> = trace.guardrail(g.name, stage)
   local ok, res, why = pcall(g.run, value, ctx)
   local cur = task.current()
   if not ok and cur and cur:cancelled() then error(res, 0) end
@@ -649,6 +660,7 @@ local function check_guard(run, g, stage, value, ctx)
   end
   emit(run, { type = "guardrail", stage = stage, name = g.name, tripped = verdict ~= nil,
               reason = verdict and verdict.reason, duration = ah.clock() - t0 })
+  trace.guardrail_end(span, verdict)
   return verdict
 end
 
@@ -684,13 +696,21 @@ end
 
 -- ---- model calls ----------------------------------------------------------------
 
+-- One call of a's model.
+local function chat(a, req)
+  local span <close> = trace.chat(a.provider)
+  local resp = a.provider:chat(req)
+  trace.chat_end(span, resp)
+  return resp
+end
+
 -- Calls a's model with req.  The first call on a new input runs a's input
 -- guardrails at the same time; a trip cancels the call.
 local function call_model(run, a, req)
   local input = run.check_input
   run.check_input = nil
-  if not input or #a.input_guardrails == 0 then return a.provider:chat(req) end
-  local mt = task.spawn(function() return a.provider:chat(req) end)
+  if not input or #a.input_guardrails == 0 then return chat(a, req) end
+  local mt = task.spawn(chat, a, req)
   local gt = task.spawn(check_all, run, a.input_guardrails, "input", input, guard_ctx(run, a),
     function() mt:cancel() end)
   local ok, resp = mt:result()
@@ -724,6 +744,7 @@ end
 local function run_tool(run, a, call)
   local tool = a.tools:get(call.name or "")
   local t0 = ah.clock()
+  local span <close> = trace.tool(call)
   emit(run, { type = "tool_start", call = call, call_id = call.id,
               needs_approval = tool and tool.needs_approval or nil })
   local res
@@ -755,6 +776,7 @@ local function run_tool(run, a, call)
   end
   emit(run, { type = "tool_end", call = call, call_id = call.id, is_error = res.is_error == true,
               content = res.content, duration = ah.clock() - t0 })
+  trace.tool_end(span, res)
   return res
 end
 
@@ -793,6 +815,7 @@ local function run_calls(run, a, calls, at)
   if handoff then
     emit(run, { type = "handoff", from = a.name, to = handoff.to.name, call = handoff.call,
                 call_id = handoff.call.id })
+    trace.handoff(a.name, handoff.to.name, handoff.call.id)
     if run.memory then run.memory:set_agent(run.conversation, handoff.to.name) end
     return handoff.to
   end
@@ -829,6 +852,7 @@ local function turn(run)
   local a = run.cur
   run.turns = run.turns + 1
   local t_turn = ah.clock()
+  local span <close> = trace.turn(run.turns, a.name, run.msgs)
   emit(run, { type = "turn_start" })
   local tools = tool_list(a)
   local msgs, sent = request_messages(run, a, tools)
@@ -984,6 +1008,7 @@ local function body(self, run, input, opts)
     end
   end
   run.live = true
+  local span <close> = trace.agent(run.cur.name, run.conversation, mem, nil, run)
   emit(run, { type = "run_start", input = input, resumed = opts.conversation ~= nil or nil })
   local msgs = run.msgs
   local last = msgs[#msgs]

@@ -122,8 +122,9 @@ Span.__index = Span
 M.Span = Span
 
 -- The inert span that start() returns while tracing is off: every method
--- returns it (traceparent returns nil), and nothing allocates.
-local NOOP = { noop = true }
+-- returns it (traceparent returns nil), it may be a to-be-closed value
+-- (closing it does nothing), and nothing allocates.
+local NOOP = setmetatable({ noop = true }, { __close = function() end })
 local function noop_self(self) return self end
 for _, k in ipairs { "set", "add_event", "record_error", "set_status", "set_conversation", "finish" } do
   NOOP[k] = noop_self
@@ -138,33 +139,34 @@ end
 
 -- A new span, child of parent (a span, or {trace_id =, span_id =} for a
 -- remote parent), made current in the running coroutine unless
--- make_current is false.
-local function new_span(name, kind, span_kind, parent, make_current, store)
+-- make_current is false; attributes: its table of attributes (made by the
+-- caller with room for the ones it will set, so that it rarely grows).
+-- The span table is made whole in one constructor: a span costs what its
+-- fields need and no rehash.
+local function new_span(name, kind, span_kind, parent, make_current, store, attributes)
   local co = running()
   if parent == nil then parent = current[co] end
-  local sp = {
-    name = name, kind = kind, span_kind = span_kind,
-    span_id = new_span_id(), start_ns = now_ns(),
-    attributes = {}, status = UNSET,
-  }
+  local trace_id, parent_id, run, conversation, is_root
   if parent then
-    sp.trace_id = parent.trace_id
-    sp.parent_id = parent.span_id
+    trace_id, parent_id, conversation = parent.trace_id, parent.span_id, parent.conversation
+    -- The run (invoke_agent span) the span belongs to, for handoffs.
+    if not parent.remote then run = parent.kind == "agent" and parent or parent.run end
     -- A remote parent (a traceparent from elsewhere) names no store.
-    sp.store = store or parent.store or (parent.remote and cfg.store) or nil
-    sp.conversation = parent.conversation
-    sp.is_root = parent.remote or nil
+    store = store or parent.store or (parent.remote and cfg.store) or nil
+    is_root = parent.remote or nil
   else
-    sp.is_root = true
-    sp.trace_id = new_trace_id()
-    sp.store = store or cfg.store
+    trace_id, is_root = new_trace_id(), true
+    store = store or cfg.store
   end
-  setmetatable(sp, Span)
+  local cur = make_current ~= false
+  local sp = setmetatable({
+    name = name, kind = kind, span_kind = span_kind, span_id = new_span_id(), start_ns = now_ns(),
+    end_ns = nil, attributes = attributes or {}, status = UNSET, trace_id = trace_id,
+    parent_id = parent_id, run = run, store = store, conversation = conversation, is_root = is_root,
+    co = cur and co or nil, prev = cur and current[co] or nil,
+  }, Span)
   counts.started = counts.started + 1
-  if make_current ~= false then
-    sp.co, sp.prev = co, current[co]
-    current[co] = sp
-  end
+  if cur then current[co] = sp end
   return sp
 end
 
@@ -318,6 +320,7 @@ function Span:finish(err)
   if self.end_ns then return self end
   if err ~= nil then self:record_error(err) end
   self.end_ns = now_ns()
+  self.run = nil -- a finished span keeps no other span alive
   local co = self.co
   if co then
     if current[co] == self then current[co] = self.prev end
@@ -363,28 +366,40 @@ end
 -- ---- GenAI spans (OpenTelemetry's gen_ai.* conventions) -------------------------------------
 --
 -- Each starts a span that is current until it finishes, takes only values
--- the agent loop already has, and returns NOOP while tracing is off.
+-- the agent loop already has, and returns NOOP while tracing is off.  The
+-- spans may be to-be-closed values (`local sp <close> = trace.turn(n)`):
+-- leaving the block by an error (a cancellation included) ends the span
+-- with that error, the way its _end function would; leaving it normally
+-- ends a span not ended yet.
 
 -- invoke_agent: one run of an agent.  store: the agent's memory (or its
--- database); the run's trace is stored there when it is the trace's root.
-function M.agent(name, conversation, store, agent_id)
+-- database): the run's spans are stored there.  progress: a table whose
+-- turns and usage fields hold the run's figures so far (the loop's own
+-- record of the run), read when the span ends without a result (as a
+-- to-be-closed value, or by agent_end with none).
+function M.agent(name, conversation, store, agent_id, progress)
   if not M.on then return NOOP end
+  if conversation ~= nil then conversation = tostring(conversation) end
   local sp = new_span("invoke_agent " .. tostring(name), "agent", M.INTERNAL, nil, nil,
-    store_of(store))
-  local a = sp.attributes
-  a["gen_ai.operation.name"] = "invoke_agent"
-  a["gen_ai.agent.name"] = name
-  if agent_id ~= nil then a["gen_ai.agent.id"] = tostring(agent_id) end
-  if conversation ~= nil then
-    sp.conversation = tostring(conversation)
-    a["gen_ai.conversation.id"] = sp.conversation
-  end
+    store_of(store), {
+      ["gen_ai.operation.name"] = "invoke_agent", ["gen_ai.agent.name"] = name,
+      ["gen_ai.agent.id"] = agent_id ~= nil and tostring(agent_id) or nil,
+      ["gen_ai.conversation.id"] = conversation,
+      ["gen_ai.usage.input_tokens"] = nil, ["gen_ai.usage.output_tokens"] = nil,
+      ["agenthost.agent.turns"] = nil,
+    })
+  sp.progress = progress
+  if conversation ~= nil then sp.conversation = conversation end
   return sp
 end
 
--- The end of a run: result {turns, usage = {input_tokens, output_tokens}}.
+-- The end of a run: result {turns, usage = {input_tokens, output_tokens}}
+-- (the run's result; nil: the span's progress table).  The handoff
+-- stretch still open ends with it.
 function M.agent_end(sp, result, err)
   if sp == NOOP then return end
+  if result == nil then result = sp.progress end
+  sp.progress = nil -- the loop's record of the run is not kept with the span
   if type(result) == "table" then
     local u = result.usage
     if type(u) == "table" then
@@ -393,33 +408,86 @@ function M.agent_end(sp, result, err)
     end
     sp:set("agenthost.agent.turns", result.turns)
   end
+  local h = sp.handoff
+  if h then
+    sp.handoff = nil
+    h:finish(err)
+  end
   sp:finish(err)
 end
 
 -- A turn of the loop: one model call and the tool calls it asked for.
-function M.turn(number)
+-- agent: the name of the agent taking the turn; messages: the
+-- conversation as the loop holds it before the turn (its list of
+-- messages), from which the turn's place in the whole conversation is
+-- counted (agenthost.conversation.turn: the number of model answers before
+-- it, plus one), which is how the timeline finds the stored messages of
+-- the turn when a conversation spans several runs.
+function M.turn(number, agent, messages)
   if not M.on then return NOOP end
-  local sp = new_span("turn " .. tostring(number), "turn", M.INTERNAL)
-  sp.attributes["agenthost.turn.number"] = number
-  return sp
+  local answers
+  if type(messages) == "table" then
+    answers = 1
+    for i = 1, #messages do
+      local m = messages[i]
+      if type(m) == "table" and m.role == "assistant" then answers = answers + 1 end
+    end
+  end
+  return new_span("turn " .. tostring(number), "turn", M.INTERNAL, nil, nil, nil, {
+    ["agenthost.turn.number"] = number, ["gen_ai.agent.name"] = agent,
+    ["agenthost.conversation.turn"] = answers,
+  })
 end
 
--- chat: one model call.  provider: gen_ai.provider.name ("openai", ...).
+-- chat: one model call.  model: the model's name, or the provider itself
+-- (an agenthost.llm provider, or any table with model and kind fields);
+-- provider: gen_ai.provider.name ("openai", ...).
 function M.chat(model, provider)
   if not M.on then return NOOP end
-  local sp = new_span("chat " .. tostring(model), "chat", M.CLIENT)
-  local a = sp.attributes
-  a["gen_ai.operation.name"] = "chat"
-  a["gen_ai.request.model"] = model
-  a["gen_ai.provider.name"] = provider
-  return sp
+  if type(model) == "table" then
+    provider = provider or model.kind
+    model = model.model
+  elseif type(model) == "userdata" then
+    model = nil
+  end
+  return new_span(model ~= nil and ("chat " .. tostring(model)) or "chat", "chat", M.CLIENT,
+    nil, nil, nil, {
+      ["gen_ai.operation.name"] = "chat", ["gen_ai.request.model"] = model,
+      ["gen_ai.provider.name"] = provider,
+      ["gen_ai.usage.input_tokens"] = nil, ["gen_ai.usage.output_tokens"] = nil,
+      ["gen_ai.response.finish_reasons"] = nil, ["gen_ai.response.id"] = nil,
+      ["gen_ai.response.model"] = nil, ["agenthost.chat.retries"] = nil,
+    })
+end
+
+-- One-item arrays of finish reasons, shared by the spans that have the
+-- same reason (a handful of distinct ones; beyond 32, each span gets its own).
+local reasons, nreasons = {}, 0
+
+local function reason_list(reason)
+  reason = tostring(reason)
+  local r = reasons[reason]
+  if r then return r end
+  r = { reason }
+  if nreasons < 32 then
+    nreasons = nreasons + 1
+    reasons[reason] = r
+  end
+  return r
+end
+
+local function int_or_nil(v)
+  return math.type(v) == "integer" and v or nil
 end
 
 -- The end of a model call, from the provider's result {usage =
--- {input_tokens, output_tokens}, finish_reason, finish, raw = {id,
--- model}}; opts: {retries, time_to_first_token (seconds)}.
+-- {input_tokens, output_tokens}, finish_reason (or finish), id, model,
+-- retries, time_to_first_token (seconds), raw}, or from its error err
+-- (whose attempts give the retries).  opts {retries, time_to_first_token}
+-- overrides what the result says.
 function M.chat_end(sp, resp, err, opts)
   if sp == NOOP then return end
+  local retries, ttft
   if type(resp) == "table" then
     local u = resp.usage
     if type(u) == "table" then
@@ -427,67 +495,116 @@ function M.chat_end(sp, resp, err, opts)
       sp:set("gen_ai.usage.output_tokens", u.output_tokens)
     end
     local reason = resp.finish_reason or resp.finish
-    if reason ~= nil then sp:set("gen_ai.response.finish_reasons", { tostring(reason) }) end
-    local raw = resp.raw
-    if type(raw) == "table" then
-      if type(raw.id) == "string" then sp:set("gen_ai.response.id", raw.id) end
-      if type(raw.model) == "string" then sp:set("gen_ai.response.model", raw.model) end
-    end
+    if reason ~= nil then sp:set("gen_ai.response.finish_reasons", reason_list(reason)) end
+    local raw = type(resp.raw) == "table" and resp.raw or nil
+    local id = resp.id or (raw and raw.id)
+    local model = resp.model or (raw and raw.model)
+    if type(id) == "string" then sp:set("gen_ai.response.id", id) end
+    if type(model) == "string" then sp:set("gen_ai.response.model", model) end
+    retries, ttft = int_or_nil(resp.retries), resp.time_to_first_token
+  elseif type(err) == "table" then
+    local n = int_or_nil(err.attempts)
+    if n then retries = n - 1 end
   end
   if type(opts) == "table" then
-    sp:set("agenthost.chat.retries", opts.retries)
-    sp:set("agenthost.chat.time_to_first_token", opts.time_to_first_token)
+    if opts.retries ~= nil then retries = opts.retries end
+    if opts.time_to_first_token ~= nil then ttft = opts.time_to_first_token end
   end
+  sp:set("agenthost.chat.retries", retries)
+  if type(ttft) == "number" then sp:set("agenthost.chat.time_to_first_token", ttft) end
   sp:finish(err)
 end
 
 -- execute_tool: one tool call {id, name, arguments, raw_arguments}.
 function M.tool(call)
   if not M.on then return NOOP end
-  local name = type(call) == "table" and call.name or nil
-  local sp = new_span("execute_tool " .. tostring(name), "tool", M.INTERNAL)
-  local a = sp.attributes
-  a["gen_ai.operation.name"] = "execute_tool"
-  a["gen_ai.tool.name"] = name
-  a["gen_ai.tool.type"] = "function"
+  local name, id, bytes
   if type(call) == "table" then
-    a["gen_ai.tool.call.id"] = call.id
-    local raw = call.raw_arguments
-    if type(raw) == "string" then a["agenthost.tool.arguments_bytes"] = #raw end
+    name, id = call.name, call.id
+    if type(call.raw_arguments) == "string" then bytes = #call.raw_arguments end
   end
-  return sp
+  return new_span("execute_tool " .. tostring(name), "tool", M.INTERNAL, nil, nil, nil, {
+    ["gen_ai.operation.name"] = "execute_tool", ["gen_ai.tool.name"] = name,
+    ["gen_ai.tool.type"] = "function", ["gen_ai.tool.call.id"] = id,
+    ["agenthost.tool.arguments_bytes"] = bytes, ["error.type"] = nil,
+  })
 end
 
--- The end of a tool call: res {is_error, content}; a result marked
--- is_error (sent back to the model) marks the span as failed with
--- error.type "tool_error".
+-- The end of a tool call: res {is_error, content, error} (what the tool
+-- registry returns).  A result marked is_error (sent back to the model)
+-- marks the span as failed: error.type is the kind of the error the tool
+-- raised when it raised a structured one (timeout, ...), else
+-- "tool_error" (a failing tool, invalid arguments, a call not approved);
+-- the status message is the text the model was sent.
 function M.tool_end(sp, res, err)
   if sp == NOOP then return end
   if err == nil and type(res) == "table" and res.is_error then
-    sp:set("error.type", "tool_error")
+    local e = res.error
+    sp:set("error.type", type(e) == "table" and type(e.kind) == "string" and e.kind or "tool_error")
     local c = res.content
     sp:set_status("error", type(c) == "string" and c:sub(1, 1024) or "the tool failed")
   end
   sp:finish(err)
 end
 
--- A handoff from one agent to another (the new agent's run is a child).
-function M.handoff(from, to)
+-- A handoff from one agent to another, called where the run hands the
+-- conversation on.  The span is the stretch of the run that the agent
+-- handed to has the conversation: a child of the run's invoke_agent span
+-- (a sibling of the turns before it, whichever span is current when it is
+-- called) and current from then on, so that the target's turns are its
+-- children.  It ends at the next handoff of the run (whose span is its
+-- sibling) or with the run (trace.agent_end); finishing it earlier is
+-- allowed.  Outside a run's span it is a point in time under the current
+-- span.  call_id: the id of the model's transfer call.
+function M.handoff(from, to, call_id)
   if not M.on then return NOOP end
-  local sp = new_span("handoff " .. tostring(to), "handoff", M.INTERNAL)
-  sp.attributes["agenthost.handoff.from"] = from
-  sp.attributes["agenthost.handoff.to"] = to
+  local co = running()
+  local cur = current[co]
+  local run = cur and (cur.kind == "agent" and cur or cur.run)
+  if run and run.end_ns then run = nil end
+  local before = run and run.handoff
+  if before then before:finish() end
+  local sp = new_span("handoff " .. tostring(to), "handoff", M.INTERNAL, run or nil, false, nil, {
+    ["agenthost.handoff.from"] = from, ["agenthost.handoff.to"] = to, ["gen_ai.tool.call.id"] = call_id,
+  })
+  if not run then return sp:finish() end
+  run.handoff = sp
+  sp.co, sp.prev = co, run
+  current[co] = sp
   return sp
 end
 
--- A guardrail check; stage "input" or "output".  A tripped guardrail is
--- finished with an error (or sp:set("agenthost.guardrail.triggered", true)).
+-- A guardrail check; stage "input" or "output".  Its end:
+-- trace.guardrail_end(sp, verdict), where a verdict (nil when the check
+-- passed, else {reason}) marks a trip: agenthost.guardrail.triggered,
+-- error.type "guardrail" and the reason as the status message.
 function M.guardrail(name, stage)
   if not M.on then return NOOP end
-  local sp = new_span("guardrail " .. tostring(name), "guardrail", M.INTERNAL)
-  sp.attributes["agenthost.guardrail.name"] = name
-  sp.attributes["agenthost.guardrail.stage"] = stage
-  return sp
+  return new_span("guardrail " .. tostring(name), "guardrail", M.INTERNAL, nil, nil, nil, {
+    ["agenthost.guardrail.name"] = name, ["agenthost.guardrail.stage"] = stage,
+    ["agenthost.guardrail.triggered"] = nil, ["error.type"] = nil,
+  })
+end
+
+function M.guardrail_end(sp, verdict, err)
+  if sp == NOOP then return end
+  sp:set("agenthost.guardrail.triggered", verdict ~= nil)
+  if verdict ~= nil and err == nil then
+    sp:set("error.type", "guardrail")
+    local why = type(verdict) == "table" and verdict.reason or verdict
+    sp:set_status("error", why ~= nil and tostring(why):sub(1, 1024) or "tripped")
+  end
+  sp:finish(err)
+end
+
+-- What closing a span (<close>) does: the end function of its kind.
+local closers = { agent = M.agent_end, chat = M.chat_end, tool = M.tool_end,
+                  guardrail = M.guardrail_end }
+
+function Span.__close(sp, err)
+  if sp.end_ns then return end
+  local fn = closers[sp.kind]
+  if fn then fn(sp, nil, err) else sp:finish(err) end
 end
 
 -- ---- following the task ------------------------------------------------------------------
@@ -587,7 +704,8 @@ function M.enable(opts)
     core.error.raise("invalid_argument", "trace.enable: on_span must be a function")
   end
   local store = store_of(opts.store)
-  if store ~= nil and type(store) ~= "userdata" then
+  if store ~= nil and type(store) ~= "userdata" and
+      not (type(store) == "table" and type(store.post) == "function") then
     core.error.raise("invalid_argument",
       "trace.enable: store must be an ah.store database or an agenthost.memory")
   end

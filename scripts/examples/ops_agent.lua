@@ -17,10 +17,11 @@
 -- terminal, stderr shows a live progress line.  Exit status 0 when every
 -- agent answered, 1 otherwise.
 --
--- Each run is traced (ah.trace, docs/observability.md): its spans are
--- stored in the memory database, exported over OTLP when
--- OTEL_EXPORTER_OTLP_ENDPOINT is set, and the last lines say where they
--- went and how to open the timeline.
+-- Each run is traced (ah.trace, docs/observability.md): the agent loop
+-- makes the spans (the run, its turns, model calls, tool calls and their
+-- HTTP requests), they are stored in the memory database, exported over
+-- OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set, and the last lines say
+-- where they went and how to open the timeline.
 
 local ah = require "agenthost"
 local task = ah.task
@@ -90,7 +91,7 @@ local function show_progress(final)
 end
 
 local function run_agent(n)
-  local trace = { used = {}, order = {}, running = 0, overlap = 0 }
+  local seen = { used = {}, order = {}, running = 0, overlap = 0 }
   local a = ah.agent.new {
     name = "ops", provider = provider, memory = mem, max_turns = max_turns,
     system = "You are an operations assistant. Use the tools to gather evidence " ..
@@ -98,15 +99,15 @@ local function run_agent(n)
     tools = tools,
     on_event = function(ev)
       if ev.type == "tool_start" then
-        trace.running = trace.running + 1
-        trace.overlap = math.max(trace.overlap, trace.running)
-        if not trace.used[ev.call.name] then
-          trace.used[ev.call.name] = true
-          trace.order[#trace.order + 1] = ev.call.name
+        seen.running = seen.running + 1
+        seen.overlap = math.max(seen.overlap, seen.running)
+        if not seen.used[ev.call.name] then
+          seen.used[ev.call.name] = true
+          seen.order[#seen.order + 1] = ev.call.name
         end
         mem:event(ev.conversation, "tool_start", { name = ev.call.name, id = ev.call.id })
       elseif ev.type == "tool_end" then
-        trace.running = trace.running - 1
+        seen.running = seen.running - 1
         mem:event(ev.conversation, "tool_end", { name = ev.call.name, id = ev.call.id,
                                                   is_error = ev.is_error })
       elseif ev.type == "model_response" then
@@ -117,12 +118,10 @@ local function run_agent(n)
     end,
   }
   progress.running = progress.running + 1
-  local span = tracing.start("ops run " .. n)
   local ok, r = pcall(a.run, a, question)
-  span:set_conversation(ok and r.conversation or nil):finish(not ok and r or nil)
   progress.running = progress.running - 1
   if ok then progress.done = progress.done + 1 else progress.failed = progress.failed + 1 end
-  return ok, r, trace, n
+  return ok, r, seen, n
 end
 
 local ticker = progress.tty and task.spawn(function()
@@ -146,12 +145,12 @@ end
 
 local failed = 0
 if agents_n == 1 then
-  local ok, r, trace = results[1][1], results[1][2], results[1][3]
+  local ok, r, seen = results[1][1], results[1][2], results[1][3]
   if ok then
     print(r.text)
     print(string.format("\n[%d turns, tools used: %s%s; %d input + %d output tokens; conversation %s in %s]",
-      r.turns, #trace.order > 0 and table.concat(trace.order, ", ") or "none",
-      trace.overlap > 1 and string.format(" (up to %d at once)", trace.overlap) or "",
+      r.turns, #seen.order > 0 and table.concat(seen.order, ", ") or "none",
+      seen.overlap > 1 and string.format(" (up to %d at once)", seen.overlap) or "",
       r.usage.input_tokens, r.usage.output_tokens, tostring(r.conversation), memory_path))
   else
     failed = 1

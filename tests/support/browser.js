@@ -9,7 +9,8 @@
 // labels (the text of each row's label), requests (every URL the page
 // asked for besides itself), console errors and page errors, and for each
 // CLICK_NAME the side panel's text and its messages after clicking the
-// first bar of that name.  Saves a full-page screenshot.  Exits 1 with a
+// first bar of that name (NAME#N: the Nth, from 1, in the page's order).
+// Saves a full-page screenshot.  Exits 1 with a
 // message when Chromium cannot start or the page does not render.
 // CHROMIUM names the browser binary (default /usr/bin/chromium).
 'use strict';
@@ -55,13 +56,16 @@ async function main() {
       scripts_external: [...document.querySelectorAll('script[src],link[href],img[src]')].length,
     }));
     out.clicked = {};
-    for (const name of clicks) {
-      const bar = page.locator(`#timeline .bar[data-name=${JSON.stringify(name)}]`).first();
+    for (const click of clicks) {
+      const m = /^(.*)#(\d+)$/.exec(click);
+      const name = m ? m[1] : click, nth = m ? Number(m[2]) - 1 : 0;
+      const bar = page.locator(`#timeline .bar[data-name=${JSON.stringify(name)}]`).nth(nth);
       await bar.click({ force: true });
-      out.clicked[name] = await page.evaluate(() => ({
+      out.clicked[click] = await page.evaluate(() => ({
         text: document.getElementById('panel').textContent,
         messages: [...document.querySelectorAll('#panel .msg')].map((m) => ({
-          role: m.dataset.role, text: m.querySelector('pre').textContent })),
+          role: m.dataset.role, text: m.querySelector('pre').textContent,
+          calls: [...m.querySelectorAll('.call')].map((c) => c.textContent) })),
       }));
     }
     await page.screenshot({ path: shot, fullPage: true });

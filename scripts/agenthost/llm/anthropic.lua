@@ -220,7 +220,8 @@ function M.decode(body, what, req)
   end
   local reason = str(body.stop_reason)
   if answer and #calls == 0 and reason == "tool_use" then reason = "end_turn" end
-  return common.result(answer or table.concat(text), calls, reason, FINISH, merge_usage(nil, body.usage), body)
+  return common.result(answer or table.concat(text), calls, reason, FINISH, merge_usage(nil, body.usage), body,
+    str(body.id), str(body.model))
 end
 
 -- ---- streaming --------------------------------------------------------
@@ -247,7 +248,10 @@ function Stream:feed(ev)
     common.raise(M.error_info(msg), M.name, self.what, ev.data:sub(1, 200))
   elseif kind == "message_start" then
     local m = tab(msg.message)
-    if m then self.usage = merge_usage(self.usage, m.usage) end
+    if m then
+      self.usage = merge_usage(self.usage, m.usage)
+      self.id, self.model = str(m.id), str(m.model)
+    end
   elseif kind == "content_block_start" then
     local index = int(msg.index) or #self.order
     local cb = tab(msg.content_block) or {}
@@ -326,7 +330,8 @@ function Stream:finish()
   end
   local reason = self.reason
   if answer and #calls == 0 and reason == "tool_use" then reason = "end_turn" end
-  return common.result(answer or table.concat(self.text), calls, reason, FINISH, self.usage, self.raw)
+  return common.result(answer or table.concat(self.text), calls, reason, FINISH, self.usage, self.raw,
+    self.id, self.model)
 end
 
 return M

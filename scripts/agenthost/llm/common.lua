@@ -133,8 +133,10 @@ end
 -- The result of a chat.  `reason` is the server's finish reason, which
 -- `finish_map` turns into one of stop, tool_calls, length, error (an
 -- unknown reason is stop); a reply with tool calls whose server said
--- "stop" (some OpenAI-compatible servers do) ends in tool_calls.
-function M.result(text, calls, reason, finish_map, usage, raw)
+-- "stop" (some OpenAI-compatible servers do) ends in tool_calls.  id and
+-- model are the reply's id and the model that answered, when the server
+-- names them.
+function M.result(text, calls, reason, finish_map, usage, raw, id, model)
   local finish = finish_map[reason] or (reason and "stop")
   if #calls > 0 and (finish == nil or finish == "stop") then finish = "tool_calls" end
   return {
@@ -144,6 +146,10 @@ function M.result(text, calls, reason, finish_map, usage, raw)
     finish_reason = reason,
     usage = usage or {},
     raw = raw,
+    id = id,
+    model = model,
+    -- Set by the provider once the call is done (room made here).
+    attempts = nil, retries = nil, time_to_first_token = nil,
   }
 end
 

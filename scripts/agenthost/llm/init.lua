@@ -18,6 +18,7 @@ local retry = require "agenthost.llm.retry"
 local limits = require "agenthost.llm.limits"
 
 local task = core.task
+local clock = core.clock
 
 local M = {}
 
@@ -182,6 +183,7 @@ function Provider:stream_once(text, callback, state, req)
     if not st.done then
       local delta = st:feed(ev)
       state.started = st.started
+      if st.started and not state.first then state.first = clock() end
       if delta and callback then
         state.in_callback = true
         callback(delta)
@@ -256,7 +258,15 @@ end
 
 -- chat{messages, tools, tool_choice, system, temperature, max_tokens,
 --      stop, model, stream, on_tool_delta, output, parallel_tool_calls, extra}
--- -> {text, tool_calls, finish, finish_reason, usage, raw, attempts}
+-- -> {text, tool_calls, finish, finish_reason, usage, id, model, raw,
+--     attempts, retries, time_to_first_token}
+--
+-- attempts counts the requests sent for this call, retries the ones of
+-- them that were retries (attempts - 1); time_to_first_token is, for a
+-- streamed reply, the seconds from the call to the first piece of content
+-- (text or a tool call's arguments), retries and waits for the limits
+-- included, and nil for a reply that was not streamed.  A failed call's
+-- error carries attempts too.
 --
 -- output = {schema, name, strict} asks for a final answer that is JSON
 -- matching schema, in the dialect's own way (docs/llm.md); text is then
@@ -279,13 +289,15 @@ function Provider:chat(req)
   if not encoded then invalid("chat: the request cannot be encoded as JSON: " .. tostring(text), 2) end
   local estimate = limits.estimate(#text)
 
+  local started = clock()
   local attempt = 0
   while true do
     attempt = attempt + 1
     local state = {}
     local done, res = pcall(self.attempt, self, text, estimate, req, state)
     if done then
-      res.attempts = attempt
+      res.attempts, res.retries = attempt, attempt - 1
+      if state.first then res.time_to_first_token = state.first - started end
       return res
     end
     local err = res

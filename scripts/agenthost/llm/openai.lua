@@ -157,7 +157,8 @@ function M.decode(body, what)
     end
   end
   local reason = str(choice.finish_reason)
-  return common.result(str(msg.content) or "", calls, reason, FINISH, usage_of(body.usage), body)
+  return common.result(str(msg.content) or "", calls, reason, FINISH, usage_of(body.usage), body,
+    str(body.id), str(body.model))
 end
 
 -- ---- streaming --------------------------------------------------------
@@ -219,6 +220,8 @@ function Stream:feed(ev)
   local info = M.error_info(chunk)
   if info or ev.event == "error" then common.raise(info, M.name, self.what, ev.data:sub(1, 200)) end
   self.raw[#self.raw + 1] = chunk
+  self.id = self.id or str(chunk.id)
+  self.model = self.model or str(chunk.model)
   if tab(chunk.usage) then self.usage = usage_of(chunk.usage) end
   local text
   for _, choice in ipairs(tab(chunk.choices) or {}) do
@@ -253,7 +256,8 @@ function Stream:finish()
   for i, slot in ipairs(self.calls) do
     calls[i] = common.call(slot.id or call_id(), table.concat(slot.name), table.concat(slot.args))
   end
-  return common.result(table.concat(self.text), calls, self.reason, FINISH, self.usage, self.raw)
+  return common.result(table.concat(self.text), calls, self.reason, FINISH, self.usage, self.raw,
+    self.id, self.model)
 end
 
 return M

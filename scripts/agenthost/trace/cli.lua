@@ -3,8 +3,10 @@
 --
 --   agenthost trace DB --html OUT [--conversation ID] [--since T] [--until T]
 --
--- DB is a database that traced agents stored their spans in (the memory
--- file, var/memory.db for the ops agent).  With --conversation, the page
+-- DB is a database that traced agents stored their spans in: the memory
+-- file (var/memory.db for the ops agent), or the postgres:// URL of a
+-- memory on PostgreSQL (agenthost.memory.pg; the URL's password is never
+-- shown).  With --conversation, the page
 -- shows every trace that has a span of that conversation (so the sub-runs
 -- it started come along); otherwise every trace with a span in the time
 -- range (all of them without --since and --until).  T is Unix seconds,
@@ -23,7 +25,8 @@ local USAGE = [[
 usage: agenthost trace DB --html OUT [--conversation ID] [--since T] [--until T]
 
 Writes the timeline of the spans stored in DB (the memory database of
-traced agents, e.g. var/memory.db) to OUT, one self-contained HTML file.
+traced agents: a file, e.g. var/memory.db, or a postgres:// URL) to OUT,
+one self-contained HTML file.
 
   --html OUT          the file to write
   --conversation ID   the traces of one conversation (a run id of memory)
@@ -73,6 +76,27 @@ local function exists(path)
   return f ~= nil
 end
 
+-- The database named by target, and the name to show for it; or nil and
+-- why not.
+local function open_db(target)
+  if target:find("^postgres[%w]*://") then
+    local shown = require("agenthost.llm.common").redact_urls(target)
+    local ok, pgmem = pcall(require, "agenthost.memory.pg")
+    if not ok then return nil, shown .. ": this agenthost has no memory on PostgreSQL" end
+    local opened, db = pcall(pgmem.open, target, { size = 1 })
+    if not opened then
+      local msg = type(db) == "table" and db.message or tostring(db)
+      return nil, shown .. ": " .. require("agenthost.llm.common").redact_urls(tostring(msg))
+    end
+    return db, shown
+  end
+  if not exists(target) then
+    return nil, target .. ": no such file (the memory database of traced agents, e.g. " ..
+      "var/memory.db after make run)"
+  end
+  return ah.store.open(target), target
+end
+
 -- run(args...) -> exit status
 function M.run(...)
   local args = { ... }
@@ -104,7 +128,8 @@ function M.run(...)
     elseif not db_path then
       db_path = a
     else
-      usage_error("more than one database given (" .. db_path .. ", " .. a .. ")")
+      local shown = require("agenthost.llm.common").redact_urls
+      usage_error("more than one database given (" .. shown(db_path) .. ", " .. shown(a) .. ")")
     end
     i = i + 1
   end
@@ -113,12 +138,12 @@ function M.run(...)
   if conversation and (since or upto) then
     usage_error("give either --conversation or --since/--until, not both")
   end
-  if not exists(db_path) then
-    io.stderr:write("agenthost trace: ", db_path, ": no such file (the memory database of ",
-      "traced agents, e.g. var/memory.db after make run)\n")
+  local db, shown = open_db(db_path)
+  if not db then
+    io.stderr:write("agenthost trace: ", shown, "\n")
     return 1
   end
-  local db = ah.store.open(db_path)
+  db_path = shown
   local ok, rows = pcall(store.spans, db, {
     conversation = conversation, limit = limit,
     since_ns = since and math.floor(since * 1e9), until_ns = upto and math.floor(upto * 1e9),
@@ -126,7 +151,7 @@ function M.run(...)
   if not ok then
     db:close()
     local msg = tostring(rows)
-    if msg:find("no such table", 1, true) then
+    if msg:find("no such table", 1, true) or msg:find('"trace_spans" does not exist', 1, true) then
       msg = "there are no spans in " .. db_path .. " (tracing was not on: trace.enable, " ..
         "see docs/observability.md)"
     end

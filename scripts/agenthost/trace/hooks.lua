@@ -11,7 +11,7 @@
 -- Subprocesses (enable{proc = true}): ah.proc.run gets a span (kind
 -- "proc", the program's name and its exit code); ah.proc.spawn an event
 -- on the current span.  Store writes (enable{db = true}): db:exec and
--- db:batch get a span (kind "db", db.system.name sqlite, the statement's
+-- db:batch of ah.store (SQLite) databases get a span (kind "db", db.system.name sqlite, the statement's
 -- first word as db.operation.name, and the statement without its
 -- parameters, which are never recorded); db:post, which does not wait, an
 -- event on the current span.  The spans' own writes are never traced.
@@ -160,7 +160,7 @@ local db_patched = false
 -- each one ah.store.open returns while db spans are on): the first one
 -- gives the methods table that all databases share.
 function M.seen_db(db)
-  if db_patched or not (cfg and cfg.db) then return end
+  if db_patched or not (cfg and cfg.db) or type(db) ~= "userdata" then return end
   local mt = getmetatable(db)
   if type(mt) == "table" and type(mt.__index) == "table" then
     db_patched = true

@@ -11,7 +11,8 @@
 -- bar shows its name, duration and tokens; clicking it opens the side
 -- panel with its status, timing, attributes, events and, for a run (or a
 -- root span of a conversation) or a turn, the messages of that run or
--- turn, as text.
+-- turn (the tool calls of an answer and whether a tool result is an
+-- error included), as text.
 --
 -- Everything stored is data, not markup: the spans and messages are
 -- embedded as JSON (with "<" escaped so no text can close the script) and
@@ -42,6 +43,7 @@ main{display:flex;height:calc(100vh - 92px)}
 .msg{border:1px solid #e3e6eb;border-radius:4px;margin:6px 0;padding:6px;background:#fff}
 .msg .role{font-weight:600;font-size:11px;color:#5a6473;text-transform:uppercase}
 .msg pre{margin:4px 0 0;white-space:pre-wrap;word-break:break-word;font:12px/1.35 ui-monospace,Menlo,Consolas,monospace}
+.msg .call{margin-top:4px;color:#1aa37a;font:12px/1.35 ui-monospace,Menlo,Consolas,monospace;word-break:break-word}
 .axis{position:sticky;top:0;z-index:2;display:flex;background:#fff;border-bottom:1px solid #dde1e7;height:22px}
 .axis .lab,.row .lab{flex:0 0 300px;width:300px;padding:0 6px;overflow:hidden;white-space:nowrap;text-overflow:ellipsis}
 .axis .track,.row .track{position:relative;flex:1;min-width:400px}
@@ -145,13 +147,16 @@ local JS = [==[
     add(r, 0);
   });
   // The messages of a conversation grouped by turn: a turn is a model
-  // answer and the tool results after it; what came before the first
-  // answer (the input) belongs to turn 1.
+  // answer and the tool results after it, with what came before the
+  // answer since the previous turn (an input, a summary made for the
+  // turn); what came before the first answer belongs to turn 1.  Turns
+  // are counted over the whole conversation, as a turn span's
+  // agenthost.conversation.turn counts them.
   function turnsOf(conv) {
     var list = messages[conv] || [], turn = 1, answered = false, out = {};
     list.forEach(function (m) {
       if (m.role === 'assistant') { if (answered) turn++; answered = true; }
-      else if (m.role === 'user' && answered) { turn++; answered = false; }
+      else if ((m.role === 'user' || m.role === 'summary') && answered) { turn++; answered = false; }
       (out[turn] = out[turn] || []).push(m);
     });
     return out;
@@ -168,8 +173,11 @@ local JS = [==[
     list.forEach(function (m) {
       var box = el('div', 'msg');
       box.dataset.role = m.role;
-      box.appendChild(el('div', 'role', m.role + (m.name ? ' · ' + m.name : '')));
+      box.appendChild(el('div', 'role', m.role + (m.name ? ' · ' + m.name : '') + (m.is_error ? ' · error' : '')));
       box.appendChild(el('pre', null, m.content === null || m.content === undefined ? '' : m.content));
+      (m.tool_calls || []).forEach(function (c) {
+        box.appendChild(el('div', 'call', '→ ' + c.name + ' ' + (c.arguments || '')));
+      });
       panel.appendChild(box);
     });
   }
@@ -203,7 +211,10 @@ local JS = [==[
     }
     var conv = s.conversation;
     if (conv && (s.kind === 'agent' || !s.parent_span_id)) showMessages(messages[conv]);
-    else if (s.kind === 'turn' && conv) showMessages(turnsOf(conv)[(s.attributes || {})['agenthost.turn.number']]);
+    else if (s.kind === 'turn' && conv) {
+      var a = s.attributes || {};
+      showMessages(turnsOf(conv)[a['agenthost.conversation.turn'] || a['agenthost.turn.number']]);
+    }
   }
   panel.appendChild(el('div', 'hint', 'Click a span to see its details, attributes and messages.'));
   document.getElementById('summary').textContent = spans.length + ' spans, ' + dur(span) +
@@ -252,7 +263,7 @@ function M.render(rows, messages, opts)
     local out = {}
     for i, m in ipairs(ms) do
       out[i] = { seq = m.seq, role = m.role, content = m.content, name = m.name,
-                 tool_call_id = m.tool_call_id }
+                 tool_call_id = m.tool_call_id, tool_calls = m.tool_calls, is_error = m.is_error }
     end
     msgs[tostring(conv)] = out
   end

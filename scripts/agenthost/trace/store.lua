@@ -3,7 +3,10 @@
 -- timeline reads them back with.
 --
 -- Writes go through db:post: the store's writer thread commits them with
--- whatever else is queued (group commit), and the agent never waits.  The
+-- whatever else is queued (group commit), and the agent never waits.  A
+-- database is an ah.store one or any object with the store's post, query
+-- and first (memory on PostgreSQL has one, which queues its writes for a
+-- background writer of its own).  The
 -- table is created on first use, with statements posted ahead of the first
 -- span (the writer runs posts in order).  The SQL is plain (TEXT, BIGINT,
 -- INTEGER, positional parameters, no SQLite functions), so that another
@@ -60,8 +63,12 @@ function M.use_post(fn)
   post_fn = post_fn or fn
 end
 
+-- Posts to db: an ah.store database (userdata, whose post the db hooks may
+-- wrap), or another backend's database object with the same post (memory
+-- on PostgreSQL: agenthost.memory.pg, which writes in the background too).
 local function post(db, ...)
-  return (post_fn or db.post)(db, ...)
+  if post_fn and type(db) == "userdata" then return post_fn(db, ...) end
+  return db:post(...)
 end
 
 -- Creates the table in db unless done already (posted: never waits).
@@ -146,15 +153,39 @@ function M.spans(db, q)
 end
 
 -- messages(db, conversation) -> the conversation's messages from the
--- memory tables ({seq, role, content, name, tool_call_id, created}), or
--- {} when the database has none (no memory there, or another id).
+-- memory tables ({seq, role, content, name, tool_call_id, created,
+-- tool_calls = {{name, arguments}} of an answer, is_error of a tool
+-- result}), or {} when the database has none (no memory there, or
+-- another id).
 function M.messages(db, conversation)
   local id = math.tointeger(tonumber(conversation))
   if not id then return {} end
   local ok, rows = pcall(db.query, db,
-    "SELECT seq, role, content, name, tool_call_id, created FROM messages " ..
+    "SELECT seq, role, content, name, tool_call_id, created, data FROM messages " ..
     "WHERE run_id = ? AND role <> 'event' ORDER BY seq", id)
   if not ok then return {} end
+  for _, r in ipairs(rows) do
+    local okd, data = pcall(cjson.decode, r.data or "null")
+    r.data = nil
+    if okd and type(data) == "table" then
+      if type(data.tool_calls) == "table" then
+        local calls = {}
+        for i, c in ipairs(data.tool_calls) do
+          if type(c) == "table" then
+            local args = c.raw_arguments
+            if type(args) ~= "string" then
+              local oke, text = pcall(cjson.encode, c.arguments or {})
+              args = oke and text or nil
+            end
+            calls[#calls + 1] = { name = tostring(c.name), arguments = args }
+          end
+          if i >= 64 then break end
+        end
+        r.tool_calls = calls
+      end
+      if data.is_error == true then r.is_error = true end
+    end
+  end
   return rows
 end
 
