@@ -24,7 +24,7 @@
 
 BUILD   ?= build
 CC      ?= cc
-PKGS    := lua5.4 libuv libcurl sqlite3
+PKGS    := lua5.4 libuv libcurl sqlite3 libpq
 SAN     ?=
 OPT     ?= -O2 -g
 
@@ -47,11 +47,13 @@ HOST_SRC := host/loop.c host/timer.c host/watch.c host/http.c host/sse.c host/st
 HOST_SRC += host/post.c
 HOST_SRC += host/buf.c
 HOST_SRC += host/json.c
+HOST_SRC += host/pg.c host/pgtype.c
 BIND_SRC := bindings/task.c bindings/errors.c bindings/group.c bindings/sync.c
 BIND_SRC += bindings/drive.c bindings/args.c bindings/reload.c bindings/http.c bindings/store.c bindings/agenthost.c
 BIND_SRC += bindings/embed.c
 HOST_SRC += host/proc.c
 BIND_SRC += bindings/proc.c
+BIND_SRC += bindings/pg.c
 BIND_SRC += bindings/scripts.c
 CORE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(HOST_SRC) $(BIND_SRC))
 # The Lua library built in (bindings/scripts.c): scripts/agenthost/ and the
@@ -68,6 +70,9 @@ DEB_PKGS := liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libsqlite3-dev 
 DEB_PKGS += lua-socket openssl
 # The fuzzers (tests/fuzz): clang's libFuzzer.
 DEB_PKGS += clang
+# PostgreSQL: libpq for the binding, the server for the throwaway clusters
+# of the pg specs (tests/support/pg.lua).
+DEB_PKGS += libpq-dev postgresql
 
 .PHONY: all deps build run test asan bench clean ctests
 
@@ -278,7 +283,7 @@ define write_pc
 	  'Description: Lua 5.4 agent host: tasks with non-blocking timers, HTTP and SQLite' \
 	  'Version: $(VERSION)' 'Requires: lua5.4' \
 	  'Cflags: -I$${includedir}' 'Libs: -L$${libdir} -lagenthost' \
-	  'Libs.private: -luv -lcurl -lsqlite3 -lm -ldl -lpthread' > $(2)
+	  'Libs.private: -luv -lcurl -lsqlite3 -lpq -lm -ldl -lpthread' > $(2)
 endef
 
 lib: $(BUILD)/libagenthost.a $(BUILD)/libagenthost.so $(BUILD)/agenthost.pc
