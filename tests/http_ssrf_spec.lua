@@ -40,8 +40,10 @@ end
 describe("allow_private = false", function()
   it("refuses every address of this machine's interfaces", function()
     local addrs = local_addresses()
+    -- (On a machine with loopback alone the list is empty; the own-address
+    -- check is then shown by http_netns_spec.lua, whose namespaces give
+    -- the client a public address.)
     for _, a in ipairs(addrs) do refused("http://" .. a .. ":9/") end
-    if #addrs == 0 then pending("no non-loopback interface address (tests/c/test_http.c covers the table)") end
   end)
 
   it("refuses the IPv4 special-purpose ranges", function()

@@ -1,7 +1,9 @@
 /*
  * httpd: a local HTTP/1.1 server for testing HTTP clients.
  *
- * Usage: httpd [--port N].  It listens on 127.0.0.1 only, on an ephemeral
+ * Usage: httpd [--port N] [--bind IPV4].  It listens on 127.0.0.1 (--bind
+ * names another address, for specs that run it inside a network namespace
+ * of their own), on an ephemeral
  * port unless --port names one, and prints exactly one line "port=N" on
  * stdout (flushed) once it listens.  It runs until SIGTERM or SIGINT, or
  * until its stdin reaches EOF when stdin is a pipe, a socket or a
@@ -217,7 +219,7 @@ static int ext_option(int argc, char **argv, int *i);
 #define ext_route(c) 0
 #define ext_clear(c) ((void)0)
 #define ext_option(argc, argv, i) 0
-#define HTTPD_USAGE "usage: httpd [--port N]\n"
+#define HTTPD_USAGE "usage: httpd [--port N] [--bind IPV4]\n"
 #endif
 
 /* Memory ---------------------------------------------------------------- */
@@ -1604,12 +1606,17 @@ int HTTPD_MAIN(int argc, char **argv) {
   struct sigaction sa;
   int namelen = (int)sizeof bound, r, i;
   uint64_t port = 0;
+  const char *bind_to = "127.0.0.1";
 
   for (i = 1; i < argc; i++) {
     const char *v = NULL;
     int ext = ext_option(argc, argv, &i);
     if (ext < 0) return usage();
     if (ext > 0) continue;
+    if (strcmp(argv[i], "--bind") == 0 && i + 1 < argc) {
+      bind_to = argv[++i];
+      continue;
+    }
     if (strcmp(argv[i], "--port") == 0 && i + 1 < argc) v = argv[++i];
     else if (strncmp(argv[i], "--port=", 7) == 0) v = argv[i] + 7;
     else return usage();
@@ -1626,12 +1633,12 @@ int HTTPD_MAIN(int argc, char **argv) {
 
   uv_loop_init(&S.loop);
   uv_tcp_init(&S.loop, &S.listener);
-  uv_ip4_addr("127.0.0.1", (int)port, &addr);
+  if (uv_ip4_addr(bind_to, (int)port, &addr) != 0) return usage();
   r = uv_tcp_bind(&S.listener, (const struct sockaddr *)&addr, 0);
   if (r == 0) r = uv_listen((uv_stream_t *)&S.listener, BACKLOG, on_connection);
   if (r == 0) r = uv_tcp_getsockname(&S.listener, (struct sockaddr *)&bound, &namelen);
   if (r != 0) {
-    fprintf(stderr, "httpd: cannot listen on 127.0.0.1:%d: %s\n", (int)port, uv_strerror(r));
+    fprintf(stderr, "httpd: cannot listen on %s:%d: %s\n", bind_to, (int)port, uv_strerror(r));
     uv_close((uv_handle_t *)&S.listener, NULL);
     uv_run(&S.loop, UV_RUN_DEFAULT);
     uv_loop_close(&S.loop);
