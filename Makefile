@@ -7,7 +7,7 @@
 #   make test       build and run every test
 #   make asan       the same suite under AddressSanitizer + UBSan
 #   make bench      the scheduler benchmark (bench/sched); bench-http,
-#                   bench-store, bench-llm, bench-trace and bench-embed run the others;
+#                   bench-store, bench-llm, bench-trace, bench-pg and bench-embed run the others;
 #                   every one writes its section of docs/benchmarks.md
 #   make lib        build/libagenthost.a, build/libagenthost.so (with its
 #                   soname links) and build/agenthost.pc
@@ -275,6 +275,15 @@ bench-llm: all
 .PHONY: bench-trace
 bench-trace: all bench-deps
 	bench/trace
+
+# bench/pg's peers: asyncpg from Debian, node-postgres from npm
+# (bench/package.json; bench/node_modules is not committed).
+.PHONY: bench-pg
+bench-pg: all bench-deps
+	$(call install_missing,python3-asyncpg nodejs)
+	@command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory deps-npm-command
+	cd bench && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	bench/pg
 
 clean:
 	rm -rf build

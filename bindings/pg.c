@@ -74,6 +74,7 @@ typedef struct lconn {
   lsub *subs;           /* subscriptions attached here */
   ah_pg_req *copy;      /* the COPY in progress, or NULL */
   int copy_over;        /* its done came while nobody waited */
+  int copy_ret;         /* what a wait that on_copy ends returns */
   ah_task *copy_waiter;
   char desc[256];       /* user@host:port/db, for messages */
 } lconn;
@@ -639,9 +640,7 @@ static int group_push_p(lua_State *L) {
 
 static void group_req_done(ah_pg_req *r) {
   lgroup *g = r->data;
-  int i;
-  for (i = 0; i < g->n; i++)
-    if (g->reqs[i] == r) g->done[i] = 1;
+  g->done[r->slot] = 1;
   if (--g->left > 0) return;
   ah__task_timer_stop(g->lc->S, g->t);
   ah__task_wake_with(g->lc->S, g->t, group_push_p, g, 0);
@@ -710,6 +709,7 @@ static int c_pipeline(lua_State *L) {
     fill_stmt(L, r, &r->stmts[0], i, r->stmts[0].params);
     r->done = group_req_done;
     r->data = g;
+    r->slot = i - 1;
     r->owner = lc;
     r->tag = M_PIPELINE;
     r->autocommit = lc->autocommit;
@@ -787,10 +787,23 @@ static void copy_timeout(ah_sched *S, ah_task *t) {
   ah__task_wake_with(S, t, timeout_push_p, &ti, 1);
 }
 
-static const ah_op copy_op = {"postgres copy", copy_cancel, copy_timeout, NULL};
+/* A wait woken by on_copy (no values) returns copy_ret; one woken by the
+ * end of the COPY returns what done pushed. */
+static int copy_after(lua_State *L, ah_task *t, int nargs) {
+  lconn *lc = lua_touserdata(L, 1);
+  (void)t;
+  if (nargs > 0) return nargs;
+  lua_pushboolean(L, lc->copy_ret);
+  return 1;
+}
 
-static int copy_wait(lua_State *L, lconn *lc, ah_task *me, double timeout) {
+static const ah_op copy_op = {"postgres copy", copy_cancel, copy_timeout, copy_after};
+
+/* Suspends until on_copy (the call then returns ret) or the COPY's end. */
+static int copy_wait(lua_State *L, lconn *lc, ah_task *me, double timeout, int ret) {
   lc->copy_waiter = me;
+  lc->copy_ret = ret;
+  lua_settop(L, 1); /* the connection, for copy_after */
   if (timeout > 0 && ah__task_timer(lc->S, me, timeout) != 0) return ah__nomem(L, "pg:copy");
   return ah__task_suspend(L, me, &copy_op, lc);
 }
@@ -840,7 +853,7 @@ static int c_copy_begin(lua_State *L) {
   if (rc == 1) ah__sched_defer(lc->S, &lc->defer);
   lc->copy = r;
   lc->copy_over = 0;
-  return copy_wait(L, lc, me, timeout);
+  return copy_wait(L, lc, me, timeout, 1);
 }
 
 /* c:copy_put(timeout, rows, ncols) -> true once libpq took the rows, false
@@ -899,17 +912,11 @@ static int c_copy_put(lua_State *L) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  if (rc == 2) {
-    lua_pushboolean(L, 1);
-    return copy_wait(L, lc, me, timeout);
-  }
-  if (rc == 0) {
-    lua_pushboolean(L, 0);
-    return copy_wait(L, lc, me, timeout);
-  }
+  if (rc == 2) return copy_wait(L, lc, me, timeout, 1); /* taken; room first */
+  if (rc == 0) return copy_wait(L, lc, me, timeout, 0); /* put it again */
   /* The COPY ended: its error comes with done. */
   if (lc->copy_over) return copy_outcome(L, lc);
-  return copy_wait(L, lc, me, timeout);
+  return copy_wait(L, lc, me, timeout, 1);
 }
 
 /* c:copy_end(timeout [, abort_message]) -> rows copied (false: call again). */
@@ -923,12 +930,9 @@ static int c_copy_end(lua_State *L) {
   if (lc->copy_over) return copy_outcome(L, lc);
   rc = ah__pg_copy_end(lc->copy, abort_msg);
   lua_settop(L, 1);
-  if (rc == 0) {
-    lua_pushboolean(L, 0);
-    return copy_wait(L, lc, me, timeout);
-  }
+  if (rc == 0) return copy_wait(L, lc, me, timeout, 0); /* call it again */
   if (lc->copy_over) return copy_outcome(L, lc);
-  return copy_wait(L, lc, me, timeout);
+  return copy_wait(L, lc, me, timeout, 0);
 }
 
 /* ---- subscriptions ------------------------------------------------------------------------ */

@@ -755,7 +755,7 @@ struct ah_pg_req {
   void (*done)(ah_pg_req *r);     /* on the loop thread, once */
   void (*on_copy)(ah_pg_req *r);  /* COPY: ready for (more) data */
   void *data, *owner;        /* for the owner */
-  int tag;                   /* for the owner */
+  int tag, slot;             /* for the owner */
   /* results */
   const char *kind_err;      /* NULL on success, else an error kind: sql,
                               * connect, invalid_argument, resource */

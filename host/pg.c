@@ -81,6 +81,7 @@ typedef struct pstmt {
   int ready;                   /* prepared and described */
   int nparams;
   uint32_t *ptypes;            /* malloc'd; freed with the entry */
+  char name[16];               /* "ah_<id>" */
   size_t len;
   char sql[];
 } pstmt;
@@ -541,7 +542,16 @@ static void cache_remove(ah_pg *pg, pstmt *ps) {
   free(ps);
 }
 
-static int send_sync(ah_pg *pg) { return PQpipelineSync(pg->conn) ? 0 : -1; }
+/* A request's Sync.  libpq 17 can queue it without writing; before
+ * that PQpipelineSync writes at once, one send() per request (the cork
+ * makes those cheap). */
+static int send_sync(ah_pg *pg) {
+#ifdef LIBPQ_HAS_SEND_PIPELINE_SYNC
+  return PQsendPipelineSync(pg->conn) ? 0 : -1;
+#else
+  return PQpipelineSync(pg->conn) ? 0 : -1;
+#endif
+}
 
 /* Sends DEALLOCATE for a statement dropped from the cache; the requests
  * that used it were sent before, and run before it. */
@@ -565,7 +575,6 @@ static void deallocate(ah_pg *pg, pstmt *ps) {
 static int prepare(ah_pg *pg, const char *sql, size_t len, ah_pg_req *waiter) {
   pstmt *ps = malloc(sizeof *ps + len + 1);
   ah_pg_req *r = ah__pg_req_new(AH_PGR_PIPELINE, 0, 0, 0);
-  char name[24];
   if (!ps || !r) {
     free(ps);
     ah__pg_req_free(r);
@@ -574,6 +583,7 @@ static int prepare(ah_pg *pg, const char *sql, size_t len, ah_pg_req *waiter) {
   memset(ps, 0, sizeof *ps);
   ps->hash = ah__hash(sql, len);
   ps->id = ++pg->next_id;
+  snprintf(ps->name, sizeof ps->name, "ah_%u", ps->id);
   ps->len = len;
   memcpy(ps->sql, sql, len);
   ps->sql[len] = 0;
@@ -584,9 +594,8 @@ static int prepare(ah_pg *pg, const char *sql, size_t len, ah_pg_req *waiter) {
   r->internal = IR_PREPARE;
   r->psid = ps->id;
   r->waiter = waiter;
-  snprintf(name, sizeof name, "ah_%u", ps->id);
-  if (!PQsendPrepare(pg->conn, name, ps->sql, 0, NULL) ||
-      !PQsendDescribePrepared(pg->conn, name) || send_sync(pg) != 0) {
+  if (!PQsendPrepare(pg->conn, ps->name, ps->sql, 0, NULL) ||
+      !PQsendDescribePrepared(pg->conn, ps->name) || send_sync(pg) != 0) {
     ah__pg_req_free(r);
     return -1;
   }
@@ -637,6 +646,7 @@ static int prepared(ah_pg *pg, ah_pg_req *r) {
     pstmt *ps;
     if (s->nparams == 0 && r->kind != AH_PGR_DESCRIBE) continue;
     ps = cache_find(pg, s->sql, s->sql_len);
+    s->ps = ps;
     if (!ps) {
       if (prepare(pg, s->sql, s->sql_len, r) != 0) return -1;
       ready = 0;
@@ -653,9 +663,9 @@ static int check_params(ah_pg *pg, ah_pg_req *r) {
   int i, k;
   for (i = 0; i < r->nstmts; i++) {
     ah_pg_stmt *s = &r->stmts[i];
-    pstmt *ps = NULL;
-    if (pg->o.prepare && (s->nparams > 0 || r->kind == AH_PGR_DESCRIBE))
-      ps = cache_find(pg, s->sql, s->sql_len);
+    /* prepared() just looked the statement up (nothing since can have
+     * dropped it from the cache). */
+    pstmt *ps = pg->o.prepare && (s->nparams > 0 || r->kind == AH_PGR_DESCRIBE) ? s->ps : NULL;
     s->psid = ps ? ps->id : 0;
     s->ps = ps;
     if (ps) {
@@ -682,6 +692,21 @@ static int check_params(ah_pg *pg, ah_pg_req *r) {
     }
   }
   return 1;
+}
+
+/* The decimal text of i in out (32 bytes); returns its length. */
+static int format_int(int64_t i, char *out) {
+  char tmp[24];
+  int n = 0, len = 0;
+  uint64_t u = i < 0 ? (uint64_t)0 - (uint64_t)i : (uint64_t)i;
+  do {
+    tmp[n++] = (char)('0' + u % 10);
+    u /= 10;
+  } while (u);
+  if (i < 0) out[len++] = '-';
+  while (n) out[len++] = tmp[--n];
+  out[len] = 0;
+  return len;
 }
 
 /* Writes one statement: text parameters, except strings for bytea
@@ -716,8 +741,7 @@ static int send_stmt(ah_pg *pg, ah_pg_stmt *s) {
     case AH_PGV_BOOL: vals[i] = v->u.i ? "true" : "false"; break;
     case AH_PGV_INT:
     case AH_PGV_FLOAT:
-      nl = v->type == AH_PGV_INT ? snprintf(num, sizeof num, "%lld", (long long)v->u.i)
-                                 : ah__pg_format_float(v->u.d, num);
+      nl = v->type == AH_PGV_INT ? format_int(v->u.i, num) : ah__pg_format_float(v->u.d, num);
       offs[i] = pg->scratch.len;
       if (ah__buf_append(&pg->scratch, num, (size_t)nl + 1) != 0) {
         free(block);
@@ -737,9 +761,7 @@ static int send_stmt(ah_pg *pg, ah_pg_stmt *s) {
   for (i = 0; i < n; i++)
     if (offs[i] != (size_t)-1) vals[i] = pg->scratch.data + offs[i];
   if (ps) {
-    char name[24];
-    snprintf(name, sizeof name, "ah_%u", ps->id);
-    ok = PQsendQueryPrepared(pg->conn, name, n, vals, lens, fmts, 0);
+    ok = PQsendQueryPrepared(pg->conn, ps->name, n, vals, lens, fmts, 0);
   } else {
     ok = PQsendQueryParams(pg->conn, s->sql, n, NULL, vals, lens, fmts, 0);
   }

@@ -346,6 +346,17 @@ describe("ah.pg statements", function()
       assert.equal("23505", e.code)
       e = fails("invalid_argument", db.copy, db, "SELECT 1", {})
       assert.equal(5100, db:first("SELECT count(*) AS n FROM " .. t).n)
+      -- enough data that the socket fills and copy waits for room: every
+      -- row once (rows sent again after a wait were once counted twice)
+      local big = fresh_table(db, "id int, pad text")
+      local k = 0
+      local pad = string.rep("p", 200)
+      assert.equal(60000, db:copy("COPY " .. big .. " FROM STDIN", function()
+        k = k + 1
+        if k <= 60000 then return { k, pad } end
+      end))
+      local c = db:first("SELECT count(*) AS n, count(DISTINCT id) AS d FROM " .. big)
+      assert.same({ n = 60000, d = 60000 }, c)
       -- COPY through query is refused before it could wedge a connection
       fails("invalid_argument", db.query, db, "COPY " .. t .. " FROM STDIN")
       db:close()
