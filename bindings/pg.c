@@ -509,17 +509,6 @@ static int c_param_types(lua_State *L) {
   return run_one(L, M_TYPES, AH_PGR_DESCRIBE);
 }
 
-/* The length of the batch entry on top (its n field or its border, read
- * raw, so that both passes below agree). */
-static int entry_len(lua_State *L) {
-  lua_Integer len;
-  lua_pushliteral(L, "n");
-  lua_rawget(L, -2);
-  len = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : (lua_Integer)lua_rawlen(L, -2);
-  lua_pop(L, 1);
-  return len < 0 || len > MAX_PARAMS ? -1 : (int)len;
-}
-
 /* Checks the list {{sql, params...}, ...} at 3 and returns its length;
  * *bytes gets the room its statements need, *np their parameters. */
 static int list_size(lua_State *L, const char *what, size_t *bytes, int *np) {
@@ -537,7 +526,7 @@ static int list_size(lua_State *L, const char *what, size_t *bytes, int *np) {
     if (lua_rawgeti(L, 3, i) != LUA_TTABLE)
       ah__error_raise(L, "invalid_argument", 0,
                       "%s: entry %d is not a table {sql, params...}", what, i);
-    len = entry_len(L);
+    len = ah__arg_entry_len(L, MAX_PARAMS);
     if (len < 1 || lua_rawgeti(L, -1, 1) != LUA_TSTRING)
       ah__error_raise(L, "invalid_argument", 0,
                       "%s: entry %d must start with the SQL string", what, i);
@@ -563,7 +552,7 @@ static ah_pg_val *fill_stmt(lua_State *L, ah_pg_req *r, ah_pg_stmt *s, int i, ah
   size_t sl;
   const char *sql;
   lua_rawgeti(L, 3, i);
-  len = entry_len(L);
+  len = ah__arg_entry_len(L, MAX_PARAMS);
   lua_rawgeti(L, -1, 1);
   sql = lua_tolstring(L, -1, &sl);
   s->sql = ah__pg_req_copy(r, sql, sl);
@@ -690,7 +679,7 @@ static int c_pipeline(lua_State *L) {
     int len, k;
     size_t b = 0;
     lua_rawgeti(L, 3, i);
-    len = entry_len(L);
+    len = ah__arg_entry_len(L, MAX_PARAMS);
     lua_rawgeti(L, -1, 1);
     b += lua_rawlen(L, -1) + 1;
     lua_pop(L, 1);

@@ -20,12 +20,7 @@ end)
 
 local function run(fn) return task.run(fn) end
 
-local function fails(kind, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected a " .. kind .. " error")
-  assert.is_true(ah.error.is(err, kind), "expected kind " .. kind .. ", got " .. tostring(err))
-  return err
-end
+local fails = pgs.fails
 
 local n = 0
 local function app_name()

@@ -166,6 +166,18 @@ function M.stop_dir(dir)
   self:stop()
 end
 
+-- Calls fn(...), which must raise a structured error of this kind; returns
+-- the error (for the specs).
+function M.fails(kind, fn, ...)
+  local ok, err = pcall(fn, ...)
+  if ok then error("expected a " .. kind .. " error, the call succeeded", 2) end
+  local ah = require "agenthost"
+  if not ah.error.is(err, kind) then
+    error("expected kind " .. kind .. ", got " .. tostring(err), 2)
+  end
+  return err
+end
+
 -- start{password =, durable =, detached =}: durable keeps fsync and
 -- synchronous commit on (the server's defaults), for benchmarks; detached
 -- leaves the server running when this process exits (stop_dir ends it).
