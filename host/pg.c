@@ -129,6 +129,7 @@ struct ah_pg {
   double stuck_since;          /* when the running request was abandoned */
   uint64_t head_since;         /* uv_now when the running request began */
   ah_pg_stats st;
+  ah_pg_resolve *res;          /* host names being looked up, or NULL */
 };
 
 static void process(ah_pg *pg);
@@ -1361,6 +1362,54 @@ static void kick_closed(uv_handle_t *h) {
   unref(container_of((uv_timer_t *)(void *)h, ah_pg, kick));
 }
 
+/* Hands the connection to libpq.  A failure is returned, and reported
+ * to ready when that is set (after the host names were looked up). */
+static int start_libpq(ah_pg *pg, const char *const *keys, const char *const *vals) {
+  int rc;
+  pg->conn = PQconnectStartParams(keys, vals, 1);
+  if (!pg->conn) {
+    connect_failed(pg, "out of memory");
+    return UV_ENOMEM;
+  }
+  add_secret(pg, PQpass(pg->conn));
+  snprintf(pg->desc, sizeof pg->desc, "%s@%s:%s/%s", PQuser(pg->conn) ? PQuser(pg->conn) : "",
+           PQhost(pg->conn) ? PQhost(pg->conn) : "", PQport(pg->conn) ? PQport(pg->conn) : "",
+           PQdb(pg->conn) ? PQdb(pg->conn) : "");
+  ah__pg_scrub(pg, pg->desc);
+  if (PQstatus(pg->conn) == CONNECTION_BAD) {
+    connect_failed(pg, NULL);
+    return UV_EINVAL;
+  }
+  if ((rc = watch(pg, UV_WRITABLE, 1)) != 0) {
+    connect_failed(pg, "cannot watch the socket");
+    return rc;
+  }
+  return 0;
+}
+
+static int resolved_start(ah_pg *pg, ah_pg_resolve *r) {
+  const char *const *keys, *const *vals;
+  const char *err = ah__pg_resolve_error(r);
+  int rc;
+  if (err) {
+    connect_failed(pg, err);
+    rc = UV_EAI_NONAME;
+  } else {
+    ah__pg_resolve_params(r, &keys, &vals);
+    rc = start_libpq(pg, keys, vals);
+  }
+  ah__pg_resolve_free(r);
+  return rc;
+}
+
+static void on_resolved(ah_pg_resolve *r, void *data) {
+  ah_pg *pg = data;
+  pg->res = NULL;
+  pg->refs++;
+  (void)resolved_start(pg, r); /* a failure went to ready */
+  unref(pg);
+}
+
 int ah__pg_connect(ah_pg **out, uv_loop_t *loop, const char *const *keys,
                    const char *const *vals, const ah_pg_opts *o,
                    void (*ready)(ah_pg *pg), void *data) {
@@ -1389,22 +1438,19 @@ int ah__pg_connect(ah_pg **out, uv_loop_t *loop, const char *const *keys,
   pg->kick_open = 1;
   pg->refs++;
   *out = pg;
-  pg->conn = PQconnectStartParams(keys, vals, 1);
-  if (!pg->conn) {
+  rc = ah__pg_resolve_start(&pg->res, loop, keys, vals, on_resolved, pg);
+  if (rc < 0) {
     connect_failed(pg, "out of memory");
-    return UV_ENOMEM;
+    return rc;
   }
-  add_secret(pg, PQpass(pg->conn));
-  snprintf(pg->desc, sizeof pg->desc, "%s@%s:%s/%s", PQuser(pg->conn) ? PQuser(pg->conn) : "",
-           PQhost(pg->conn) ? PQhost(pg->conn) : "", PQport(pg->conn) ? PQport(pg->conn) : "",
-           PQdb(pg->conn) ? PQdb(pg->conn) : "");
-  ah__pg_scrub(pg, pg->desc);
-  if (PQstatus(pg->conn) == CONNECTION_BAD) {
-    connect_failed(pg, NULL);
-    return UV_EINVAL;
-  }
-  if ((rc = watch(pg, UV_WRITABLE, 1)) != 0) {
-    connect_failed(pg, "cannot watch the socket");
+  if (rc == 1) { /* looked up at once (no lookup could start) */
+    ah_pg_resolve *r = pg->res;
+    pg->res = NULL;
+    if ((rc = resolved_start(pg, r)) != 0) return rc;
+  } else if (pg->res) {
+    snprintf(pg->desc, sizeof pg->desc, "%s", ah__pg_resolve_host(pg->res));
+    ah__pg_scrub(pg, pg->desc);
+  } else if ((rc = start_libpq(pg, keys, vals)) != 0) {
     return rc;
   }
   pg->ready = ready;
@@ -1419,6 +1465,8 @@ void ah__pg_close(ah_pg *pg, int fail_pending) {
   pg->lost_cb = NULL;
   pg->notify = NULL;
   pg->warning = NULL;
+  if (pg->res) ah__pg_resolve_cancel(pg->res);
+  pg->res = NULL;
   unwatch(pg);
   fail_all(pg, "connect", 0, "the connection was closed", fail_pending);
   if (pg->conn) PQfinish(pg->conn);

@@ -273,6 +273,24 @@ describe("ah.pg statements", function()
     end)
   end)
 
+  it("looks host names up off the loop, tries each address and each host in turn", function()
+    run(function()
+      -- localhost may give ::1 first, where nothing listens: 127.0.0.1 is tried next
+      local db = ah.pg.connect((srv:url_for("postgres", srv.password):gsub("127%.0%.0%.1", "localhost")))
+      assert.equal(1, db:first("SELECT 1 AS x").x)
+      assert.matches("@localhost:", db:info().server)
+      db:close()
+      local e = fails("connect", ah.pg.connect, "postgres://x@no-such-host.invalid:5432/x")
+      assert.matches('could not translate host name "no%-such%-host.invalid"', e.message)
+      -- a list: the name that does not resolve is skipped
+      local url = string.format("postgres://postgres@no-such-host.invalid,localhost:%d/postgres?password=%s",
+        srv.port, srv.password)
+      local s = ah.pg.connect(url)
+      assert.equal(2, s:first("SELECT 2 AS x").x)
+      s:close()
+    end)
+  end)
+
   it("prepares a statement once per connection, re-prepares it after the table changed, and bounds the cache", function()
     run(function()
       local db = ah.pg.connect(srv.url, { statement_cache = 4 })

@@ -1108,6 +1108,7 @@ function M.pool(o) return new_pool(o, "ah.pg.pool") end
 -- locks last as long as it does).
 function M.connect(url, o)
   if type(url) == "table" and o == nil then url, o = url.url, url end
+  if o ~= nil and type(o) ~= "table" then bad("ah.pg.connect", "the options must be a table") end
   o = o or {}
   local opts = {}
   for k, v in pairs(o) do opts[k] = v end
