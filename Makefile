@@ -53,7 +53,7 @@ BIND_SRC += bindings/drive.c bindings/args.c bindings/reload.c bindings/http.c b
 BIND_SRC += bindings/embed.c
 HOST_SRC += host/proc.c
 BIND_SRC += bindings/proc.c
-BIND_SRC += bindings/pg.c
+BIND_SRC += bindings/pg.c bindings/pglisten.c
 BIND_SRC += bindings/scripts.c
 CORE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(HOST_SRC) $(BIND_SRC))
 # The Lua library built in (bindings/scripts.c): scripts/agenthost/ and the
