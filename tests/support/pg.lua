@@ -78,10 +78,14 @@ function Server:ctl(action, extra)
     self.bin, q(self.data), q(self.log), extra or "", action))
 end
 
--- argv of pg_ctl for ah.proc.run (in a task, while the loop runs).
+-- argv of pg_ctl for ah.proc.run (in a task, while the loop runs).  The
+-- server must not inherit the sanitizer runtimes the ASan suite preloads
+-- into lua5.4 (it would abort on its own leaks): env drops LD_PRELOAD.
 function Server:ctl_argv(action)
-  local argv = {}
-  if self.root then argv = { "runuser", "-u", "postgres", "--" } end
+  local argv = { "env", "-u", "LD_PRELOAD" }
+  if self.root then
+    for _, a in ipairs { "runuser", "-u", "postgres", "--" } do argv[#argv + 1] = a end
+  end
   for _, a in ipairs { self.bin .. "/pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60",
                        "-m", "fast", action } do
     argv[#argv + 1] = a
