@@ -281,10 +281,13 @@ describe("ah.pg pool", function()
         local e = fails("invalid_argument", db.exec, db, sql)
         assert.matches("pg:transaction", e.message)
       end
-      local started = task.event()
-      local t = task.spawn(function() started:set() return db:first("SELECT pg_sleep(30)") end)
-      started:wait()
-      task.sleep(0.05)
+      local t = task.spawn(function() return db:first("SELECT pg_sleep(30)") end)
+      -- until the call is on a connection (not still waiting for one)
+      for _ = 1, 1000 do
+        if db:stats().in_flight == 1 then break end
+        task.sleep(0.01)
+      end
+      assert.equal(1, db:stats().in_flight)
       db:close()
       local ok, e = t:result()
       assert.is_false(ok)
@@ -423,11 +426,12 @@ describe("ah.pg transactions", function()
       assert.equal("25006", e.code)
       -- two serializable transactions that read and write the same rows
       local go = task.event()
-      local tries = 0
+      local tries, reads = 0, 0
       local function move(from, to)
         return db:transaction(function(tx)
           tries = tries + 1
           local b = tx:first("SELECT sum(bal) AS s FROM acct").s
+          reads = reads + 1
           go:wait()
           tx:exec("UPDATE acct SET bal = bal + 1 WHERE id = $1", to)
           return b
@@ -435,7 +439,12 @@ describe("ah.pg transactions", function()
       end
       local a = task.spawn(move, 1, 2)
       local b = task.spawn(move, 2, 1)
-      task.sleep(0.05)
+      -- both have read before either writes
+      for _ = 1, 1000 do
+        if reads == 2 then break end
+        task.sleep(0.01)
+      end
+      assert.equal(2, reads)
       go:set()
       a:join()
       b:join()
