@@ -261,7 +261,7 @@ local function call(self, method, what, sql, ...)
     tables = type(a1) == "table" or type(a2) == "table" or type(a3) == "table" or
       (np > 3 and has_table(select(4, ...)))
   end
-  for _ = 1, 3 do
+  for attempt = 1, 3 do
     local e = self:_get(what)
     local c = e.c
     local ok, a, b
@@ -277,8 +277,10 @@ local function call(self, method, what, sql, ...)
       end
       return a
     end
-    -- A call that never reached the server goes to another connection.
-    if not (type(a) == "table" and a.kind == "connect" and a.sent == false and self.shared) then
+    -- A call that never reached the server goes to another connection
+    -- (twice at most).
+    if not (type(a) == "table" and a.kind == "connect" and a.sent == false and self.shared)
+        or attempt == 3 then
       error(a, 0)
     end
   end
