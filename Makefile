@@ -7,7 +7,7 @@
 #   make test       build and run every test
 #   make asan       the same suite under AddressSanitizer + UBSan
 #   make bench      the scheduler benchmark (bench/sched); bench-http,
-#                   bench-store, bench-llm, bench-trace and bench-embed run the others;
+#                   bench-store, bench-llm, bench-trace, bench-pg and bench-embed run the others;
 #                   every one writes its section of docs/benchmarks.md
 #   make lib        build/libagenthost.a, build/libagenthost.so (with its
 #                   soname links) and build/agenthost.pc
@@ -24,7 +24,7 @@
 
 BUILD   ?= build
 CC      ?= cc
-PKGS    := lua5.4 libuv libcurl sqlite3
+PKGS    := lua5.4 libuv libcurl sqlite3 libpq
 SAN     ?=
 OPT     ?= -O2 -g
 
@@ -47,11 +47,13 @@ HOST_SRC := host/loop.c host/timer.c host/watch.c host/http.c host/sse.c host/st
 HOST_SRC += host/post.c
 HOST_SRC += host/buf.c
 HOST_SRC += host/json.c
+HOST_SRC += host/pg.c host/pgtype.c host/pgaddr.c
 BIND_SRC := bindings/task.c bindings/errors.c bindings/group.c bindings/sync.c
 BIND_SRC += bindings/drive.c bindings/args.c bindings/reload.c bindings/http.c bindings/store.c bindings/agenthost.c
 BIND_SRC += bindings/embed.c
 HOST_SRC += host/proc.c
 BIND_SRC += bindings/proc.c
+BIND_SRC += bindings/pg.c bindings/pglisten.c
 BIND_SRC += bindings/scripts.c
 CORE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(HOST_SRC) $(BIND_SRC))
 # The Lua library built in (bindings/scripts.c): scripts/agenthost/ and the
@@ -78,6 +80,9 @@ DEB_PKGS += iproute2
 # else from Debian's npm.
 DEB_PKGS += nodejs chromium
 NPM_DEPS := tests/support/node_modules/.package-lock.json
+# PostgreSQL: libpq for the binding, the server for the throwaway clusters
+# of the pg specs (tests/support/pg.lua).
+DEB_PKGS += libpq-dev postgresql
 
 .PHONY: all deps build run test asan bench clean ctests
 
@@ -271,6 +276,15 @@ bench-llm: all
 bench-trace: all bench-deps
 	bench/trace
 
+# bench/pg's peers: asyncpg from Debian, node-postgres from npm
+# (bench/package.json; bench/node_modules is not committed).
+.PHONY: bench-pg
+bench-pg: all bench-deps
+	$(call install_missing,python3-asyncpg nodejs)
+	@command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory deps-npm-command
+	cd bench && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	bench/pg
+
 clean:
 	rm -rf build
 
@@ -305,7 +319,7 @@ define write_pc
 	  'Description: Lua 5.4 agent host: tasks with non-blocking timers, HTTP and SQLite' \
 	  'Version: $(VERSION)' 'Requires: lua5.4' \
 	  'Cflags: -I$${includedir}' 'Libs: -L$${libdir} -lagenthost' \
-	  'Libs.private: -luv -lcurl -lsqlite3 -lm -ldl -lpthread' > $(2)
+	  'Libs.private: -luv -lcurl -lsqlite3 -lpq -lm -ldl -lpthread' > $(2)
 endef
 
 lib: $(BUILD)/libagenthost.a $(BUILD)/libagenthost.so $(BUILD)/agenthost.pc

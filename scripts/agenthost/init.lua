@@ -57,6 +57,7 @@ local parts = {
   config = "agenthost.config",
   channel = "agenthost.channel",
   trace = "agenthost.trace",
+  pg = "agenthost.pg",
 }
 setmetatable(core, {
   __index = function(t, k)
