@@ -18,6 +18,11 @@
  * after signal N (SIGINT, SIGTERM cancel every task and let detached work
  * drain; a second one exits at once).
  *
+ * `agenthost fleet status [URL]` prints the state of a fleet of durable
+ * runs (docs/fleet.md): a built-in script, agenthost.fleet.cli, runs as
+ * the main task instead of a file.  (A script file named "fleet" is run
+ * as ./fleet.)
+ *
  * --mock-llm, as the first argument, runs the mock model server of
  * tests/support/mockllm.c (docs/mockllm.md), linked into the command only,
  * instead of a script; ah.config starts it this way when no model is
@@ -85,10 +90,13 @@ static void usage(FILE *f) {
           "       %s --mock-llm [--port N] [--rules FILE] [...]\n"
           "runs the built-in offline mock model server (docs/mockllm.md).\n"
           "\n"
+          "       %s fleet status [URL] [--name NAME]\n"
+          "prints a fleet's queue, runs by state and workers (docs/fleet.md).\n"
+          "\n"
           "exit status: 0 done, 1 the script failed, 2 usage error,\n"
           "130/143 interrupted by SIGINT/SIGTERM.  Without --watch, SIGHUP\n"
           "is reported and ignored.\n",
-          progname, progname);
+          progname, progname, progname);
 }
 
 /* Builds `arg`: the script at 0, its arguments above, what came before it
@@ -118,6 +126,7 @@ int main(int argc, char **argv) {
   ah_host *h = NULL;
   int script = 0, i, status, code = 0, nargs;
   const char *watch = NULL;
+  const char *builtin = NULL; /* the chunk a built-in command runs, or NULL */
   char exe[4096];
   size_t exelen = sizeof exe;
   struct stat st;
@@ -126,7 +135,11 @@ int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "--mock-llm") == 0)
     return ah_mockllm_main(argc - 1, argv + 1);
 
-  for (i = 1; i < argc; i++) {
+  if (argc > 1 && strcmp(argv[1], "fleet") == 0) {
+    builtin = "return require('agenthost.fleet.cli').main(...)";
+    script = 1;
+  }
+  for (i = 1; i < argc && !builtin; i++) {
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
       usage(stdout);
       return 0;
@@ -193,7 +206,10 @@ int main(int argc, char **argv) {
 
   lua_getfield(L, -1, "task");
   lua_getfield(L, -1, "run"); /* [ah, task, run] */
-  status = luaL_loadfile(L, argv[script]);
+  if (builtin)
+    status = luaL_loadbufferx(L, builtin, strlen(builtin), "=agenthost fleet", "t");
+  else
+    status = luaL_loadfile(L, argv[script]);
   if (status != LUA_OK) {
     const char *msg = lua_tostring(L, -1);
     fprintf(stderr, "%s: %s\n", progname, msg ? msg : "cannot load the script");

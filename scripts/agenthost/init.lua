@@ -56,6 +56,7 @@ local parts = {
   proc = "agenthost.proc",
   config = "agenthost.config",
   channel = "agenthost.channel",
+  fleet = "agenthost.fleet",
 }
 setmetatable(core, {
   __index = function(t, k)
