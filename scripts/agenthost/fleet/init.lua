@@ -162,7 +162,17 @@ function Fleet:_hub()
   return hub
 end
 
-function Hub:dispatch(channel, payload)
+function Hub:dispatch(channel, payload, missed)
+  if missed then
+    -- The listener's connection was replaced and notifications sent
+    -- meanwhile are lost: every subscriber is woken to read again.
+    for _, set in pairs(self.by_payload) do
+      for fn in pairs(set) do fn("missed") end
+    end
+    local fns = self.by_channel[channel]
+    if fns then for fn in pairs(fns) do fn("missed") end end
+    return
+  end
   local fns = self.by_payload[payload]
   if fns then for fn in pairs(fns) do fn(payload) end end
   fns = self.by_channel[channel]
@@ -192,7 +202,7 @@ function Hub:start()
             tostring(n), "\n")
           return
         end
-        if n then self:dispatch(n.channel or ch, n.payload or "") end
+        if n then self:dispatch(n.channel or ch, n.payload or "", n.missed) end
       end
     end)
   end

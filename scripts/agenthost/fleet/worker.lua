@@ -467,7 +467,8 @@ end
 function Worker:execute(rec)
   local h = self.handlers[rec.kind]
   local run = setmetatable({ id = rec.id, kind = rec.kind, key = rec.key, attempt = rec.attempts,
-                             fleet = self.fleet, _rec = rec, _w = self, _counts = {} }, Run)
+                             token = rec.token, fleet = self.fleet, _rec = rec, _w = self,
+                             _counts = {} }, Run)
   local ok, input = pcall(decode, rec.input)
   local t = task.spawn(function()
     if not ok then error(ah.error.new("invalid_argument", "the run's input is not JSON: " ..
@@ -724,6 +725,12 @@ function Worker:on_new(payload)
 end
 
 function Worker:on_run(payload)
+  if payload == "missed" then
+    for _, rec in pairs(self.held) do
+      if rec.event_ev then rec.event_ev:set() end
+    end
+    return
+  end
   local what, id = payload:match("^(%a+):(%d+)$")
   if not what then return end
   local rec = self.held[tonumber(id)]
@@ -885,7 +892,7 @@ function fleet_mod.Fleet:worker_stats()
   local w = self.worker
   if not w then return nil end
   return { claimed = w.claimed, finished = w.finished, active = w.active, claims = w.claims,
-           swept = w.swept, id = w.id }
+           swept = w.swept, id = w.id, pid = w.pid }
 end
 
 return M
