@@ -482,7 +482,7 @@ function Worker:execute(rec)
   -- this wrapper itself was cancelled (the worker stops at once).
   if not res[1] or self.hard_stop then
     if not res[1] then t:cancel() end
-    return
+    return true
   end
   local fin
   local reason = rec.reason
@@ -518,6 +518,7 @@ function Worker:execute(rec)
   if fin then
     fin.id, fin.token = rec.id, rec.token
     local fok, err = pcall(self.finishes.submit, self.finishes, fin)
+    if not fok and task.current():cancelled() then return true end
     if not fok and not self.hard_stop then
       io.stderr:write("agenthost.fleet: could not record the end of run ", rec.id, ": ",
         tostring(err), " (its lease will expire and another worker resumes it)\n")
@@ -538,12 +539,15 @@ function Worker:start_run(row)
   self.claimed = self.claimed + 1
   task.spawn(function()
     local ok, err = pcall(self.execute, self, rec)
-    if self.held[rec.id] == rec then self.held[rec.id] = nil end
+    -- This task cancelled (the worker stops at once): serve releases every
+    -- run still held, in one statement, so the run stays in the table.
+    local keep = (ok and err == true) or (not ok and task.current():cancelled())
+    if self.held[rec.id] == rec and not keep then self.held[rec.id] = nil end
     self.active = self.active - 1
     self.finished = self.finished + 1
     if self.backlog then self.wake:set() end
     if self.idle and self.active == 0 then self.idle:set() end
-    if not ok and not self.hard_stop then
+    if not ok and not keep then
       io.stderr:write("agenthost.fleet: run ", rec.id, ": ", tostring(err), "\n")
     end
   end)
