@@ -22,11 +22,14 @@
 --   queued, waiting --cancel-->  cancelled
 --   waiting --event sent / wake time reached--> claimable like queued
 --
--- Fencing: every claim increments runs.token.  Every write a worker makes
--- for a run it holds names the token it claimed with and checks, under a
--- lock on the run row, that the run is still 'running' with that token; a
--- worker whose lease expired (and whose run was taken by another) writes
--- nothing.  Locks on several run rows are always taken in id order, so the
+-- Fencing: every claim increments runs.token and names the worker.  Every
+-- write a worker makes for a run it holds names the token it claimed with
+-- and its own id, and checks, under a lock on the run row, that the run is
+-- still 'running', held by it with that token; a worker whose lease
+-- expired (and whose run was taken by another) writes nothing.  The worker
+-- id matters besides the token because a claim is committed without
+-- waiting for the disk: one lost in a server crash gives the next claim
+-- the same token again, but never the same worker.  Locks on several run rows are always taken in id order, so the
 -- statements of the protocol cannot deadlock with each other.
 
 local M = {}
@@ -215,9 +218,14 @@ RETURNING r.id, r.kind, r.key, r.input::text AS input, r.token, r.attempts, r.ma
 
 -- Claims up to $2 due runs of the kinds in $1 (a JSON array), best
 -- priority first, then oldest: the index runs_ready is read in order and
--- the scan stops after $2 rows that no other claimer holds.
+-- the scan stops after $2 rows that no other claimer holds.  The commit
+-- does not wait for the disk (synchronous_commit off for this transaction
+-- only): a claim lost in a server crash leaves the run queued with its old
+-- token, and the worker that believed it held it is fenced off by worker
+-- and token at its first write.
 M.claim = [[
-WITH c AS (
+WITH nosync AS (SELECT set_config('synchronous_commit', 'off', true)),
+c AS (
   SELECT id FROM {S}.runs
   WHERE state IN ('queued', 'waiting') AND run_at <= now()
     AND kind = ANY (ARRAY(SELECT jsonb_array_elements_text($1::text::jsonb)))
@@ -227,14 +235,16 @@ WITH c AS (
 UPDATE {S}.runs r SET state = 'running', worker = $3::text, token = r.token + 1,
   attempts = r.attempts + 1, lease_until = now() + make_interval(secs => $4::float8),
   started_at = coalesce(r.started_at, now()), waiting_for = NULL
-FROM c WHERE r.id = c.id
+FROM c, nosync WHERE r.id = c.id
 ]] .. CLAIMED
 
 -- A kind with a fleet-wide limit is claimed in a transaction that first
 -- locks its limits row (claim_limit_lock, which also reads the limit), so
 -- that claimers of that kind count the running runs one after the other;
 -- claim_limited, a new statement, sees every claim committed before.
-M.claim_limit_lock = [[SELECT max_running FROM {S}.limits WHERE kind = $1::text FOR UPDATE]]
+M.claim_limit_lock = [[
+SELECT max_running, set_config('synchronous_commit', 'off', true) AS nosync
+FROM {S}.limits WHERE kind = $1::text FOR UPDATE]]
 M.claim_limited = [[
 WITH c AS (
   SELECT id FROM {S}.runs
@@ -250,7 +260,8 @@ FROM c WHERE r.id = c.id
 ]] .. CLAIMED
 
 -- Step checkpoints of any number of runs ($1: [{run_id, token, name,
--- output}]): stored only for runs still held with that token, under a
+-- output}]): stored only for runs still held by worker $2 with that token,
+-- under a
 -- share lock on each (taken in id order) that a sweep or a claim cannot
 -- pass.  Returns the rows stored; a row missing from the answer was not
 -- stored (the lease was lost, or the step name was used twice).
@@ -260,7 +271,7 @@ WITH w AS (
     AS w(run_id bigint, token bigint, name text, output jsonb)),
 own AS (
   SELECT r.id, r.token FROM {S}.runs r
-  WHERE r.id IN (SELECT run_id FROM w) AND r.state = 'running'
+  WHERE r.id IN (SELECT run_id FROM w) AND r.state = 'running' AND r.worker = $2::text
   ORDER BY r.id FOR SHARE OF r),
 ins AS (
   INSERT INTO {S}.steps (run_id, name, output, token)
@@ -281,7 +292,7 @@ WITH w AS (
          refund boolean, waiting_for text)),
 own AS (
   SELECT r.id FROM {S}.runs r JOIN w ON w.id = r.id AND w.token = r.token
-  WHERE r.state = 'running' ORDER BY r.id FOR UPDATE OF r),
+  WHERE r.state = 'running' AND r.worker = $4::text ORDER BY r.id FOR UPDATE OF r),
 u AS (
   UPDATE {S}.runs r SET state = w.state, result = w.result, error = coalesce(w.error, r.error),
     run_at = CASE WHEN w.state IN ('queued', 'waiting')
@@ -303,6 +314,7 @@ SELECT id, state, (SELECT count(*) FROM n) + (SELECT count(*) FROM q) AS notifie
 -- is already there.
 M.park_lock = [[
 SELECT id FROM {S}.runs WHERE id = $1::bigint AND token = $2::bigint AND state = 'running'
+  AND worker = $3::text
 FOR UPDATE]]
 M.park_event = [[
 UPDATE {S}.runs SET state = 'waiting', waiting_for = $3::text, worker = NULL, lease_until = NULL,
@@ -318,6 +330,7 @@ RETURNING id, run_at <= now() AS due]]
 M.take_event = [[
 WITH own AS (
   SELECT id FROM {S}.runs WHERE id = $1::bigint AND token = $2::bigint AND state = 'running'
+    AND worker = $5::text
   FOR SHARE),
 e AS (
   SELECT ev.id, ev.payload FROM {S}.events ev, own
@@ -333,16 +346,18 @@ SELECT (SELECT count(*) FROM own) AS owned, (SELECT count(*) FROM s) AS taken,
        (SELECT jsonb_build_array(payload)::text FROM c) AS output]]
 
 -- The heartbeat of a worker: its row, and the leases of the runs it holds
--- ($2: [{id, token}]), renewed in id order.  Returns the runs renewed (a
+-- ($2: [{id, token}]), renewed in id order, committed without waiting for
+-- the disk (a renewal lost in a server crash only shortens a lease).  Returns the runs renewed (a
 -- run missing from the answer is no longer this worker's) and whether each
 -- was asked to cancel, and the database's clock.
 M.heartbeat = [[
-WITH hb AS (UPDATE {S}.workers SET heartbeat_at = now() WHERE id = $1::text RETURNING id),
+WITH nosync AS (SELECT set_config('synchronous_commit', 'off', true)),
+hb AS (UPDATE {S}.workers SET heartbeat_at = now() WHERE id = $1::text RETURNING id),
 h AS (
   SELECT * FROM jsonb_to_recordset($2::text::jsonb) AS h(id bigint, token bigint)),
 held AS (
   SELECT r.id FROM {S}.runs r JOIN h ON h.id = r.id AND h.token = r.token
-  WHERE r.state = 'running' ORDER BY r.id FOR NO KEY UPDATE OF r),
+  WHERE r.state = 'running' AND r.worker = $1::text ORDER BY r.id FOR NO KEY UPDATE OF r),
 renew AS (
   UPDATE {S}.runs r SET lease_until = now() + make_interval(secs => $3::float8)
   FROM held WHERE r.id = held.id
@@ -351,15 +366,19 @@ SELECT id, cancel_requested, (SELECT count(*) FROM hb) AS registered,
        extract(epoch FROM clock_timestamp())::float8 AS db_now
 FROM renew
 UNION ALL
-SELECT NULL, NULL, (SELECT count(*) FROM hb), extract(epoch FROM clock_timestamp())::float8]]
+SELECT NULL, NULL, (SELECT count(*) FROM hb), extract(epoch FROM clock_timestamp())::float8
+FROM nosync]]
 
--- Takes back the runs whose lease expired (their worker died or stalled):
+-- Takes back the runs whose lease expired (their worker died or stalled),
+-- committed without waiting for the disk (a take-back lost in a crash is
+-- done again by the next sweep):
 -- due again at once, or dead when that was the last attempt, or
 -- cancelled when that was asked.  Returns how many, and how long until the
 -- next lease expires (NULL when none runs), so that the sweeper can come
 -- back just then.
 M.sweep = [[
-WITH x AS (
+WITH nosync AS (SELECT set_config('synchronous_commit', 'off', true)),
+x AS (
   SELECT id FROM {S}.runs WHERE state = 'running' AND lease_until < now()
   ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED),
 u AS (
@@ -380,7 +399,8 @@ q AS (SELECT pg_notify($2::text, 'new') FROM (SELECT 1 FROM u WHERE state = 'que
 SELECT (SELECT count(*) FROM u) AS taken, (SELECT count(*) FROM n) + (SELECT count(*) FROM q) AS notified,
   (SELECT extract(epoch FROM min(lease_until) - now())::float8 FROM {S}.runs
    WHERE state = 'running') AS next_expiry,
-  (SELECT count(*) FROM {S}.workers WHERE heartbeat_at < now() - make_interval(secs => 3 * lease_s)) AS stale]]
+  (SELECT count(*) FROM {S}.workers WHERE heartbeat_at < now() - make_interval(secs => 3 * lease_s)) AS stale
+FROM nosync]]
 
 -- Workers that stopped without deregistering (killed), once their leases
 -- are long gone: removed so that status shows the living.

@@ -266,7 +266,7 @@ local function park(run, delay, event)
   if event then
     local row
     w.fleet.db:transaction(function(tx)
-      if null(tx:first(w.q.park_lock, rec.id, rec.token)) then return end
+      if null(tx:first(w.q.park_lock, rec.id, rec.token, w.id)) then return end
       row = tx:first(w.q.park_event, rec.id, rec.token, event, delay + 0.0)
     end)
     if row == nil or null(row) then error(lease_lost(rec), 0) end
@@ -351,7 +351,7 @@ function Run:wait_event(name, opts)
   rec.event_ev = ev
   while true do
     ev:clear()
-    local row = w.fleet.db:first(w.q.take_event, rec.id, rec.token, name, sname)
+    local row = w.fleet.db:first(w.q.take_event, rec.id, rec.token, name, sname, w.id)
     if row.owned == 0 then error(lease_lost(rec), 0) end
     if row.taken == 1 then
       rec.event_ev = nil
@@ -404,17 +404,18 @@ local function flush_steps(w, items)
     parts[i] = '{"run_id":' .. it.run_id .. ',"token":' .. it.token .. ',"name":' ..
       jencode(it.name) .. ',"output":' .. it.json .. '}'
   end
-  local rows = w.db:query(w.q.steps, "[" .. table.concat(parts, ",") .. "]")
+  local rows = w.db:query(w.q.steps, "[" .. table.concat(parts, ",") .. "]", w.id)
   local stored = {}
   for _, r in ipairs(rows) do stored[r.run_id .. "\0" .. r.name] = true end
   for _, it in ipairs(items) do
     if stored[it.run_id .. "\0" .. it.name] then
       it.ok = true
     else
-      local r = w.db:first("SELECT s.token, r.token AS run_token, r.state FROM " ..
+      local r = w.db:first("SELECT s.token, r.token AS run_token, r.state, r.worker FROM " ..
         w.ident .. ".runs r LEFT JOIN " .. w.ident .. ".steps s ON s.run_id = r.id " ..
         "AND s.name = $2::text WHERE r.id = $1::bigint", it.run_id, it.name)
-      if r and not null(r) and r.run_token == it.token and r.state == "running" then
+      if r and not null(r) and r.run_token == it.token and r.state == "running"
+         and r.worker == w.id then
         if not null(r.token) and r.token == it.token then it.ok = true else it.duplicate = true end
       end
     end
@@ -431,7 +432,7 @@ local function flush_finishes(w, items)
       end)
   end
   local rows = w.db:query(w.q.finish, "[" .. table.concat(parts, ",") .. "]",
-    w.fleet.run_channel, w.fleet.new_channel)
+    w.fleet.run_channel, w.fleet.new_channel, w.id)
   local done = {}
   for _, r in ipairs(rows) do done[r.id] = true end
   for _, it in ipairs(items) do it.ok = done[it.id] or false end
@@ -871,7 +872,7 @@ function M.serve(fleet, opts)
   end
   if n > 0 then
     pcall(w.db.query, w.db, w.q.finish, "[" .. table.concat(release, ",") .. "]",
-      fleet.run_channel, fleet.new_channel)
+      fleet.run_channel, fleet.new_channel, w.id)
   end
   pcall(w.db.exec, w.db, w.q.deregister, w.id)
   fleet.worker = nil
