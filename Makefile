@@ -4,10 +4,12 @@
 #                   build/libagenthost.so
 #   make deps       install the Debian packages the build and tests need
 #   make run        run the main job
+#   make fleet-demo durable runs on 3 worker processes, one killed
 #   make test       build and run every test
 #   make asan       the same suite under AddressSanitizer + UBSan
 #   make bench      the scheduler benchmark (bench/sched); bench-http,
-#                   bench-store, bench-llm and bench-embed run the others;
+#                   bench-store, bench-llm, bench-embed and bench-fleet run
+#                   the others;
 #                   every one writes its section of docs/benchmarks.md
 #   make lib        build/libagenthost.a, build/libagenthost.so (with its
 #                   soname links) and build/agenthost.pc
@@ -70,6 +72,8 @@ DEB_PKGS += lua-socket openssl
 DEB_PKGS += clang
 # tests/http_netns_spec.lua: network namespaces and a veth pair.
 DEB_PKGS += iproute2
+# The fleet's specs and demo (docs/fleet.md) start a throwaway PostgreSQL.
+DEB_PKGS += postgresql
 
 .PHONY: all deps build run test asan bench clean ctests
 
@@ -245,6 +249,21 @@ bench-store: all bench-deps
 
 bench-llm: all
 	bench/llm
+
+# The fleet (docs/fleet.md): `make fleet-demo` runs 3 workers on a throwaway
+# PostgreSQL and kills one; bench-fleet compares it with DBOS Transact and
+# pg-boss, installed from bench/package.json and its lock (npm ci).
+.PHONY: fleet-demo bench-fleet bench-fleet-deps
+fleet-demo: all
+	$(BUILD)/agenthost scripts/examples/fleet_demo.lua
+
+bench-fleet-deps:
+	$(call install_missing,nodejs)
+	@command -v npm >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm
+	cd bench && npm ci --no-audit --no-fund --loglevel=error
+
+bench-fleet: all bench-fleet-deps
+	bench/fleet
 
 clean:
 	rm -rf build

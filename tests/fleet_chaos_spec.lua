@@ -1,4 +1,4 @@
--- The fleet under kill -9: 3 worker processes (tests/support/fleet_worker.lua)
+-- The fleet under kill -9: 3 worker processes (the worker of scripts/examples/fleet_demo.lua)
 -- share 1,000 runs of 3 steps on a throwaway PostgreSQL; each step records
 -- its execution in a side table before its checkpoint.  Two workers are
 -- killed with SIGKILL while they hold runs in flight (each replaced by a
@@ -34,13 +34,13 @@ describe("fleet under kill -9", function()
     task.run(function()
       local fleet = ah.fleet.open { db = srv.url, name = "chaos" }
       local db = fleet.db
-      db:exec([[CREATE TABLE chaos_exec (id bigserial PRIMARY KEY, run_id bigint NOT NULL,
+      db:exec([[CREATE TABLE step_log (id bigserial PRIMARY KEY, run_id bigint NOT NULL,
         step integer NOT NULL, token bigint NOT NULL, pid integer NOT NULL, key text NOT NULL,
         at timestamptz NOT NULL DEFAULT clock_timestamp())]])
       local procs, stopped = {}, false
       local function start_worker()
-        local p = ah.proc.spawn { cmd = BIN, args = { "tests/support/fleet_worker.lua", srv.url,
-          tostring(CONC), tostring(LEASE), tostring(STEP_MS) }, stderr = "pipe" }
+        local p = ah.proc.spawn { cmd = BIN, args = { "scripts/examples/fleet_demo.lua", "worker",
+          srv.url, tostring(CONC), tostring(LEASE), tostring(STEP_MS), "chaos" }, stderr = "pipe" }
         local ok, line = pcall(task.timeout, 60, p.read_line, p)
         assert(ok and line and line:match("^serving %d+$"),
           "a worker did not start: " .. tostring(line) .. "\n" .. p:stderr())
@@ -53,7 +53,7 @@ describe("fleet under kill -9", function()
         local items = {}
         for i = 1, N do items[i] = i end
         task.map(items, function(i)
-          return fleet:submit("chaos", { i = i }, { key = "chaos-" .. i })
+          return fleet:submit("triage", { i = i }, { key = "chaos-" .. i })
         end, { limit = 16 })
 
         local function done()
@@ -92,17 +92,17 @@ describe("fleet under kill -9", function()
         assert.same({ runs = N, good = N, keys = N }, { runs = r.runs, good = r.good, keys = r.keys })
         assert.equal(3 * N, db:first("SELECT count(*) AS n FROM fleet_chaos.steps").n)
         -- No step whose checkpoint committed ran again (by a later claim).
-        assert.equal(0, db:first([[SELECT count(*) AS n FROM chaos_exec e
+        assert.equal(0, db:first([[SELECT count(*) AS n FROM step_log e
           JOIN fleet_chaos.steps s ON s.run_id = e.run_id AND s.name = 's' || e.step
           WHERE e.token > s.token]]).n)
         -- Each claim ran a step at most once, and every checkpoint was made by
         -- the claim that ran it, under the idempotency key run.id:name.
-        assert.equal(0, db:first([[SELECT count(*) AS n FROM (SELECT 1 FROM chaos_exec
+        assert.equal(0, db:first([[SELECT count(*) AS n FROM (SELECT 1 FROM step_log
           GROUP BY run_id, step, token HAVING count(*) > 1) d]]).n)
         assert.equal(0, db:first([[SELECT count(*) AS n FROM fleet_chaos.steps s
-          WHERE NOT EXISTS (SELECT 1 FROM chaos_exec e WHERE e.run_id = s.run_id
+          WHERE NOT EXISTS (SELECT 1 FROM step_log e WHERE e.run_id = s.run_id
             AND 's' || e.step = s.name AND e.token = s.token)]]).n)
-        assert.equal(0, db:first([[SELECT count(*) AS n FROM chaos_exec
+        assert.equal(0, db:first([[SELECT count(*) AS n FROM step_log
           WHERE key <> run_id || ':s' || step]]).n)
 
         -- A step ran again only in a run that a killed worker held, at most
@@ -113,7 +113,7 @@ describe("fleet under kill -9", function()
           for _, h in ipairs(k.held) do
             held_by[h.id] = (held_by[h.id] or 0) + 1
             local first = db:first([[SELECT extract(epoch FROM min(at))::float8 AS at
-              FROM chaos_exec WHERE run_id = $1::bigint AND token > $2::bigint]], h.id, h.token)
+              FROM step_log WHERE run_id = $1::bigint AND token > $2::bigint]], h.id, h.token)
             if first and first.at ~= ah.null and first.at ~= nil then
               assert.is_true(first.at >= h.lease_until, string.format(
                 "run %d was taken up at %.3f, before its lease expired at %.3f",
@@ -123,7 +123,7 @@ describe("fleet under kill -9", function()
             assert.is_true(again.token > h.token, "run " .. h.id .. " was not claimed again")
           end
         end
-        local reruns = db:query([[SELECT run_id, step, count(*) AS n FROM chaos_exec
+        local reruns = db:query([[SELECT run_id, step, count(*) AS n FROM step_log
           GROUP BY run_id, step HAVING count(*) > 1]])
         for _, x in ipairs(reruns) do
           assert.is_true(held_by[x.run_id] ~= nil,

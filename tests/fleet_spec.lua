@@ -426,14 +426,14 @@ describe("ah.fleet", function()
     it("releases its runs at once on SIGTERM, and another worker resumes them", function()
       run(function()
         local f, name = new_fleet()
-        f.db:exec([[CREATE TABLE IF NOT EXISTS chaos_exec (id bigserial PRIMARY KEY, run_id bigint,
+        f.db:exec([[CREATE TABLE IF NOT EXISTS step_log (id bigserial PRIMARY KEY, run_id bigint,
           step integer, token bigint, pid integer, key text, at timestamptz DEFAULT clock_timestamp())]])
-        local p = ah.proc.spawn { cmd = BIN, args = { "tests/support/fleet_worker.lua", srv.url, "10",
-          "300", "400", name }, stderr = "pipe" }
+        local p = ah.proc.spawn { cmd = BIN, args = { "scripts/examples/fleet_demo.lua", "worker", srv.url,
+          "10", "300", "400", name }, stderr = "pipe" }
         local line = task.timeout(60, p.read_line, p)
         assert.matches("^serving", line)
         local ids = {}
-        for i = 1, 5 do ids[i] = f:submit("chaos", {}) end
+        for i = 1, 5 do ids[i] = f:submit("triage", {}) end
         wait_until("the worker holds 5 runs", 30, function()
           return #f:list { state = "running" } == 5
         end)
@@ -446,7 +446,7 @@ describe("ah.fleet", function()
           assert.equal("queued", s.state)
           assert.equal(0, s.attempts)
         end
-        local w, t = serve(name, { handlers = { chaos = function(r)
+        local w, t = serve(name, { handlers = { triage = function(r)
           local sum = 0
           for i = 1, 3 do sum = sum + r:step("s" .. i, function() return i end) end
           return sum
