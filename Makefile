@@ -26,7 +26,7 @@
 
 BUILD   ?= build
 CC      ?= cc
-PKGS    := lua5.4 libuv libcurl sqlite3
+PKGS    := lua5.4 libuv libcurl sqlite3 libpq
 SAN     ?=
 OPT     ?= -O2 -g
 
@@ -49,11 +49,13 @@ HOST_SRC := host/loop.c host/timer.c host/watch.c host/http.c host/sse.c host/st
 HOST_SRC += host/post.c
 HOST_SRC += host/buf.c
 HOST_SRC += host/json.c
+HOST_SRC += host/pg.c host/pgtype.c
 BIND_SRC := bindings/task.c bindings/errors.c bindings/group.c bindings/sync.c
 BIND_SRC += bindings/drive.c bindings/args.c bindings/reload.c bindings/http.c bindings/store.c bindings/agenthost.c
 BIND_SRC += bindings/embed.c
 HOST_SRC += host/proc.c
 BIND_SRC += bindings/proc.c
+BIND_SRC += bindings/pg.c
 BIND_SRC += bindings/scripts.c
 CORE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(HOST_SRC) $(BIND_SRC))
 # The Lua library built in (bindings/scripts.c): scripts/agenthost/ and the
@@ -72,8 +74,9 @@ DEB_PKGS += lua-socket openssl
 DEB_PKGS += clang
 # tests/http_netns_spec.lua: network namespaces and a veth pair.
 DEB_PKGS += iproute2
-# The fleet's specs and demo (docs/fleet.md) start a throwaway PostgreSQL.
-DEB_PKGS += postgresql
+# PostgreSQL: libpq for the binding, the server for the throwaway clusters
+# of the pg specs (tests/support/pg.lua).
+DEB_PKGS += libpq-dev postgresql
 
 .PHONY: all deps build run test asan bench clean ctests
 
@@ -299,7 +302,7 @@ define write_pc
 	  'Description: Lua 5.4 agent host: tasks with non-blocking timers, HTTP and SQLite' \
 	  'Version: $(VERSION)' 'Requires: lua5.4' \
 	  'Cflags: -I$${includedir}' 'Libs: -L$${libdir} -lagenthost' \
-	  'Libs.private: -luv -lcurl -lsqlite3 -lm -ldl -lpthread' > $(2)
+	  'Libs.private: -luv -lcurl -lsqlite3 -lpq -lm -ldl -lpthread' > $(2)
 endef
 
 lib: $(BUILD)/libagenthost.a $(BUILD)/libagenthost.so $(BUILD)/agenthost.pc

@@ -195,6 +195,11 @@ int luaopen_agenthost_core(lua_State *L) {
   lua_setfield(L, -2, "store");
   ah__open_proc(L);
   lua_setfield(L, -2, "_proc");
+  ah__open_pg(L);
+  lua_setfield(L, -2, "_pg");
+  /* SQL NULL in ah.pg's rows: the light userdata NULL, which is cjson.null. */
+  lua_pushlightuserdata(L, NULL);
+  lua_setfield(L, -2, "null");
   luaL_setfuncs(L, fns, 0);
   lua_pushliteral(L, AH_VERSION_STRING);
   lua_setfield(L, -2, "version");

@@ -1,11 +1,12 @@
 /*
  * Internal interface of the host layer: the event loop wrapper and the
  * timer heap, file watching, the growable buffer, HTTP transfers and
- * server-sent events, the SQLite store, posts from other threads, the JSON
- * syntax check and subprocesses.  Everything here knows libuv and plain C
- * only (libcurl and sqlite3 stay inside their .c files); nothing here
- * includes Lua.  Names with the ah__ prefix are shared between the files of
- * the project and are not part of the public API (see agenthost.h).
+ * server-sent events, the SQLite store, PostgreSQL connections, posts from
+ * other threads, the JSON syntax check and subprocesses.  Everything here
+ * knows libuv and plain C only (libcurl, sqlite3 and libpq stay inside
+ * their .c files); nothing here includes Lua.  Names with the ah__ prefix
+ * are shared between the files of the project and are not part of the
+ * public API (see agenthost.h).
  */
 #ifndef AH_HOST_H
 #define AH_HOST_H
@@ -675,6 +676,247 @@ void ah__proc_want(ah_proc_out *o);
 /* Streams: drops the first n bytes of o's buffer (the owner took them). */
 void ah__proc_consume(ah_proc_out *o, size_t n);
 void ah__proc_release(ah_proc *p);
+
+/* ---- PostgreSQL (pg.c, pgtype.c) ---------------------------------------- */
+
+/*
+ * One PostgreSQL connection, driven by libpq in non-blocking pipeline mode
+ * on the loop thread: its socket is watched with a uv_poll_t, requests are
+ * written as they come (the requests of one scheduler pass together, in one
+ * TCP segment where the kernel allows) and their results are read in the
+ * order they were sent.  Each request ends with its own Sync, so it is its
+ * own implicit transaction outside an explicit one, and a failing request
+ * fails alone.  Statements with parameters run as named prepared
+ * statements, prepared and described once per connection (an LRU cache),
+ * so that parameters are encoded by their real types (bytea in binary).
+ *
+ * A request is one malloc'd block made by ah__pg_req_new: its statements,
+ * their parameters and the copied SQL and strings.  The owner fills it,
+ * submits it, and gets done(r) on the loop thread once it ended (never when
+ * submit failed, never after ah__pg_abandon); then it reads the results and
+ * frees it with ah__pg_req_free.
+ */
+typedef struct ah_pg ah_pg;
+typedef struct ah_pg_req ah_pg_req;
+
+/* The type OIDs the decoder knows (pg_type.h). */
+enum {
+  AH_PG_BOOL = 16, AH_PG_BYTEA = 17, AH_PG_INT8 = 20, AH_PG_INT2 = 21,
+  AH_PG_INT4 = 23, AH_PG_TEXT = 25, AH_PG_OID = 26, AH_PG_JSON = 114,
+  AH_PG_FLOAT4 = 700, AH_PG_FLOAT8 = 701, AH_PG_NUMERIC = 1700,
+  AH_PG_JSONB = 3802
+};
+
+/* Kinds of values: parameters (NULL, BOOL, INT, FLOAT, TEXT) and decoded
+ * result values (all of them). */
+enum {
+  AH_PGV_NULL, AH_PGV_BOOL, AH_PGV_INT, AH_PGV_FLOAT, AH_PGV_TEXT,
+  AH_PGV_JSON, AH_PGV_BYTES, AH_PGV_ARRAY
+};
+
+typedef struct ah_pg_val {
+  int type;                  /* AH_PGV_* */
+  uint32_t elem;             /* ARRAY: the element type's OID */
+  size_t len;                /* TEXT, JSON, BYTES, ARRAY */
+  union {
+    int64_t i;               /* INT; BOOL is 0 or 1 */
+    double d;                /* FLOAT */
+    const char *s;           /* TEXT, JSON, BYTES, ARRAY: the bytes */
+  } u;
+} ah_pg_val;
+
+typedef struct ah_pg_stmt {
+  const char *sql;           /* into the request's block, NUL-terminated */
+  size_t sql_len;
+  int nparams;
+  ah_pg_val *params;         /* into the request's block */
+  void *res;                 /* its PGresult once done (owned by the request) */
+  /* private */
+  unsigned psid;             /* the prepared statement it ran as, or 0 */
+  void *ps;                  /* while it is being sent: its cache entry */
+} ah_pg_stmt;
+
+enum {
+  AH_PGR_PIPELINE,           /* statements sent in the pipeline, one Sync */
+  AH_PGR_SIMPLE,             /* one SQL text of any number of statements,
+                              * without parameters (simple protocol); runs
+                              * alone on the connection */
+  AH_PGR_COPY,               /* COPY ... FROM STDIN; runs alone */
+  AH_PGR_DESCRIBE            /* the parameter types of stmts[0] */
+};
+
+struct ah_pg_req {
+  int kind;                  /* AH_PGR_* */
+  int nstmts;
+  ah_pg_stmt *stmts;         /* in this block */
+  int autocommit;            /* not inside an explicit transaction: the
+                              * request may be sent again when a cancel
+                              * meant for another request hit it */
+  void (*done)(ah_pg_req *r);     /* on the loop thread, once */
+  void (*on_copy)(ah_pg_req *r);  /* COPY: ready for (more) data */
+  void *data, *owner;        /* for the owner */
+  int tag;                   /* for the owner */
+  /* results */
+  const char *kind_err;      /* NULL on success, else an error kind: sql,
+                              * connect, invalid_argument, resource */
+  int retryable;             /* with kind_err: trying again may succeed */
+  int sent;                  /* it reached the server (it may have run) */
+  int failed;                /* index of the failing statement */
+  void *err;                 /* the PGresult of the server's error, or NULL */
+  char msg[320];             /* the error's text when err is NULL */
+  uint32_t *ptypes;          /* DESCRIBE: the parameter types (malloc'd,
+                              * freed with the request) */
+  int nptypes;
+  /* private */
+  ah_pg_req *next;
+  ah_pg *pg;
+  struct ah_pg_req *waiter;  /* a prepare: the request waiting for it */
+  int where;                 /* not queued, in the send queue, in flight */
+  int step, got, abandoned, cancel_at_head, exposed, resends, internal;
+  int copy;                  /* COPY: its phase */
+  int copy_wait;             /* COPY: waits for room (on_copy follows) */
+  unsigned psid;             /* a prepare: the statement it prepares */
+  char *bytes;               /* free space for ah__pg_req_copy */
+  size_t room;
+};
+
+/* A connection's state. */
+enum { AH_PG_CONNECTING, AH_PG_READY, AH_PG_BROKEN, AH_PG_CLOSED };
+
+typedef struct ah_pg_stats {
+  uint64_t requests, failed, cancels, resends, prepares, notifies;
+  int cached;                /* prepared statements kept now */
+  int queued, inflight;      /* requests waiting to be sent, and sent */
+} ah_pg_stats;
+
+typedef struct ah_pg_opts {
+  int prepare;               /* statements with parameters are prepared */
+  int cache_max;             /* prepared statements kept (LRU) */
+} ah_pg_opts;
+
+/* Starts connecting with libpq's keywords and values (NULL-terminated
+ * arrays, expand_dbname on: a "dbname" holding a URL or key=value string is
+ * expanded; the PG* environment variables fill what is not given).  ready
+ * runs on the loop thread once the connection is usable (state READY) or
+ * has failed (state BROKEN; ah__pg_error says why); the owner then keeps
+ * or closes it.  UV_EINVAL with *out set to a broken connection when
+ * libpq refused the parameters at once (ah__pg_error, then close);
+ * UV_ENOMEM. */
+int ah__pg_connect(ah_pg **out, uv_loop_t *loop, const char *const *keys,
+                   const char *const *vals, const ah_pg_opts *o,
+                   void (*ready)(ah_pg *pg), void *data);
+void *ah__pg_data(const ah_pg *pg);
+int ah__pg_state(const ah_pg *pg);
+/* Why the connection failed or was lost, without any password. */
+const char *ah__pg_error(const ah_pg *pg);
+/* "user@host:port/dbname", for messages (no password). */
+const char *ah__pg_describe(const ah_pg *pg);
+int ah__pg_backend_pid(const ah_pg *pg);
+int ah__pg_server_version(const ah_pg *pg);
+/* Callbacks on the loop thread: a notification (LISTEN), the loss of the
+ * connection (after every request has got its error), and a server
+ * message of level WARNING (text without the level). */
+void ah__pg_on_notify(ah_pg *pg, void (*fn)(ah_pg *pg, const char *channel,
+                                            const char *payload, int pid));
+void ah__pg_on_lost(ah_pg *pg, void (*fn)(ah_pg *pg));
+void ah__pg_on_warning(ah_pg *pg, void (*fn)(ah_pg *pg, const char *msg));
+/* Replaces every occurrence of the connection's password in s (NUL
+ * terminated, changed in place) with "***". */
+void ah__pg_scrub(const ah_pg *pg, char *s);
+/* Closes: no callback runs after this; requests not done are failed
+ * through their done callbacks with a `connect` error when fail_pending is
+ * set, else freed without a callback.  The memory goes once the socket's
+ * handle has closed and no cancel request is still out. */
+void ah__pg_close(ah_pg *pg, int fail_pending);
+
+/* A request with nstmts statements, nparams parameters between them and
+ * bytes of room for ah__pg_req_copy (the owner points each statement's
+ * params into stmts[0].params in order). */
+ah_pg_req *ah__pg_req_new(int kind, int nstmts, int nparams, size_t bytes);
+/* Copies n bytes and a NUL into the request's room; returns the copy. */
+const char *ah__pg_req_copy(ah_pg_req *r, const char *s, size_t n);
+/* Queues r.  Returns 1 when the connection must be flushed with
+ * ah__pg_flush (at the end of this scheduler pass, so that the requests of
+ * one pass go out together), 0 when it already waits for that, or UV_EPIPE
+ * when the connection is not ready (r is not taken). */
+int ah__pg_submit(ah_pg *pg, ah_pg_req *r);
+void ah__pg_flush(ah_pg *pg);
+/* The owner lets go of a submitted request: no done call follows and the
+ * host frees it.  With cancel, a request the server may be running gets a
+ * cancel request (sent from the thread pool, as libpq's is blocking) once
+ * it is the one running; a COPY is ended with an error. */
+void ah__pg_abandon(ah_pg_req *r, int cancel);
+void ah__pg_req_free(ah_pg_req *r);
+/* Requests queued or in flight; the seconds the one running has run
+ * (0 when none runs); the seconds the one running has been abandoned (its
+ * cancel not effective yet), or 0. */
+int ah__pg_pending(const ah_pg *pg);
+double ah__pg_head_age(const ah_pg *pg);
+double ah__pg_stuck(const ah_pg *pg);
+/* The parameter types of sql when its prepared statement is cached: their
+ * count, and *types (valid until the next call into the connection); -1
+ * when not cached. */
+int ah__pg_param_types(ah_pg *pg, const char *sql, size_t len,
+                       const uint32_t **types);
+void ah__pg_stats(const ah_pg *pg, ah_pg_stats *out);
+/* COPY: after on_copy, hands len bytes of COPY text to libpq.  1: taken,
+ * go on; 2: taken, wait for on_copy before more; 0: not taken, wait for
+ * on_copy and put them again; < 0: the connection failed (done follows).
+ * ah__pg_copy_end ends the data (errmsg != NULL aborts the COPY with it);
+ * 1, or 0: wait for on_copy and call it again. */
+int ah__pg_copy_put(ah_pg_req *r, const char *data, size_t len);
+int ah__pg_copy_end(ah_pg_req *r, const char *errmsg);
+
+/* A result (the PGresult of a statement). */
+int ah__pg_res_nrows(const void *res);
+int ah__pg_res_ncols(const void *res);
+const char *ah__pg_res_fname(const void *res, int col);
+uint32_t ah__pg_res_ftype(const void *res, int col);
+/* Rows affected (INSERT, UPDATE, DELETE, MERGE, SELECT, COPY...), or -1. */
+int64_t ah__pg_res_affected(const void *res);
+/* The value at row, col, decoded by its column's type (ah__pg_decode). */
+int ah__pg_res_value(const void *res, int row, int col, ah_pg_val *out,
+                     ah_buf *scratch);
+/* Fields of an error result (NULL when absent). */
+enum {
+  AH_PGE_SQLSTATE, AH_PGE_MESSAGE, AH_PGE_DETAIL, AH_PGE_HINT,
+  AH_PGE_CONSTRAINT, AH_PGE_TABLE, AH_PGE_COLUMN, AH_PGE_SCHEMA,
+  AH_PGE_SEVERITY, AH_PGE_POSITION, AH_PGE_WHERE, AH_PGE_DATATYPE
+};
+const char *ah__pg_res_error(const void *res, int field);
+/* The error kind of a SQLSTATE ("connect" for the connection classes 08
+ * and 57P01-57P03, else "sql"), and in *retryable whether trying again may
+ * succeed (serialization failures, deadlocks, lost connections). */
+const char *ah__pg_sqlstate_kind(const char *sqlstate, int *retryable);
+
+/* ---- values (pgtype.c) ---- */
+
+/* Decodes the text s[0..len) (NUL-terminated) of a value of type oid:
+ * integers, floats, bool, bytea (into scratch), json/jsonb (JSON text),
+ * arrays (ARRAY, walked with ah__pg_array_next); any other type is TEXT as
+ * the server printed it.  0, or -1 when bytea is malformed; UV_ENOMEM. */
+int ah__pg_decode(uint32_t oid, const char *s, size_t len, ah_pg_val *out,
+                  ah_buf *scratch);
+/* The element type of a known array type, or 0. */
+uint32_t ah__pg_array_elem(uint32_t oid);
+typedef struct ah_pg_array {
+  const char *p, *end;
+  uint32_t elem;
+  int depth;
+  int expect;                /* an element (or '{') comes next */
+} ah_pg_array;
+enum { AH_PGA_END, AH_PGA_OPEN, AH_PGA_CLOSE, AH_PGA_VALUE };
+void ah__pg_array_init(ah_pg_array *a, const ah_pg_val *v);
+/* The next token of the array: OPEN and CLOSE of a dimension, a VALUE
+ * (decoded into *out, its bytes in scratch until the next call), END; -1
+ * when the text is malformed, UV_ENOMEM. */
+int ah__pg_array_next(ah_pg_array *a, ah_pg_val *out, ah_buf *scratch);
+/* The shortest text that reads back as d ("NaN", "Infinity",
+ * "-Infinity" for those); out must hold 32 bytes.  Returns its length. */
+int ah__pg_format_float(double d, char *out);
+/* Appends v as one field of COPY's text format (\N for NULL, with tab,
+ * newline, carriage return and backslash escaped).  0 or UV_ENOMEM. */
+int ah__pg_copy_field(ah_buf *b, const ah_pg_val *v);
 
 /* ---- small shared helpers --------------------------------------------- */
 

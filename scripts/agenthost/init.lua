@@ -56,6 +56,7 @@ local parts = {
   proc = "agenthost.proc",
   config = "agenthost.config",
   channel = "agenthost.channel",
+  pg = "agenthost.pg",
   fleet = "agenthost.fleet",
 }
 setmetatable(core, {
