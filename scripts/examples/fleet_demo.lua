@@ -68,18 +68,16 @@ local LEASE, CONC, STEP_MS = 3, 20, 80
 local here = debug.getinfo(1, "S").source:match("^@(.*)$")
 local root = here:match("^(.*)/scripts/examples/[^/]*$") or "."
 local exe = arg and arg[-1] or "agenthost"
-local pg_sh = root .. "/tests/support/fleet_pg.sh"
-local dir = "/tmp/agenthost-fleet-demo-" .. math.random(1e9)
 
 local function say(fmt, ...) io.stdout:write(string.format(fmt, ...), "\n") io.stdout:flush() end
 
-local r = ah.proc.run { cmd = pg_sh, args = { "start", dir }, timeout = 120 }
-if r.code ~= 0 then
-  io.stderr:write("fleet demo: could not start PostgreSQL:\n", r.stderr)
-  os.exit(1)
-end
-local url = r.stdout:match("[^\n]+")
-say("PostgreSQL at %s (a throwaway cluster in %s)", url, dir)
+-- The throwaway cluster of the specs (tests/support/pg.lua): initdb in a
+-- temporary directory, the server on a free loopback port, removed at the
+-- end.  Starting it blocks the loop for a moment, before anything runs.
+package.path = root .. "/tests/?.lua;" .. package.path
+local srv = require("support.pg").start()
+local url = srv.url
+say("PostgreSQL on 127.0.0.1:%d (a throwaway cluster in %s)", srv.port, srv.dir)
 
 local workers = {}
 local ok, err = pcall(function()
@@ -141,7 +139,7 @@ local ok, err = pcall(function()
       return table.concat(o, " and ")
     end)())
   say("")
-  say("agenthost fleet status %s --name demo:", url)
+  say("agenthost fleet status URL --name demo:")
   io.stdout:write(require("agenthost.fleet.cli").render("demo", fleet:report()))
   fleet:close()
 end)
@@ -149,6 +147,6 @@ for _, w in ipairs(workers) do
   if w.p:status() == "running" then w.p:kill("TERM") end
 end
 for _, w in ipairs(workers) do pcall(task.timeout, 30, w.p.wait, w.p) end
-ah.proc.run { cmd = pg_sh, args = { "stop", dir }, timeout = 60 }
+srv:stop()
 say("stopped the workers and removed the cluster")
 if not ok then error(err, 0) end
