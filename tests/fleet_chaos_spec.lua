@@ -12,7 +12,7 @@ local pgs = require "support.pg"
 local task = ah.task
 
 local BIN = os.getenv("AGENTHOST_BIN") or "build/agenthost"
-local N, LEASE, CONC, STEP_MS = 1000, 4, 20, 60
+local N, LEASE, CONC, STEP_MS = 1000, 6, 20, 60
 
 local function wait_until(what, limit, fn)
   local deadline = ah.clock() + limit

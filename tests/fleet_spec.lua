@@ -112,6 +112,9 @@ describe("ah.fleet", function()
           assert.equal("invalid_argument", e.kind)
           assert.matches("fleet:submit", e.message)
         end
+        local e = err_of(f.submit, f, "k", string.rep("x", ah.fleet.MAX_VALUE))
+        assert.equal("too_large", e.kind)
+        assert.matches("fleet:submit: the input is %d+ bytes of JSON", e.message)
         f:close()
       end)
     end)
@@ -293,15 +296,22 @@ describe("ah.fleet", function()
         local low = f:submit("p", { n = "low" }, { priority = -1 })
         local mid = f:submit("p", { n = "mid" })
         local high = f:submit("p", { n = "high" }, { priority = 5 })
-        local later = f:submit("p", { n = "later" }, { priority = 9, delay = 0.5 })
+        local later = f:submit("p", { n = "later" }, { priority = 9, delay = 3600 })
         local order = {}
         local w, t = serve(name, { concurrency = 1, batch = 1, handlers = { p = function(_, input)
           order[#order + 1] = input.n
         end } })
-        for _, id in ipairs { low, mid, high, later } do f:wait(id, { timeout = 30 }) end
-        assert.same({ "high", "mid", "low", "later" }, order)
+        for _, id in ipairs { low, mid, high } do f:wait(id, { timeout = 30 }) end
+        assert.same({ "high", "mid", "low" }, order)
+        -- Due in an hour: not taken, though it has the highest priority.
         local st = f:status(later)
-        assert.is_true(st.started_at >= st.run_at)
+        assert.equal("queued", st.state)
+        assert.is_nil(st.started_at)
+        assert.is_true(st.run_at > st.created_at + 3000)
+        -- An operator brings it forward with SQL; the next poll takes it.
+        f.db:exec("UPDATE " .. '"fleet_' .. name .. '"' .. ".runs SET run_at = now() WHERE id = $1::bigint", later)
+        f:wait(later, { timeout = 30 })
+        assert.same({ "high", "mid", "low", "later" }, order)
         stop(w, t)
         f:close()
       end)
@@ -318,10 +328,10 @@ describe("ah.fleet", function()
           task.sleep(0.05)
           now = now - 1
         end
-        local w1, t1 = serve(name, { concurrency = 10, handlers = { lim = h } })
-        local w2, t2 = serve(name, { concurrency = 10, handlers = { lim = h } })
         local ids = {}
         for i = 1, 12 do ids[i] = f:submit("lim", {}) end
+        local w1, t1 = serve(name, { concurrency = 10, handlers = { lim = h } })
+        local w2, t2 = serve(name, { concurrency = 10, handlers = { lim = h } })
         for _, id in ipairs(ids) do f:wait(id, { timeout = 60 }) end
         assert.equal(2, peak)
         assert.equal("invalid_argument", err_of(f.limit, f, "lim", -1).kind)
@@ -364,7 +374,7 @@ describe("ah.fleet", function()
         local f, name = new_fleet()
         local started, resume = task.event(), task.event()
         local outcome
-        local w, t = serve(name, { lease = 1, heartbeat = 0.2, handlers = { fenced = function(r)
+        local w, t = serve(name, { lease = 5, heartbeat = 0.2, handlers = { fenced = function(r)
           started:set()
           resume:wait()
           local ok, e = pcall(r.step, r, "late", function() return 1 end)
@@ -389,7 +399,7 @@ describe("ah.fleet", function()
       run(function()
         local f, name = new_fleet()
         local started, ended = task.event(), nil
-        local w, t = serve(name, { lease = 1, heartbeat = 0.1, handlers = { held = function()
+        local w, t = serve(name, { lease = 5, heartbeat = 0.1, handlers = { held = function()
           started:set()
           local ok, e = pcall(task.sleep, 600)
           ended = ok and "slept" or e.kind

@@ -46,8 +46,20 @@ local function null(v)
 end
 M.null = null
 
+-- The largest JSON text the fleet stores for one value (an input, a
+-- result, a step's output, an event's payload): they are rows read on
+-- every resume, not a place for bulk data.
+M.MAX_VALUE = 8 * 1024 * 1024
+
+local function too_large(fn, what, n)
+  error(ah.error.new("too_large", string.format("%s: %s is %d bytes of JSON, more than the " ..
+    "%d the fleet stores; keep bulk data elsewhere and pass a reference", fn, what, n,
+    M.MAX_VALUE)), 4)
+end
+M.too_large = too_large
+
 -- JSON text of v; a value that JSON cannot hold raises invalid_argument
--- naming what was given.
+-- naming what was given, one past MAX_VALUE too_large.
 local function encode(v, fn, what)
   if v == nil then return "null" end
   local ok, s = pcall(cjson.encode, v)
@@ -55,6 +67,7 @@ local function encode(v, fn, what)
     bad(fn, what .. " must be a JSON value (strings, numbers, booleans, arrays, " ..
       "string-keyed tables): " .. tostring(s))
   end
+  if #s > M.MAX_VALUE then too_large(fn, what, #s) end
   return s
 end
 M.encode = encode

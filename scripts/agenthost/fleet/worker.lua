@@ -245,6 +245,7 @@ function Run:step(name, fn, ...)
     error(ah.error.new("invalid_argument", string.format("run:step %s: the results must be " ..
       "JSON values: %s", sname, tostring(json))), 2)
   end
+  if #json > fleet_mod.MAX_VALUE then fleet_mod.too_large("run:step " .. sname, "the result", #json) end
   store(self, sname, json)
   local stored = cjson.decode(json)
   return unpack_output(stored)
@@ -493,11 +494,14 @@ function Worker:execute(rec)
     local vals = { table.unpack(res, 3, res.n) }
     local v = vals[1]
     local jok, json = pcall(jencode, v == nil and cjson.null or v)
+    if jok and #json > fleet_mod.MAX_VALUE then
+      jok, json = false, string.format("%d bytes of JSON, more than %d", #json, fleet_mod.MAX_VALUE)
+    end
     if jok then
       fin = { state = "done", result = json }
     else
       fin = { state = "failed", error = jencode { kind = "invalid_argument",
-        message = "the handler's result is not a JSON value: " .. tostring(json) } }
+        message = "the handler's result cannot be stored: " .. tostring(json) } }
     end
   elseif reason == "cancel" then
     fin = { state = "cancelled", error = jencode { kind = "cancelled",
