@@ -72,13 +72,38 @@ local function encode(v, fn, what)
 end
 M.encode = encode
 
+-- lua-cjson reads every JSON number as a float: one written without a
+-- fraction (within 2^53) becomes an integer again, so that an id stored
+-- by a step comes back as the integer it was.
+local function fix_ints(v)
+  if type(v) == "table" then
+    for k, x in pairs(v) do
+      if type(x) == "table" then
+        fix_ints(x)
+      elseif math.type(x) == "float" and x == math.floor(x) and x > -2 ^ 53 and x < 2 ^ 53 then
+        v[k] = math.tointeger(x)
+      end
+    end
+  elseif math.type(v) == "float" and v == math.floor(v) and v > -2 ^ 53 and v < 2 ^ 53 then
+    return math.tointeger(v)
+  end
+  return v
+end
+
+-- The value of JSON text (the fleet's columns are read as text): nil for
+-- NULL and for JSON null at the top.
 local function decode(s)
   if null(s) then return nil end
-  local v = cjson.decode(s)
+  local v = fix_ints(cjson.decode(s))
   if v == cjson.null then return nil end
   return v
 end
 M.decode = decode
+
+-- The same for JSON that may be null inside (a step's outputs).
+function M.decode_raw(s)
+  return fix_ints(cjson.decode(s))
+end
 
 local NAME = "^[a-z][a-z0-9_]*$"
 

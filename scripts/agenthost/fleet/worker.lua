@@ -30,7 +30,7 @@ local cjson = require "cjson"
 local fleet_mod = require "agenthost.fleet"
 local task = ah.task
 
-local null, decode = fleet_mod.null, fleet_mod.decode
+local null, decode, decode_raw = fleet_mod.null, fleet_mod.decode, fleet_mod.decode_raw
 local jencode = cjson.encode
 
 local M = {}
@@ -247,7 +247,7 @@ function Run:step(name, fn, ...)
   end
   if #json > fleet_mod.MAX_VALUE then fleet_mod.too_large("run:step " .. sname, "the result", #json) end
   store(self, sname, json)
-  local stored = cjson.decode(json)
+  local stored = decode_raw(json)
   return unpack_output(stored)
 end
 
@@ -356,7 +356,7 @@ function Run:wait_event(name, opts)
     if row.owned == 0 then error(lease_lost(rec), 0) end
     if row.taken == 1 then
       rec.event_ev = nil
-      local out = cjson.decode(row.output)
+      local out = decode_raw(row.output)
       rec.steps = rec.steps or {}
       rec.steps[sname] = out
       return unpack_output(out)
@@ -535,7 +535,7 @@ function Worker:start_run(row)
   local rec = { id = row.id, kind = row.kind, key = not null(row.key) and row.key or nil,
                 input = row.input, token = row.token, attempts = row.attempts,
                 max_attempts = row.max_attempts, cancel_requested = row.cancel_requested,
-                steps = not null(row.steps) and cjson.decode(row.steps) or nil,
+                steps = not null(row.steps) and decode_raw(row.steps) or nil,
                 lease_deadline = ah.clock() + self.lease }
   local old = self.held[rec.id]
   if old then old.reason = old.reason or "lost" if old.task then old.task:cancel() end end

@@ -1,0 +1,102 @@
+-- ah.agent as a fleet handler: a worker process runs an agent whose tool
+-- call waits for approval as a durable event; the worker is killed with
+-- SIGKILL while it waits; a second worker resumes the run from the
+-- agent's stored conversation, the approval is sent to the run from here,
+-- and the tool runs once and the agent finishes.  The model is the mock
+-- (tests/support/mockllm.lua); the worker is
+-- tests/support/fleet_agent_worker.lua.
+local ah = require "agenthost"
+local pgs = require "support.pg"
+local mockllm = require "support.mockllm"
+local proc = require "support.proc"
+local task = ah.task
+
+local BIN = os.getenv("AGENTHOST_BIN") or "build/agenthost"
+local LEASE = 2
+
+describe("ah.agent on the fleet", function()
+  local srv, mock, dir
+  setup(function()
+    srv = pgs.start()
+    mock = mockllm.start { rules = { rules = {
+      { when = "tool", reply = "Done: {{tool_results}}" },
+      { when = "user", match = "deploy", tool_calls = { { name = "deploy", arguments = {} } } },
+      { reply = "nothing to do" },
+    } } }
+    dir = proc.tmpdir()
+  end)
+  teardown(function()
+    if mock then mock:stop() end
+    if srv then srv:stop() end
+    proc.cleanup()
+  end)
+
+  it("continues on another worker after a crash; the approval waits as a durable event", function()
+    task.run(function()
+      local fleet = ah.fleet.open { db = srv.url, name = "agents" }
+      local db = fleet.db
+      db:exec("CREATE TABLE asked (run_id bigint, call_id text, pid integer)")
+      db:exec("CREATE TABLE deploys (call_id text, pid integer)")
+      local mem = dir .. "/memory.sqlite"
+      local procs = {}
+      local function start_worker()
+        local p = ah.proc.spawn { cmd = BIN, args = { "tests/support/fleet_agent_worker.lua",
+          srv.url, mock.base, mem, tostring(LEASE) }, stderr = "pipe" }
+        local ok, line = pcall(task.timeout, 60, p.read_line, p)
+        assert(ok and line and line:match("^serving %d+$"),
+          "a worker did not start: " .. tostring(line) .. "\n" .. p:stderr())
+        local w = { p = p, pid = tonumber(line:match("%d+")) }
+        procs[#procs + 1] = w
+        return w
+      end
+      local function wait_until(what, limit, fn)
+        local deadline = ah.clock() + limit
+        while true do
+          local v = fn()
+          if v then return v end
+          if ah.clock() > deadline then
+            local errs = {}
+            for _, w in ipairs(procs) do errs[#errs + 1] = w.p:stderr() end
+            error("gave up waiting for " .. what .. "; the workers said:\n" .. table.concat(errs, "\n"), 2)
+          end
+          task.sleep(0.02)
+        end
+      end
+      local ok, err = pcall(function()
+        mock:reset()
+        local a = start_worker()
+        local id = fleet:submit("ops", { question = "please deploy the api" }, { key = "ops-1" })
+        local asked = wait_until("the approval asked", 60, function()
+          return db:first("SELECT call_id, pid FROM asked WHERE run_id = $1::bigint", id)
+        end)
+        assert.equal(a.pid, asked.pid)
+        a.p:kill("KILL")
+        assert.equal(9, a.p:wait().signal)
+        local b = start_worker()
+        -- The approval, sent while no worker holds the run: kept until it waits.
+        fleet:send(id, "approve:" .. asked.call_id, { ok = true })
+        local r = fleet:wait(id, { timeout = 120 })
+        assert.matches("Done: deployed", r.text)
+        -- The tool ran once, on the second worker, after the approval; both
+        -- workers asked for the same call.
+        local d = db:query("SELECT call_id, pid FROM deploys")
+        assert.equal(1, #d)
+        assert.same({ asked.call_id, b.pid }, { d[1].call_id, d[1].pid })
+        local asks = db:query("SELECT DISTINCT call_id FROM asked WHERE run_id = $1::bigint", id)
+        assert.equal(1, #asks)
+        -- The model answered the first turn once (the stored answer was
+        -- reloaded, not asked again), then the turn after the tool.
+        assert.equal(2, mock:stats().requests.chat_completions)
+        local st = fleet:status(id)
+        assert.equal("done", st.state)
+        assert.equal(2, st.attempts)
+      end)
+      for _, w in ipairs(procs) do
+        if w.p:status() == "running" then w.p:kill("TERM") end
+      end
+      for _, w in ipairs(procs) do pcall(task.timeout, 30, w.p.wait, w.p) end
+      fleet:close()
+      if not ok then error(err, 0) end
+    end)
+  end)
+end)
