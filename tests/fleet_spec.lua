@@ -239,6 +239,31 @@ describe("ah.fleet", function()
       end)
     end)
 
+    it("ends a run cancelled whose handler swallowed its cancellation, once its lease lapses", function()
+      run(function()
+        local f, name = new_fleet()
+        local started, unstick, swallowed = task.event(), task.event(), false
+        local w, t = serve(name, { lease = 1, heartbeat = 0.1, handlers = { stubborn = function()
+          started:set()
+          local ok = pcall(task.sleep, 600)
+          swallowed = not ok
+          unstick:wait()
+          return "finished anyway"
+        end } })
+        local id = f:submit("stubborn", {})
+        task.timeout(30, started.wait, started)
+        assert.equal("running", f:cancel(id))
+        assert.equal("run_cancelled", err_of(f.wait, f, id, { timeout = 60 }).kind)
+        assert.is_true(swallowed)
+        -- The handler ends after all: nothing it returns changes the run.
+        unstick:set()
+        wait_until("the worker idle", 30, function() return w:worker_stats().active == 0 end)
+        assert.equal("cancelled", f:status(id).state)
+        stop(w, t)
+        f:close()
+      end)
+    end)
+
     it("delivers events to a run waiting on this worker, and keeps them as checkpoints", function()
       run(function()
         local f, name = new_fleet()

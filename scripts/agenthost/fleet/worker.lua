@@ -652,7 +652,12 @@ function Worker:heartbeat_loop()
     local started = ah.clock()
     local list, n = {}, 0
     for id, rec in pairs(self.held) do
-      if not rec.parked then
+      -- A run told to stop (cancelled, released) whose handler has not
+      -- ended a lease later (it swallowed the cancellation and waits on
+      -- something else) is renewed no more: its lease expires and the
+      -- sweep ends or requeues it as the database says.
+      if rec.reason and not rec.reason_at then rec.reason_at = started end
+      if not rec.parked and not (rec.reason_at and started - rec.reason_at > self.lease) then
         n = n + 1
         list[n] = '{"id":' .. id .. ',"token":' .. rec.token .. '}'
       end
