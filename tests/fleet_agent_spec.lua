@@ -9,9 +9,9 @@ local ah = require "agenthost"
 local pgs = require "support.pg"
 local mockllm = require "support.mockllm"
 local proc = require "support.proc"
+local sf = require "support.fleet"
 local task = ah.task
 
-local BIN = os.getenv("AGENTHOST_BIN") or "build/agenthost"
 local LEASE = 2
 
 describe("ah.agent on the fleet", function()
@@ -40,28 +40,10 @@ describe("ah.agent on the fleet", function()
       local mem = dir .. "/memory.sqlite"
       local procs = {}
       local function start_worker()
-        local p = ah.proc.spawn { cmd = BIN, args = { "tests/support/fleet_agent_worker.lua",
-          srv.url, mock.base, mem, tostring(LEASE) }, stderr = "pipe" }
-        local ok, line = pcall(task.timeout, 60, p.read_line, p)
-        assert(ok and line and line:match("^serving %d+$"),
-          "a worker did not start: " .. tostring(line) .. "\n" .. p:stderr())
-        local w = { p = p, pid = tonumber(line:match("%d+")) }
-        procs[#procs + 1] = w
-        return w
+        return sf.start_worker(procs, { "tests/support/fleet_agent_worker.lua", srv.url, mock.base,
+          mem, tostring(LEASE) })
       end
-      local function wait_until(what, limit, fn)
-        local deadline = ah.clock() + limit
-        while true do
-          local v = fn()
-          if v then return v end
-          if ah.clock() > deadline then
-            local errs = {}
-            for _, w in ipairs(procs) do errs[#errs + 1] = w.p:stderr() end
-            error("gave up waiting for " .. what .. "; the workers said:\n" .. table.concat(errs, "\n"), 2)
-          end
-          task.sleep(0.02)
-        end
-      end
+      local function wait_until(what, limit, fn) return sf.wait_until(what, limit, fn, procs) end
       local ok, err = pcall(function()
         mock:reset()
         local a = start_worker()
@@ -91,10 +73,7 @@ describe("ah.agent on the fleet", function()
         assert.equal("done", st.state)
         assert.equal(2, st.attempts)
       end)
-      for _, w in ipairs(procs) do
-        if w.p:status() == "running" then w.p:kill("TERM") end
-      end
-      for _, w in ipairs(procs) do pcall(task.timeout, 30, w.p.wait, w.p) end
+      sf.stop_workers(procs)
       fleet:close()
       if not ok then error(err, 0) end
     end)

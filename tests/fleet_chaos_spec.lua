@@ -9,20 +9,10 @@
 -- synchronised on the database's state; nothing is timed.
 local ah = require "agenthost"
 local pgs = require "support.pg"
+local sf = require "support.fleet"
 local task = ah.task
 
-local BIN = os.getenv("AGENTHOST_BIN") or "build/agenthost"
 local N, LEASE, CONC, STEP_MS = 1000, 6, 20, 60
-
-local function wait_until(what, limit, fn)
-  local deadline = ah.clock() + limit
-  while true do
-    local v = fn()
-    if v then return v end
-    if ah.clock() > deadline then error("gave up waiting (" .. limit .. " s) for " .. what, 2) end
-    task.sleep(0.02)
-  end
-end
 
 describe("fleet under kill -9", function()
   local srv
@@ -37,17 +27,12 @@ describe("fleet under kill -9", function()
       db:exec([[CREATE TABLE step_log (id bigserial PRIMARY KEY, run_id bigint NOT NULL,
         step integer NOT NULL, token bigint NOT NULL, pid integer NOT NULL, key text NOT NULL,
         at timestamptz NOT NULL DEFAULT clock_timestamp())]])
-      local procs, stopped = {}, false
+      local procs = {}
       local function start_worker()
-        local p = ah.proc.spawn { cmd = BIN, args = { "scripts/examples/fleet_demo.lua", "worker",
-          srv.url, tostring(CONC), tostring(LEASE), tostring(STEP_MS), "chaos" }, stderr = "pipe" }
-        local ok, line = pcall(task.timeout, 60, p.read_line, p)
-        assert(ok and line and line:match("^serving %d+$"),
-          "a worker did not start: " .. tostring(line) .. "\n" .. p:stderr())
-        local w = { p = p, worker_pid = tonumber(line:match("%d+")) }
-        procs[#procs + 1] = w
-        return w
+        return sf.start_worker(procs, { "scripts/examples/fleet_demo.lua", "worker", srv.url,
+          tostring(CONC), tostring(LEASE), tostring(STEP_MS), "chaos" })
       end
+      local function wait_until(what, limit, fn) return sf.wait_until(what, limit, fn, procs) end
       local ok, err = pcall(function()
         for _ = 1, 3 do start_worker() end
         local items = {}
@@ -65,17 +50,17 @@ describe("fleet under kill -9", function()
           WHERE r.state = 'running' AND w.pid = $1::integer]]
         local kills = {}
         local function kill_when(min_done, victim)
-          wait_until(min_done .. " runs done and runs in flight on worker " .. victim.worker_pid,
+          wait_until(min_done .. " runs done and runs in flight on worker " .. victim.pid,
             300, function()
-              return done() >= min_done and #db:query(held_sql, victim.worker_pid) >= 5
+              return done() >= min_done and #db:query(held_sql, victim.pid) >= 5
             end)
           victim.p:kill("KILL")
           local st = victim.p:wait()
           assert.equal(9, st.signal)
           -- What it held when it died: its leases are final now.
-          local held = db:query(held_sql, victim.worker_pid)
+          local held = db:query(held_sql, victim.pid)
           assert.is_true(#held >= 1)
-          kills[#kills + 1] = { pid = victim.worker_pid, held = held }
+          kills[#kills + 1] = { pid = victim.pid, held = held }
           start_worker()
         end
         kill_when(100, procs[1])
@@ -137,14 +122,9 @@ describe("fleet under kill -9", function()
         for _, w in ipairs(rep.workers) do if w.alive then alive = alive + 1 end end
         assert.is_true(alive >= 3)
       end)
-      stopped = true
-      for _, w in ipairs(procs) do
-        if w.p:status() == "running" then w.p:kill("TERM") end
-      end
-      for _, w in ipairs(procs) do pcall(task.timeout, 30, w.p.wait, w.p) end
+      sf.stop_workers(procs)
       fleet:close()
       if not ok then error(err, 0) end
-      assert.is_true(stopped)
     end)
   end)
 end)

@@ -8,9 +8,10 @@
 -- an event or the database's state.
 local ah = require "agenthost"
 local pgs = require "support.pg"
+local sf = require "support.fleet"
 local task = ah.task
 
-local BIN = os.getenv("AGENTHOST_BIN") or "build/agenthost"
+local BIN = sf.BIN
 
 local srv
 local names = 0
@@ -37,15 +38,7 @@ local function stop(f, t)
   return r
 end
 
-local function wait_until(what, limit, fn)
-  local deadline = ah.clock() + limit
-  while true do
-    local v = fn()
-    if v then return v end
-    if ah.clock() > deadline then error("gave up waiting (" .. limit .. " s) for " .. what, 2) end
-    task.sleep(0.01)
-  end
-end
+local wait_until = sf.wait_until
 
 local function run(fn)
   return task.run(fn)
@@ -465,10 +458,9 @@ describe("ah.fleet", function()
         local f, name = new_fleet()
         f.db:exec([[CREATE TABLE IF NOT EXISTS step_log (id bigserial PRIMARY KEY, run_id bigint,
           step integer, token bigint, pid integer, key text, at timestamptz DEFAULT clock_timestamp())]])
-        local p = ah.proc.spawn { cmd = BIN, args = { "scripts/examples/fleet_demo.lua", "worker", srv.url,
-          "10", "300", "400", name }, stderr = "pipe" }
-        local line = task.timeout(60, p.read_line, p)
-        assert.matches("^serving", line)
+        local procs = {}
+        local p = sf.start_worker(procs, { "scripts/examples/fleet_demo.lua", "worker", srv.url,
+          "10", "300", "400", name }).p
         local ids = {}
         for i = 1, 5 do ids[i] = f:submit("triage", {}) end
         wait_until("the worker holds 5 runs", 30, function()

@@ -20,13 +20,9 @@
 // run, waits until that row is there, and submits the next.
 import { DBOS, DBOSClient } from '@dbos-inc/dbos-sdk';
 import pg from 'pg';
+import { nowMs, sleep, serving, pickupLoop, main } from './fleet_common.mjs';
 
-const [mode, url, a1, a2] = process.argv.slice(2);
-const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
-const cpu = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function worker() {
+async function worker(url, a1, a2) {
   const concurrency = Number(a1);
   const stepMs = Number(a2);
   const side = new pg.Pool({ connectionString: url, max: 2 });
@@ -48,59 +44,30 @@ async function worker() {
   DBOS.setConfig({ name: 'bench', systemDatabaseUrl: url, logLevel: 'error' });
   await DBOS.launch();
   await DBOS.registerQueue('bench', { workerConcurrency: concurrency });
-  process.on('SIGTERM', () => {
-    process.stdout.write(`cpu=${cpu().toFixed(3)}\n`, () => process.exit(0));
-  });
-  process.stdout.write(`ready cpu=${cpu().toFixed(3)}\n`);
+  serving();
 }
 
-async function client() {
-  return DBOSClient.create({ systemDatabaseUrl: url });
-}
+const OPTS = { queueName: 'bench', workflowName: 'bench_run' };
 
-async function submit() {
+async function submit(url, a1) {
   const runs = Number(a1);
-  const c = await client();
-  const opts = { queueName: 'bench', workflowName: 'bench_run' };
+  const c = await DBOSClient.create({ systemDatabaseUrl: url });
   let next = 0;
   async function lane() {
     while (next < runs) {
       next++;
-      await c.enqueue(opts, {});
+      await c.enqueue(OPTS, {});
     }
   }
   await Promise.all(Array.from({ length: 16 }, lane));
   await c.destroy();
 }
 
-async function pickup() {
-  const samples = Number(a1);
-  const c = await client();
-  const db = new pg.Client({ connectionString: url });
-  await db.connect();
-  const count = async () =>
-    Number((await db.query("SELECT count(*) AS n FROM bench_pickup WHERE system = 'dbos'")).rows[0].n);
-  let have = await count();
-  for (let i = 0; i < samples; i++) {
-    await c.enqueue({ queueName: 'bench', workflowName: 'bench_run' }, { t0: nowMs() });
-    const deadline = Date.now() + 30000;
-    while ((await count()) <= have) {
-      if (Date.now() > deadline) throw new Error('pickup: the run was not started within 30 s');
-      await sleep(2);
-    }
-    have++;
-    await sleep(20);
-  }
-  await db.end();
+async function pickup(url, a1) {
+  const c = await DBOSClient.create({ systemDatabaseUrl: url });
+  await pickupLoop(url, 'dbos', Number(a1), (t0) => c.enqueue(OPTS, { t0 }));
   await c.destroy();
 }
 
-const modes = { worker, submit, pickup };
-if (!modes[mode] || !url) {
-  console.error('usage: fleet_dbos.mjs worker URL CONCURRENCY STEP_MS | submit URL RUNS | pickup URL SAMPLES');
-  process.exit(2);
-}
-modes[mode]().catch((e) => {
-  console.error(`fleet_dbos ${mode}: ${e && e.stack ? e.stack : e}`);
-  process.exit(1);
-});
+main('fleet_dbos.mjs', 'worker URL CONCURRENCY STEP_MS | submit URL RUNS | pickup URL SAMPLES',
+  { worker, submit, pickup });

@@ -19,14 +19,11 @@
 // now - t0 into bench_pickup.
 import { PgBoss } from 'pg-boss';
 import pg from 'pg';
+import { nowMs, sleep, serving, pickupLoop, main } from './fleet_common.mjs';
 
-const [mode, url, a1, a2] = process.argv.slice(2);
-const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
-const cpu = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const QUEUE = 'bench';
 
-async function boss(listen) {
+async function boss(url, listen) {
   const b = new PgBoss({ connectionString: url, useListenNotify: listen, max: 10 });
   b.on('error', (e) => console.error(`pg-boss: ${e && e.message}`));
   await b.start();
@@ -34,11 +31,11 @@ async function boss(listen) {
   return b;
 }
 
-async function worker() {
+async function worker(url, a1, a2) {
   const concurrency = Number(a1);
   const stepMs = Number(a2);
   const side = new pg.Pool({ connectionString: url, max: 2 });
-  const b = await boss(true);
+  const b = await boss(url, true);
   const batchSize = Math.max(1, Math.min(32, concurrency));
   const loops = Math.max(1, Math.ceil(concurrency / batchSize));
   async function one(job) {
@@ -52,15 +49,12 @@ async function worker() {
   }
   await b.work(QUEUE, { batchSize, localConcurrency: loops, burstWhenBatchFull: true },
     async (jobs) => { await Promise.all(jobs.map(one)); });
-  process.on('SIGTERM', () => {
-    process.stdout.write(`cpu=${cpu().toFixed(3)}\n`, () => process.exit(0));
-  });
-  process.stdout.write(`ready cpu=${cpu().toFixed(3)}\n`);
+  serving();
 }
 
-async function submit() {
+async function submit(url, a1) {
   const runs = Number(a1);
-  const b = await boss(false);
+  const b = await boss(url, false);
   for (let i = 0; i < runs; i += 500) {
     const jobs = [];
     for (let j = i; j < Math.min(runs, i + 500); j++) jobs.push({ data: { run: j, step: 1 } });
@@ -69,34 +63,12 @@ async function submit() {
   await b.stop({ graceful: false, wait: true });
 }
 
-async function pickup() {
-  const samples = Number(a1);
-  const b = await boss(false);
-  const db = new pg.Client({ connectionString: url });
-  await db.connect();
-  const count = async () =>
-    Number((await db.query("SELECT count(*) AS n FROM bench_pickup WHERE system = 'pgboss'")).rows[0].n);
-  let have = await count();
-  for (let i = 0; i < samples; i++) {
-    await b.send(QUEUE, { run: -1 - i, step: 1, t0: nowMs() });
-    const deadline = Date.now() + 30000;
-    while ((await count()) <= have) {
-      if (Date.now() > deadline) throw new Error('pickup: the job was not started within 30 s');
-      await sleep(2);
-    }
-    have++;
-    await sleep(20);
-  }
-  await db.end();
+async function pickup(url, a1) {
+  const b = await boss(url, false);
+  let i = 0;
+  await pickupLoop(url, 'pgboss', Number(a1), (t0) => b.send(QUEUE, { run: -1 - i++, step: 1, t0 }));
   await b.stop({ graceful: false, wait: true });
 }
 
-const modes = { worker, submit, pickup };
-if (!modes[mode] || !url) {
-  console.error('usage: fleet_pgboss.mjs worker URL CONCURRENCY STEP_MS | submit URL RUNS | pickup URL SAMPLES');
-  process.exit(2);
-}
-modes[mode]().catch((e) => {
-  console.error(`fleet_pgboss ${mode}: ${e && e.stack ? e.stack : e}`);
-  process.exit(1);
-});
+main('fleet_pgboss.mjs', 'worker URL CONCURRENCY STEP_MS | submit URL RUNS | pickup URL SAMPLES',
+  { worker, submit, pickup });
