@@ -8,8 +8,8 @@
 #   make test       build and run every test
 #   make asan       the same suite under AddressSanitizer + UBSan
 #   make bench      the scheduler benchmark (bench/sched); bench-http,
-#                   bench-store, bench-llm, bench-embed and bench-fleet run
-#                   the others;
+#                   bench-store, bench-llm, bench-trace, bench-embed and
+#                   bench-fleet run the others;
 #                   every one writes its section of docs/benchmarks.md
 #   make lib        build/libagenthost.a, build/libagenthost.so (with its
 #                   soname links) and build/agenthost.pc
@@ -68,12 +68,20 @@ CTESTS   := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c)
 
 DEB_PKGS := liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libsqlite3-dev \
             pkg-config lua-cjson lua-busted luarocks
+# agenthost.memory's JSON codec, which keeps integers integers.
+DEB_PKGS += lua-dkjson
 # The MCP fixture's Streamable HTTP mode (tests/support/mcp_server.lua).
 DEB_PKGS += lua-socket openssl
 # The fuzzers (tests/fuzz): clang's libFuzzer.
 DEB_PKGS += clang
 # tests/http_netns_spec.lua: network namespaces and a veth pair.
 DEB_PKGS += iproute2
+# The trace specs: node for the OTLP schema check and the browser driver
+# (their npm packages: tests/support/package.json), headless Chromium for
+# the timeline page.  npm comes with nodejs where that package ships it,
+# else from Debian's npm.
+DEB_PKGS += nodejs chromium
+NPM_DEPS := tests/support/node_modules/.package-lock.json
 # PostgreSQL: libpq for the binding, the server for the throwaway clusters
 # of the pg specs (tests/support/pg.lua).
 DEB_PKGS += libpq-dev postgresql
@@ -103,6 +111,17 @@ endef
 
 deps:
 	$(call install_missing,$(DEB_PKGS))
+	@command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory deps-npm-command
+	@$(MAKE) --no-print-directory $(NPM_DEPS)
+
+.PHONY: deps-npm-command
+deps-npm-command:
+	$(call install_missing,npm)
+
+# The exact versions of tests/support/package-lock.json, without install
+# scripts.
+$(NPM_DEPS): tests/support/package.json tests/support/package-lock.json
+	cd tests/support && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -235,6 +254,8 @@ asan:
 	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 test
 
 BENCH_DEB_PKGS := wrk python3-aiohttp python3-aiosqlite
+# The charts of docs/benchmarks.md (bench/lib.sh: bench_chart).
+BENCH_DEB_PKGS += gnuplot-nox
 .PHONY: bench-deps bench-http bench-store bench-llm
 
 # The benchmark peers' packages.
@@ -253,6 +274,10 @@ bench-store: all bench-deps
 bench-llm: all
 	bench/llm
 
+.PHONY: bench-trace
+bench-trace: all bench-deps
+	bench/trace
+
 # The fleet (docs/fleet.md): `make fleet-demo` runs 3 workers on a throwaway
 # PostgreSQL and kills one; bench-fleet compares it with DBOS Transact and
 # pg-boss, installed from bench/package.json and its lock (npm ci).
@@ -260,10 +285,9 @@ bench-llm: all
 fleet-demo: all
 	$(BUILD)/agenthost scripts/examples/fleet_demo.lua
 
-bench-fleet-deps:
-	$(call install_missing,nodejs)
-	@command -v npm >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm
-	cd bench && npm ci --no-audit --no-fund --loglevel=error
+bench-fleet-deps: deps
+	@command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory deps-npm-command
+	cd bench && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 
 bench-fleet: all bench-fleet-deps
 	bench/fleet

@@ -21,6 +21,15 @@ static int m_clock(lua_State *L) {
   return 1;
 }
 
+/* ah.wallclock() -> seconds since the Unix epoch, to the microsecond (the
+ * system's real-time clock, which may step; ah.clock for intervals) */
+static int m_wallclock(lua_State *L) {
+  uv_timeval64_t tv;
+  if (uv_gettimeofday(&tv) != 0) return 0;
+  lua_pushnumber(L, (double)tv.tv_sec + tv.tv_usec / 1e6);
+  return 1;
+}
+
 /* ah.rusage() -> {utime, stime, cpu, maxrss_kb} of this process */
 static int m_rusage(lua_State *L) {
   uv_rusage_t ru;
@@ -180,6 +189,7 @@ void ah__metatable(lua_State *L, const char *name, const luaL_Reg *methods,
 
 int luaopen_agenthost_core(lua_State *L) {
   static const luaL_Reg fns[] = {{"clock", m_clock}, {"rusage", m_rusage},
+                                 {"wallclock", m_wallclock},
                                  {"isatty", m_isatty}, {"log", m_log},
                                  {"step", m_step},     {NULL, NULL}};
   lua_createtable(L, 0, 12);

@@ -828,6 +828,27 @@ static void sub_wake_state(lsub *s, const char *state) {
   ah__task_wake_with(s->S, t, state_push_p, (void *)state, 0);
 }
 
+/* Appends a notification (pid < 0: the marker of a gap) to s's queue;
+ * past SUB_MAX, or without memory, only the missed flag is set. */
+static void sub_push(lsub *s, const char *channel, const char *payload, int pid) {
+  size_t cl = strlen(channel), pl = strlen(payload);
+  lnote *n = s->n >= SUB_MAX ? NULL : malloc(sizeof *n + cl + pl + 2);
+  if (!n) {
+    s->missed = 1;
+    return;
+  }
+  n->next = NULL;
+  n->pid = pid;
+  n->clen = cl;
+  n->plen = pl;
+  memcpy(n->data, channel, cl + 1);
+  memcpy(n->data + cl + 1, payload, pl + 1);
+  if (s->tail) s->tail->next = n;
+  else s->head = n;
+  s->tail = n;
+  s->n++;
+}
+
 static void on_notify(ah_pg *pg, const char *channel, const char *payload, int pid) {
   lconn *lc = ah__pg_data(pg);
   lsub *s, *next;
@@ -843,25 +864,8 @@ static void on_notify(ah_pg *pg, const char *channel, const char *payload, int p
       s->waiter = NULL;
       ah__task_timer_stop(s->S, t);
       ah__task_wake_with(s->S, t, note_push_p, &nv, 0);
-    } else if (s->n >= SUB_MAX) {
-      s->missed = 1;
     } else {
-      size_t cl = strlen(channel), pl = strlen(payload);
-      lnote *n = malloc(sizeof *n + cl + pl + 2);
-      if (!n) {
-        s->missed = 1;
-        continue;
-      }
-      n->next = NULL;
-      n->pid = pid;
-      n->clen = cl;
-      n->plen = pl;
-      memcpy(n->data, channel, cl + 1);
-      memcpy(n->data + cl + 1, payload, pl + 1);
-      if (s->tail) s->tail->next = n;
-      else s->head = n;
-      s->tail = n;
-      s->n++;
+      sub_push(s, channel, payload, pid);
     }
   }
 }
@@ -939,6 +943,12 @@ static int sub_recv(lua_State *L) {
     s->head = n->next;
     if (!s->head) s->tail = NULL;
     s->n--;
+    if (n->pid < 0) { /* the place where the connection changed */
+      free(n);
+      lua_pushboolean(L, 0);
+      lua_pushliteral(L, "missed");
+      return 2;
+    }
     lua_pushlstring(L, n->data, n->clen);
     lua_pushlstring(L, n->data + n->clen + 1, n->plen);
     lua_pushinteger(L, n->pid);
@@ -974,10 +984,14 @@ static int sub_attach(lua_State *L) {
   sub_unlink(s);
   sub_link(s, lc);
   s->lost = 0;
-  s->missed = 1;
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, 1, 1);
-  sub_wake_state(s, "missed");
+  if (s->waiter) {
+    s->missed = 1;
+    sub_wake_state(s, "missed");
+  } else {
+    sub_push(s, s->channel, "", -1); /* after what came before the loss */
+  }
   return 0;
 }
 

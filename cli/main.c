@@ -18,6 +18,11 @@
  * after signal N (SIGINT, SIGTERM cancel every task and let detached work
  * drain; a second one exits at once).
  *
+ * `agenthost trace DB --html OUT ...` writes the timeline of the spans
+ * stored in DB (docs/observability.md): a built-in script,
+ * agenthost.trace.cli, runs as the main task instead of a file.  (A
+ * script file named "trace" is run as ./trace.)
+ *
  * `agenthost fleet status [URL]` prints the state of a fleet of durable
  * runs (docs/fleet.md): a built-in script, agenthost.fleet.cli, runs as
  * the main task instead of a file.  (A script file named "fleet" is run
@@ -90,14 +95,28 @@ static void usage(FILE *f) {
           "       %s --mock-llm [--port N] [--rules FILE] [...]\n"
           "runs the built-in offline mock model server (docs/mockllm.md).\n"
           "\n"
+          "       %s trace DB --html OUT [--conversation ID] [--since T] [--until T]\n"
+          "writes the timeline of the spans stored in DB as one HTML file\n"
+          "(docs/observability.md; %s trace --help).\n"
+          "\n"
           "       %s fleet status [URL] [--name NAME]\n"
           "prints a fleet's queue, runs by state and workers (docs/fleet.md).\n"
           "\n"
           "exit status: 0 done, 1 the script failed, 2 usage error,\n"
           "130/143 interrupted by SIGINT/SIGTERM.  Without --watch, SIGHUP\n"
           "is reported and ignored.\n",
-          progname, progname, progname);
+          progname, progname, progname, progname, progname);
 }
+
+/* The built-in commands: `agenthost NAME ...` runs the chunk (its module's
+ * main, given the remaining arguments) as the main task instead of a file. */
+struct builtin {
+  const char *name, *chunk, *chunkname;
+};
+static const struct builtin builtins[] = {
+    {"trace", "return require('agenthost.trace.cli').main(...)", "=agenthost trace"},
+    {"fleet", "return require('agenthost.fleet.cli').main(...)", "=agenthost fleet"},
+};
 
 /* Builds `arg`: the script at 0, its arguments above, what came before it
  * (the program and options) below, as lua does. */
@@ -126,7 +145,7 @@ int main(int argc, char **argv) {
   ah_host *h = NULL;
   int script = 0, i, status, code = 0, nargs;
   const char *watch = NULL;
-  const char *builtin = NULL; /* the chunk a built-in command runs, or NULL */
+  const struct builtin *builtin = NULL; /* the built-in command run, or NULL */
   char exe[4096];
   size_t exelen = sizeof exe;
   struct stat st;
@@ -135,10 +154,13 @@ int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "--mock-llm") == 0)
     return ah_mockllm_main(argc - 1, argv + 1);
 
-  if (argc > 1 && strcmp(argv[1], "fleet") == 0) {
-    builtin = "return require('agenthost.fleet.cli').main(...)";
-    script = 1;
+  for (i = 0; i < (int)(sizeof builtins / sizeof builtins[0]); i++) {
+    if (argc > 1 && strcmp(argv[1], builtins[i].name) == 0) {
+      builtin = &builtins[i];
+      break;
+    }
   }
+  if (builtin) script = 1;
   for (i = 1; i < argc && !builtin; i++) {
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
       usage(stdout);
@@ -207,7 +229,7 @@ int main(int argc, char **argv) {
   lua_getfield(L, -1, "task");
   lua_getfield(L, -1, "run"); /* [ah, task, run] */
   if (builtin)
-    status = luaL_loadbufferx(L, builtin, strlen(builtin), "=agenthost fleet", "t");
+    status = luaL_loadbufferx(L, builtin->chunk, strlen(builtin->chunk), builtin->chunkname, "t");
   else
     status = luaL_loadfile(L, argv[script]);
   if (status != LUA_OK) {

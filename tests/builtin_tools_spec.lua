@@ -43,7 +43,7 @@ describe("tools/", function()
       local res = ah.tools.registry { memory_recall }:call(
         { id = "1", name = "memory_recall", arguments = { query = "db-2 latency" } },
         { memory = mem, agent = { name = "ops" } })
-      assert.is_nil(res.is_error)
+      assert.is_false(res.is_error)
       assert.matches("^1%. %[conversation %d+, assistant%] disk latency spiked", res.content)
       res = ah.tools.registry { memory_recall }:call(
         { id = "2", name = "memory_recall", arguments = { query = "unrelated" } },
@@ -58,7 +58,7 @@ describe("tools/", function()
       local mem = ah.memory.open(dir .. "/metrics.sqlite")
       local res = ah.tools.registry { metrics }:call({ id = "1", name = "metrics", arguments = {} },
         { memory = mem })
-      assert.is_nil(res.is_error, res.content)
+      assert.is_false(res.is_error, res.content)
       local v = res.value
       assert.is_true(v.tasks.live >= 1)
       assert.equal(0, v.http.in_flight)
@@ -74,7 +74,7 @@ describe("tools/", function()
     local mock = require("support.mockllm").start()
     local res = call(web_search.new { url = mock.url("/search") }, { query = "p99 latency", limit = 3 })
     mock:stop()
-    assert.is_nil(res.is_error, res.content)
+    assert.is_false(res.is_error, res.content)
     local n = 0
     for num, title, url in res.content:gmatch("(%d+)%. ([^\n]+)\n   (%S+)") do
       n = n + 1
@@ -110,7 +110,7 @@ describe("tools/", function()
     local after = task.run(function() return ah.http.get(srv.url("/stats")).json.connections end)
     assert.is_true(after - before <= 1, "a refused request reached the server")
     local res = call(http_fetch.new { allow_private = true }, { url = srv.url("/fixed?size=5000"), max_bytes = 100 })
-    assert.is_nil(res.is_error, res.content)
+    assert.is_false(res.is_error, res.content)
     assert.matches("^HTTP 200 ", res.content)
     assert.matches("%[truncated to 100 bytes%]$", res.content)
     res = call(http_fetch.new { allow_private = true }, { url = "file:///etc/passwd" })

@@ -1129,3 +1129,78 @@ describe("agenthost.llm keeps secrets out of what it reports", function()
     clean(err, KEY, "the error")
   end)
 end)
+
+describe("llm structured output and tool-call deltas", function()
+  local mockllm = require "support.mockllm"
+  local cjson = require "cjson"
+  local m
+  setup(function() m = mockllm.start { chunk = 3, rules = { rules = {
+    { match = "look", tool_calls = { { name = "lookup", arguments = { query = "{{user}}" } } } },
+    { reply = "plain" } } } } end)
+  teardown(function() m:stop() end)
+
+  for _, kind in ipairs(mockllm.DIALECTS) do
+    it("asks for a JSON answer and gives it as text, whole and streamed (" .. kind .. ")", function()
+      ah.task.run(function()
+        local p = m:provider(kind)
+        local schema = { type = "object", required = { "n" }, properties = { n = { type = "integer" } } }
+        local r = p:chat { messages = { { role = "user", content = "count" } }, output = { schema = schema } }
+        assert.same({ n = 1 }, cjson.decode(r.text))
+        assert.same({}, r.tool_calls)
+        assert.equal("stop", r.finish)
+        local pieces = {}
+        r = p:chat { messages = { { role = "user", content = "count" } }, output = { schema = schema, name = "answer" },
+                     stream = function(d) pieces[#pieces + 1] = d end }
+        assert.same({ n = 1 }, cjson.decode(r.text))
+        assert.equal(r.text, table.concat(pieces))
+        local body = cjson.decode(m:last().body)
+        if kind == "openai" then
+          assert.equal("answer", body.response_format.json_schema.name)
+        else
+          assert.same({ type = "tool", name = "answer" }, body.tool_choice)
+        end
+        -- a schema that is not an object (a tool input must be one in Anthropic's dialect)
+        r = p:chat { messages = { { role = "user", content = "abc" } },
+                     output = { schema = { type = "array", items = { type = "string" } } } }
+        assert.same({ "abc" }, cjson.decode(r.text))
+        if kind == "anthropic" then
+          body = cjson.decode(m:last().body)
+          assert.same({ "value" }, body.tools[1].input_schema.required)
+        end
+      end)
+    end)
+
+    it("gives the pieces of streamed tool calls to on_tool_delta (" .. kind .. ")", function()
+      ah.task.run(function()
+        local p = m:provider(kind)
+        local deltas = {}
+        local r = p:chat { messages = { { role = "user", content = "look up tides" } },
+          tools = { { name = "lookup", parameters = { type = "object" } } }, stream = true,
+          on_tool_delta = function(d) deltas[#deltas + 1] = d end }
+        assert.equal(1, #r.tool_calls)
+        local args = {}
+        for _, d in ipairs(deltas) do
+          assert.same({ 1, r.tool_calls[1].id, "lookup" }, { d.index, d.id, d.name })
+          args[#args + 1] = d.arguments
+        end
+        assert.equal(r.tool_calls[1].raw_arguments, table.concat(args))
+        assert.is_true(#deltas > 3)
+      end)
+    end)
+  end
+
+  it("refuses a malformed output request", function()
+    ah.task.run(function()
+      local p = m:provider("openai")
+      for _, o in ipairs { "x", {}, { schema = {}, name = "bad name" } } do
+        local ok, err = pcall(p.chat, p, { messages = { { role = "user", content = "x" } }, output = o })
+        assert.is_false(ok)
+        assert.is_true(ah.error.is(err, "invalid_argument"), tostring(err))
+      end
+      local ok, err = pcall(p.chat, p, { messages = { { role = "user", content = "x" } },
+        tools = { { name = "final_answer" } }, output = { schema = {} } })
+      assert.is_false(ok)
+      assert.matches("also the name of a tool", err.message)
+    end)
+  end)
+end)

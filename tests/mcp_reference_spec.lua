@@ -1,49 +1,31 @@
 -- agenthost.mcp against the official reference server,
 -- @modelcontextprotocol/server-everything, over stdio and Streamable HTTP.
--- Optional: it runs only when the package is installed where it is looked
--- for (MCP_EVERYTHING=path/to/dist/index.js, or the global node_modules)
--- and node is on PATH; otherwise it prints why it was skipped and defines
--- no test (so the run's counts stay honest).  It never
--- installs anything and never reaches the network.
+-- The server is an npm package of tests/support (make deps installs it
+-- with `npm ci` from the lockfile; MCP_EVERYTHING=path/to/dist/index.js
+-- names another copy).  Without it, or without node, the spec fails.  Its
+-- HTTP transport listens on a fixed port on every interface; the spec
+-- preloads tests/support/loopback_listen.cjs so that it listens on
+-- 127.0.0.1, on an ephemeral port.
 
 local ah = require "agenthost"
 local mcp = require "agenthost.mcp"
 local spec = require "support.spec"
 local task = ah.task
 
-local function exists(path)
-  local f = path and io.open(path)
-  if f then f:close() end
-  return f ~= nil
+local server = os.getenv("MCP_EVERYTHING")
+if not server or server == "" then
+  server = "tests/support/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 end
-
-local function find_server()
-  local candidates = {
-    os.getenv("MCP_EVERYTHING"),
-    "/usr/local/lib/node_modules/@modelcontextprotocol/server-everything/dist/index.js",
-    "/usr/lib/node_modules/@modelcontextprotocol/server-everything/dist/index.js",
-  }
-  for _, p in ipairs(candidates) do
-    if p and p ~= "" and exists(p) then return p end
-  end
-end
-
-local function has_node()
-  for dir in (os.getenv("PATH") or ""):gmatch("[^:]+") do
-    if exists(dir .. "/node") then return true end
-  end
-  return false
-end
-
-local server = find_server()
 
 describe("mcp with the reference server", function()
-  if not (server and has_node()) then
-    local reason = "skipped: @modelcontextprotocol/server-everything is not installed " ..
-      "(npm install -g @modelcontextprotocol/server-everything, or set MCP_EVERYTHING to its dist/index.js)"
-    io.stderr:write("# ", reason, "\n")
-    return
-  end
+  it("is installed, with node", function()
+    local f = io.open(server)
+    assert(f, server .. " is missing: run make deps (npm ci in tests/support)")
+    f:close()
+    assert.are.equal(0, ah.task.run(function()
+      return ah.proc.run({ cmd = "node", args = { "--version" } }).code
+    end), "node does not run")
+  end)
 
   local function check(c)
     assert.equal("2025-11-25", c.protocol_version)
@@ -67,17 +49,16 @@ describe("mcp with the reference server", function()
 
   it("works over Streamable HTTP", function()
     task.run(function()
-      local port = tostring(20000 + (os.time() % 20000))
-      local srv <close> = ah.proc.spawn { cmd = "node", args = { server, "streamableHttp" },
-                                         env = { PORT = port }, stdout = "null" }
-      local c
+      local srv <close> = ah.proc.spawn { cmd = "node",
+        args = { "-r", "./tests/support/loopback_listen.cjs", server, "streamableHttp" },
+        stdout = "null" }
+      local port
       assert.is_true(spec.eventually(function()
-        local ok, r = pcall(mcp.http, { url = "http://127.0.0.1:" .. port .. "/mcp", timeout = 30 })
-        if ok then c = r end
-        return ok
-      end), "the reference server did not come up: " .. srv:stderr())
+        port = srv:stderr():match("loopback%-port=(%d+)")
+        return port ~= nil
+      end, 30), "the reference server did not come up: " .. srv:stderr())
+      local c <close> = mcp.http { url = "http://127.0.0.1:" .. port .. "/mcp", timeout = 30 }
       check(c)
-      c:close()
     end)
   end)
 end)

@@ -114,12 +114,134 @@ describe("agenthost.memory", function()
       local hits = mem:recall("old", "lighthouse", 3)
       assert.equal(1, #hits)
       assert.equal("ancient lighthouse logs", hits[1].content)
-      assert.same({ 2, 2 }, { memory.migrate(db) }) -- nothing left to do
+      assert.same({ memory.SCHEMA_VERSION, memory.SCHEMA_VERSION }, { memory.migrate(db) }) -- nothing left to do
       db:exec("PRAGMA user_version = 99")
       local ok, err = pcall(memory.open, db)
       assert.is_false(ok)
       assert.matches("newer than this agenthost knows", tostring(err))
       db:close()
+    end)
+  end)
+
+  it("migrates a version 2 database as agenthost 0.1 left it, and reads what it held", function()
+    -- What the agent of schema version 2 wrote: cjson-encoded data, a
+    -- conversation that finished and one that never did.
+    local p = path()
+    run(function()
+      local db = ah.store.open(p)
+      assert.same({ 0, 2 }, { memory.migrate(db, 2) })
+      db:exec("INSERT INTO agents(name, created) VALUES ('ops', 0)")
+      db:exec("INSERT INTO runs(agent_id, goal, status, result, started, finished) VALUES (1, 'q', 'done', 'answer', 0, 1)")
+      db:exec("INSERT INTO runs(agent_id, goal, started) VALUES (1, 'crashed', 0)")
+      local cjson = require "cjson"
+      for i, m in ipairs {
+        { 1, "user", "q", nil, nil },
+        { 1, "assistant", nil, nil, cjson.encode { tool_calls = { { id = "c1", name = "metrics", arguments = { limit = 5 } } },
+                                                   usage = { input_tokens = 71, output_tokens = 9 } } },
+        { 1, "tool", "ok", "c1", cjson.encode { is_error = true } },
+        { 1, "assistant", "answer", nil, cjson.encode { usage = { input_tokens = 80, output_tokens = 3 } } },
+        { 2, "user", "crashed", nil, nil },
+      } do
+        db:exec("INSERT INTO messages(run_id, seq, role, content, tool_call_id, data, created) VALUES (?, ?, ?, ?, ?, ?, 0)",
+          m[1], i, m[2], m[3], m[4], m[5])
+      end
+      db:close()
+    end)
+    run(function()
+      local mem = memory.open(p)
+      assert.equal(memory.SCHEMA_VERSION, mem.db:first("PRAGMA user_version").user_version)
+      local h = mem:history(1)
+      assert.equal("ops", h[1].agent) -- messages of version 2 were written by the run's agent
+      assert.equal("integer", math.type(h[2].data.usage.input_tokens))
+      assert.equal("integer", math.type(h[2].data.tool_calls[1].arguments.limit))
+      assert.is_true(h[3].data.is_error)
+      local running = mem:conversations { agent = "ops", state = "running" }
+      assert.equal(1, #running)
+      assert.same({ 2, "ops", "ops", "crashed" },
+        { running[1].id, running[1].agent, running[1].current_agent, running[1].goal })
+      assert.equal("done", mem:run(1).status)
+      mem:close()
+    end)
+  end)
+
+  it("keeps the type of every number across a round trip", function()
+    run(function()
+      local cjson = require "cjson"
+      local mem = memory.open(path())
+      local r = mem:start_run("alice")
+      local data = { usage = { input_tokens = 71, output_tokens = 0 }, ratio = 0.25, whole = 3.0,
+                     big = 9007199254740993, neg = -12, list = { 1, 2.5, cjson.null, 4 },
+                     flag = false }
+      mem:append(r, { role = "assistant", content = "x", data = data })
+      local got = mem:history(r)[1].data
+      assert.equal("integer", math.type(got.usage.input_tokens))
+      assert.equal(71, got.usage.input_tokens)
+      assert.equal("integer", math.type(got.usage.output_tokens))
+      assert.equal("float", math.type(got.ratio))
+      assert.equal("float", math.type(got.whole))
+      assert.equal(9007199254740993, got.big) -- every digit, past 2^53
+      assert.equal("integer", math.type(got.neg))
+      assert.same({ 1, 2.5, cjson.null, 4 }, got.list)
+      assert.equal("integer", math.type(got.list[1]))
+      assert.is_false(got.flag)
+      mem:close()
+    end)
+  end)
+
+  it("takes a conversation id as an integer or a string of digits, and names the type otherwise", function()
+    run(function()
+      local mem = memory.open(path())
+      local r = mem:start_run("alice")
+      mem:append(tostring(r), { role = "user", content = "from a command line" })
+      mem:append(r + 0.0, { role = "user", content = "from JSON" })
+      assert.equal(2, #mem:history(tostring(r)))
+      assert.equal(r, mem:run(" " .. r .. " ").id)
+      for _, v in ipairs { "abc", "1.5", 1.5, 0, -3, true, {} } do
+        local ok, err = pcall(mem.history, mem, v)
+        assert.is_false(ok)
+        assert.is_true(ah.error.is(err, "invalid_argument"), tostring(err))
+        assert.matches("a conversation is an integer id", err.message)
+      end
+      mem:close()
+    end)
+  end)
+
+  it("lists conversations by agent, state and parent call, with the agent that has each", function()
+    run(function()
+      local mem = memory.open(path())
+      local a = mem:start_run("triage", { goal = "help" })
+      local b = mem:start_run("triage")
+      local c = mem:start_run("researcher", { parent = a, parent_call = "call_1" })
+      mem:finish_run(b, "done", "ok")
+      mem:set_status(a, "waiting_approval")
+      mem:set_agent(a, "billing")
+      mem:finish_run(c, "failed", nil, "guardrail: no")
+      local function ids(rows)
+        local out = {}
+        for i, row in ipairs(rows) do out[i] = row.id end
+        return out
+      end
+      assert.same({ a, b }, ids(mem:conversations { agent = "triage" }))
+      assert.same({ a }, ids(mem:conversations { agent = "triage", state = "waiting_approval" }))
+      assert.same({ b }, ids(mem:conversations { state = "done" }))
+      assert.same({ c }, ids(mem:conversations { parent = a, call = "call_1" }))
+      assert.same({ a, b }, ids(mem:conversations { parent = false }))
+      assert.same({}, ids(mem:conversations { agent = "nobody" }))
+      local row = mem:run(a)
+      assert.same({ "triage", "billing", "waiting_approval" }, { row.agent, row.current_agent, row.status })
+      row = mem:run(c)
+      assert.same({ a, "call_1", "failed", "guardrail: no" }, { row.parent, row.parent_call, row.status, row.error })
+      for _, f in ipairs {
+        function() mem:conversations { state = "sleeping" } end,
+        function() mem:finish_run(a, "running") end,
+        function() mem:set_status(a, "done") end,
+        function() mem:conversations { parent = "x" } end,
+      } do
+        local ok, err = pcall(f)
+        assert.is_false(ok)
+        assert.is_true(ah.error.is(err, "invalid_argument"), tostring(err))
+      end
+      mem:close()
     end)
   end)
 

@@ -426,6 +426,7 @@ describe("mockllm options and rules", function()
       { rules = { { match = "x" } } },
       { rules = { { when = "system", reply = "y" } } },
       { rules = { { tool_calls = { { arguments = {} } } } } },
+      { rules = { { system = 3, reply = "y" } } },
       { nope = true },
     }) do
       local ok, err = pcall(mock.start, { rules = rules })
@@ -435,6 +436,72 @@ describe("mockllm options and rules", function()
     local ok, err = pcall(mock.start, { rules_file = "/nonexistent/rules.json" })
     assert.is_false(ok)
     assert.truthy(tostring(err):match("No such file"))
+  end)
+end)
+
+describe("mockllm answers of a required form", function()
+  local srv
+  setup(function()
+    srv = mock.start { rules = { rules = {
+      { system = "weather", match = "Lyon", json = { city = "{{user}}", temp_c = 21 } },
+      { system = "weather", json = { city = "somewhere" } },
+      { match = "look", tool_calls = { { name = "lookup", arguments = { q = "{{user}}" } } } },
+      { reply = "plain" },
+    } } }
+  end)
+  teardown(function() srv:stop() end)
+
+  local SCHEMA = { type = "object", properties = {
+    n = { type = "integer", minimum = 3 }, tags = { type = "array", minItems = 2, items = { type = "string", maxLength = 4 } },
+    unit = { type = "string", enum = { "c", "f" } }, ok = { type = "boolean" }, none = { type = "null" },
+    name = { type = "string", minLength = 3, maxLength = 5 } } }
+
+  it("matches rules on the system prompt of either dialect", function()
+    local r = post(OA, { model = "m", messages = { { role = "system", content = "You report the weather." },
+      { role = "user", content = "Lyon?" } } }, nil, srv)
+    assert.same({ city = "Lyon?", temp_c = 21 }, cjson.decode(r.json.choices[1].message.content))
+    r = post(AN, { model = "m", max_tokens = 50, system = "You report the weather.",
+      messages = { { role = "user", content = "Lyon?" } } }, an_headers(), srv)
+    assert.same({ city = "Lyon?", temp_c = 21 }, cjson.decode(r.json.content[1].text))
+    r = post(OA, { model = "m", messages = { { role = "user", content = "Lyon?" } } }, nil, srv)
+    assert.equal("plain", r.json.choices[1].message.content) -- no system prompt: not the weather rules
+  end)
+
+  it("answers a response_format json_schema request with a value generated from the schema", function()
+    local r = post(OA, { model = "m", messages = { { role = "user", content = "generate" } },
+      response_format = { type = "json_schema", json_schema = { name = "x", schema = SCHEMA } } }, nil, srv)
+    local v = cjson.decode(r.json.choices[1].message.content)
+    assert.same({ n = 3, tags = { "gene", "gene" }, unit = "c", ok = true, name = "gener" },
+      { n = v.n, tags = v.tags, unit = v.unit, ok = v.ok, name = v.name })
+    assert.equal(cjson.null, v.none)
+  end)
+
+  it("answers a forced tool with a call to it, in both dialects, streamed too", function()
+    local r = post(AN, { model = "m", max_tokens = 50, messages = { { role = "user", content = "abc" } },
+      tools = { { name = "final_answer", input_schema = SCHEMA }, { name = "lookup", input_schema = { type = "object" } } },
+      tool_choice = { type = "tool", name = "final_answer" } }, an_headers(), srv)
+    assert.equal(1, #r.json.content)
+    assert.equal("final_answer", r.json.content[1].name)
+    assert.equal(3, r.json.content[1].input.n)
+    assert.equal("tool_use", r.json.stop_reason)
+    -- "look" matches the lookup rule, but the request forces final_answer
+    r = post(OA, { model = "m", messages = { { role = "user", content = "look" } },
+      tools = { { type = "function", ["function"] = { name = "lookup", parameters = { type = "object" } } },
+                { type = "function", ["function"] = { name = "final_answer", parameters = SCHEMA } } },
+      tool_choice = { type = "function", ["function"] = { name = "final_answer" } } }, nil, srv)
+    assert.equal("final_answer", r.json.choices[1].message.tool_calls[1]["function"].name)
+    -- tool_choice any / required with no rule calls: final_answer when offered
+    local events = stream(AN, { model = "m", max_tokens = 50, messages = { { role = "user", content = "zz" } },
+      tools = { { name = "lookup", input_schema = { type = "object" } }, { name = "final_answer", input_schema = SCHEMA } },
+      tool_choice = { type = "any" } }, an_headers(), srv)
+    local started
+    for _, ev in ipairs(events) do
+      if ev.event == "content_block_start" then started = ev.json.content_block.name end
+    end
+    assert.equal("final_answer", started)
+    r = post(OA, { model = "m", messages = { { role = "user", content = "look" } }, tool_choice = "required",
+      tools = { { type = "function", ["function"] = { name = "lookup", parameters = { type = "object" } } } } }, nil, srv)
+    assert.equal("lookup", r.json.choices[1].message.tool_calls[1]["function"].name)
   end)
 end)
 

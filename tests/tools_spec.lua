@@ -102,7 +102,7 @@ describe("tools.registry", function()
 
   it("runs a tool with valid arguments", function()
     local r = call { id = "1", name = "add", arguments = { a = 2, b = 3 } }
-    assert.is_nil(r.is_error)
+    assert.is_false(r.is_error)
     assert.equal("5", r.content)
     assert.equal(5, r.value)
     assert.equal('{"n":3,"ok":true}', (call { name = "table" }).content:gsub('"ok":true,"n":3', '"n":3,"ok":true'))
@@ -121,13 +121,15 @@ describe("tools.registry", function()
     assert.equal(before, calls) -- nothing ran
     r = call { name = "boom" }
     assert.is_true(r.is_error)
-    assert.matches("boom failed: .*disk on fire", r.content)
+    assert.equal("error: boom failed: disk on fire", r.content) -- no source position for the model
+    assert.matches("tools_spec%.lua:%d+: disk on fire", r.error)
+    assert.matches("stack traceback", r.traceback)
     r = call { name = "raise" }
     assert.equal("error: raise failed: upstream said 502", r.content)
     r = call { name = "slow" }
     assert.equal("error: slow did not finish within 0.05 seconds", r.content)
     r = call { name = "big" }
-    assert.is_nil(r.is_error)
+    assert.is_false(r.is_error)
     assert.matches("%[truncated: %d+ of %d+ bytes shown%]$", r.content)
   end)
 
@@ -180,5 +182,96 @@ describe("tools.registry", function()
       assert.is_false(ok)
       assert.is_true(ah.error.is(err, "invalid_argument"), tostring(err))
     end
+  end)
+end)
+
+describe("tools.validate on malformed schemas", function()
+  -- Each schema is refused with invalid_argument naming the keyword and
+  -- where it is; none may raise a raw Lua error.
+  local cases = {
+    { { type = "object", required = { {} } }, "at /required/0: a required property name must be a string" },
+    { { type = "object", required = { {}, {} } }, "at /required/0" },
+    { { type = "thing" }, 'type "thing" is not a JSON type' },
+    { { type = { "string", 3 } }, "type 3 is not a JSON type" },
+    { { type = {} }, "type must be a type name or a non-empty array" },
+    { { properties = { a = 42 } }, "at /properties/a: a schema must be an object, got integer" },
+    { { properties = { "x" } }, "properties must be an object of schemas" },
+    { { properties = { a = { items = "x" } } }, "at /properties/a/items: a schema must be an object" },
+    { { minLength = -1 }, "minLength must be a whole number >= 0, got -1" },
+    { { maxItems = 2.5 }, "maxItems must be a whole number >= 0" },
+    { { minimum = "3" }, "minimum must be a number" },
+    { { enum = "a" }, "enum must be an array" },
+    { { anyOf = {} }, "anyOf must be a non-empty array of schemas" },
+    { { oneOf = { 1 } }, "at /oneOf/0: a schema must be an object" },
+    { { additionalProperties = "no" }, "at /additionalProperties: a schema must be an object" },
+    { { ["$ref"] = "#/$defs/missing" }, "names nothing in it" },
+    { "not a schema", "a schema must be an object, got string" },
+  }
+  for i, c in ipairs(cases) do
+    it("case " .. i .. ": " .. c[2], function()
+      local ok, err = pcall(tools.validate, c[1], { a = 1 })
+      assert.is_false(ok)
+      assert.is_true(ah.error.is(err, "invalid_argument"), tostring(err))
+      assert.matches(c[2], err.message, 1, true)
+    end)
+  end
+
+  it("refuses a tool with a malformed schema when it is registered", function()
+    local ok, err = pcall(tools.registry, { { name = "x", run = print,
+      parameters = { type = "object", required = { {} } } } })
+    assert.is_false(ok)
+    assert.is_true(ah.error.is(err, "invalid_argument"), tostring(err))
+    assert.matches("the parameters of x: .*required", err.message)
+  end)
+
+  it("follows local $refs, allOf, not and tuple items", function()
+    local s = { type = "object", ["$defs"] = { pos = { type = "integer", minimum = 1 } },
+      properties = { n = { ["$ref"] = "#/$defs/pos" },
+                     both = { allOf = { { type = "string" }, { maxLength = 2 } } },
+                     never = { ["not"] = { type = "string" } },
+                     pair = { type = "array", items = { { type = "string" }, { type = "integer" } } } } }
+    assert.is_true(tools.validate(s, { n = 3, both = "ab", never = 1, pair = { "a", 2 } }))
+    assert.same({ nil, "argument n must be >= 1, got 0" }, { tools.validate(s, { n = 0 }) })
+    assert.same({ nil, "argument both must be at most 2 characters long, got 3" }, { tools.validate(s, { both = "abc" }) })
+    assert.same({ nil, "argument never matches a form that is not allowed" }, { tools.validate(s, { never = "s" }) })
+    assert.same({ nil, 'argument pair[1] must be an integer, got string "x"' }, { tools.validate(s, { pair = { "a", "x" } }) })
+  end)
+
+  it("names the value as asked", function()
+    local s = { type = "object", required = { "city" }, properties = { temp = { type = "number" } } }
+    assert.same({ nil, "missing required field city" },
+      { tools.validate(s, {}, { root = "the answer", item = "field " }) })
+    assert.same({ nil, "the answer must be an object, got integer 3" },
+      { tools.validate(s, 3, { root = "the answer", item = "field " }) })
+    assert.same({ nil, "missing required argument city" }, { tools.validate(s, {}) }) -- the default is back
+  end)
+end)
+
+describe("tools.registry:call misuse", function()
+  local reg = tools.registry { { name = "echo", run = function(a) return a.s end } }
+  it("raises invalid_argument for a call that is not a call", function()
+    for _, f in ipairs {
+      function() return reg:call("echo", { s = "x" }) end,
+      function() return reg:call({ arguments = {} }) end,
+      function() return reg:call({ name = "echo", arguments = "{}" }) end,
+      function() return reg:call({ name = "echo" }, "ctx") end,
+    } do
+      local ok, err = pcall(task.run, f)
+      assert.is_false(ok)
+      assert.is_true(ah.error.is(err, "invalid_argument"), tostring(err))
+      assert.matches("registry:call", err.message)
+    end
+    local ok, err = pcall(task.run, function() return reg:call("echo", {}) end)
+    assert.is_false(ok)
+    assert.matches('reg:call{name = "echo", arguments = {...}}', err.message, 1, true)
+  end)
+
+  it("keeps source positions from the model unless the tool opts in", function()
+    assert.equal("plain", tools.strip_positions("scripts/x.lua:9: plain"))
+    assert.equal("nested", tools.strip_positions('a.lua:1: [string "chunk"]:3: nested'))
+    assert.equal("host:80: refused", tools.strip_positions("host:80: refused"))
+    local r2 = tools.registry { { name = "loud", raw_errors = true, run = function() error("oops") end } }
+    local r = task.run(function() return r2:call { name = "loud" } end)
+    assert.matches("^error: loud failed: .*tools_spec%.lua:%d+: oops$", r.content)
   end)
 end)

@@ -1,6 +1,8 @@
 -- metrics: the host's own runtime metrics, for an agent that watches the
 -- system it runs on: tasks, HTTP transfers in flight and waiting to start,
--- the memory store's queue, loop lag, CPU time and peak memory.
+-- the memory store's queue, loop lag, CPU time and peak memory; and, while
+-- tracing is loaded, its spans and the OTLP exporter's queue, exported and
+-- dropped spans (docs/observability.md).
 
 local ah = require "agenthost"
 local task = ah.task
@@ -8,7 +10,7 @@ local task = ah.task
 local M = {
   name = "metrics",
   description = "Read this host's runtime metrics: tasks, in-flight HTTP requests, " ..
-    "database write queue, event-loop lag, CPU seconds and peak memory.",
+    "database write queue, event-loop lag, CPU seconds, peak memory and tracing counters.",
   parameters = { type = "object", properties = {}, additionalProperties = false },
   timeout = 5,
 }
@@ -31,6 +33,19 @@ function M.run(_, ctx)
     cpu_seconds = ru.cpu and math.floor(ru.cpu * 1000 + 0.5) / 1000,
     max_rss_mb = ru.maxrss_kb and math.floor(ru.maxrss_kb / 1024 + 0.5),
   }
+  -- Tracing is reported only where it was loaded: the tool never loads it.
+  local trace = package.loaded["agenthost.trace"]
+  if trace then
+    local ts = trace.stats()
+    out.trace = { on = ts.on, spans_started = ts.started, spans_finished = ts.finished,
+                  spans_stored = ts.stored }
+    local ex = ts.export
+    if ex then
+      out.trace.export = { queued = ex.queued, exported = ex.exported, dropped = ex.dropped,
+                           dropped_queue_full = ex.dropped_queue_full, rejected = ex.rejected,
+                           retries = ex.retries, failed_batches = ex.failed_batches }
+    end
+  end
   local db = ctx and ctx.memory and ctx.memory.db
   if db then
     local st = db:stats()

@@ -4,6 +4,10 @@
 -- On top of the C request this adds JSON (`json = value` sends it encoded
 -- with content-type application/json; a JSON response is decoded into
 -- res.json) and the get/post helpers.
+--
+-- While tracing is on (agenthost.trace), a request made inside a span
+-- carries that span's W3C traceparent header (one the caller set is kept),
+-- and with trace.enable{http = true} it gets a client span of its own.
 
 local core = require "agenthost.core"
 local cjson = require "cjson"
@@ -42,10 +46,24 @@ local function prepare(opts, what, accept)
   return o
 end
 
+-- agenthost.trace's function(send, opts, what) while tracing is on: it
+-- calls send(opts) with the trace's header added.  nil while off, so that
+-- a request then costs one upvalue test.
+local tracer = nil
+
+function M._set_tracer(fn)
+  tracer = fn
+end
+
+local function send(fn, o, what)
+  if tracer then return tracer(fn, o, what) end
+  return fn(o)
+end
+
 -- request{method, url, headers, body, json, timeout, connect_timeout,
 --         max_body, follow_redirects} -> {status, headers, body [, json]}
 function M.request(opts)
-  local res = C.request(prepare(opts, "ah.http.request"))
+  local res = send(C.request, prepare(opts, "ah.http.request"), "request")
   local ctype = res.headers["content-type"]
   if ctype and ctype:find("json", 1, true) and #res.body > 0 then
     local ok, value = pcall(cjson.decode, res.body)
@@ -59,13 +77,13 @@ end
 -- `for chunk in s do ... end`.  The transfer pauses while the reader is
 -- busy, so a slow consumer holds at most about 64 KiB.
 function M.stream(opts)
-  return C.stream(prepare(opts, "ah.http.stream"))
+  return send(C.stream, prepare(opts, "ah.http.stream"), "stream")
 end
 
 -- sse{...} -> an iterator of server-sent events {event, data, id, retry};
 -- it also has .status, .headers and :close().
 function M.sse(opts)
-  local s = C.stream(prepare(opts, "ah.http.sse", "text/event-stream"))
+  local s = send(C.stream, prepare(opts, "ah.http.sse", "text/event-stream"), "sse")
   local parser = C.sse_parser()
   local queue, qi = {}, 1
   local it = { status = s.status, headers = s.headers, stream = s }
@@ -112,6 +130,7 @@ function M.post(url, body, opts)
   return M.request(o)
 end
 
+M.has_header = has_header
 M.stats = C.stats
 M.configure = C.configure
 

@@ -56,6 +56,7 @@ local parts = {
   proc = "agenthost.proc",
   config = "agenthost.config",
   channel = "agenthost.channel",
+  trace = "agenthost.trace",
   pg = "agenthost.pg",
   fleet = "agenthost.fleet",
 }

@@ -5,7 +5,8 @@
 --   { name = "web_search", description = "...",
 --     parameters = { type = "object", properties = {...}, required = {...} },  -- JSON Schema
 --     run = function(args, ctx) return result end,
---     timeout = 30, needs_approval = false }
+--     timeout = 30, needs_approval = false,
+--     raw_errors = false }   -- true: the model sees the tool's errors with their source positions
 --
 -- Arguments come from a model and are untrusted: call() validates them
 -- against the schema before the tool runs, and everything that can go wrong
@@ -19,9 +20,14 @@
 -- const, required, properties, additionalProperties (false or a schema),
 -- minimum, maximum, exclusiveMinimum, exclusiveMaximum, minLength,
 -- maxLength, items, minItems, maxItems, nested objects and arrays, and
--- anyOf/oneOf of alternatives.  (pattern is not checked: Lua patterns are
--- not regular expressions.)  Unknown keywords are
--- ignored, as the specification says.
+-- anyOf/oneOf/allOf of alternatives, and local $ref ("#/$defs/name",
+-- "#/definitions/name").  (pattern is not checked: Lua patterns are not
+-- regular expressions.)  Unknown keywords are ignored, as the
+-- specification says.  A schema whose known keywords have the wrong shape
+-- (`"required": [{}]`, a `type` that is no JSON type) is refused with an
+-- invalid_argument error naming the keyword and where it is: schemas come
+-- from tool authors, MCP servers and structured-output settings, and a bad
+-- one must say so rather than fail inside the check.
 
 local ah = require "agenthost.core"
 local cjson = require "cjson"
@@ -81,8 +87,13 @@ local function show(v)
   return ok and s or tostring(v)
 end
 
+-- How messages name the value checked: the arguments of a tool by
+-- default, or what validate's `what` option says.
+local WORDS = { root = "the arguments", item = "argument " }
+local words = WORDS
+
 local function at(path)
-  return path == "" and "the arguments" or ("argument " .. path)
+  return path == "" and words.root or (words.item .. path)
 end
 
 local function join(path, key)
@@ -180,10 +191,16 @@ local function check_array(schema, v, path)
   if schema.maxItems and n > schema.maxItems then
     return nil, string.format("%s must have at most %d items, got %d", at(path), schema.maxItems, n)
   end
-  if type(schema.items) == "table" then
+  local items = schema.items
+  local tuple = type(items) == "table" and next(items) ~= nil and is_array(items)
+  if items ~= nil and items ~= true then
     for i = 1, n do
-      local ok, err = validate(schema.items, v[i], join(path, i))
-      if not ok then return nil, err end
+      local sub = items
+      if tuple then sub = items[i] end
+      if sub ~= nil then
+        local ok, err = validate(sub, v[i], join(path, i))
+        if not ok then return nil, err end
+      end
     end
   end
   return true
@@ -251,18 +268,185 @@ end
 local checks = { check_type, check_enum, check_number, check_string, check_array,
                  check_object, check_alternatives }
 
+-- ---- schemas -------------------------------------------------------------------
+
+local JSON_TYPES = { string = true, number = true, integer = true, boolean = true,
+                     object = true, array = true, null = true }
+
+local function malformed(where, msg)
+  error(ah.error.new("invalid_argument", string.format(
+    "tools: the JSON Schema is malformed at %s: %s", where == "" and "its top" or where, msg)), 0)
+end
+
+local function is_count(x)
+  return type(x) == "number" and x >= 0 and x == math.floor(x)
+end
+
+local check_schema
+
+local function check_schema_list(list, where, key)
+  if not is_array(list) or #list == 0 then
+    malformed(where, key .. " must be a non-empty array of schemas")
+  end
+  for i, sub in ipairs(list) do check_schema(sub, where .. "/" .. key .. "/" .. (i - 1)) end
+end
+
+-- Raises invalid_argument when a keyword validate reads has the wrong
+-- shape; where is the JSON pointer of schema within the whole one.
+function check_schema(schema, where, seen)
+  if type(schema) == "boolean" then return end -- true: anything, false: nothing
+  if type(schema) ~= "table" then
+    malformed(where, "a schema must be an object, got " .. json_type(schema))
+  end
+  local t = schema.type
+  if t ~= nil then
+    local list = type(t) == "table" and t or { t }
+    if type(t) == "table" and (not is_array(t) or #t == 0) then
+      malformed(where, "type must be a type name or a non-empty array of them")
+    end
+    for _, name in ipairs(list) do
+      if not JSON_TYPES[name] then
+        malformed(where, "type " .. show(name) .. " is not a JSON type (string, number, " ..
+          "integer, boolean, object, array, null)")
+      end
+    end
+  end
+  if schema.enum ~= nil and not is_array(schema.enum) then malformed(where, "enum must be an array") end
+  if schema.required ~= nil then
+    if not is_array(schema.required) then malformed(where, "required must be an array of property names") end
+    for i, name in ipairs(schema.required) do
+      if type(name) ~= "string" then
+        malformed(where .. "/required/" .. (i - 1), "a required property name must be a string, got " ..
+          show(name))
+      end
+    end
+  end
+  if schema.properties ~= nil then
+    if type(schema.properties) ~= "table" or (next(schema.properties) ~= nil and is_array(schema.properties)) then
+      malformed(where, "properties must be an object of schemas")
+    end
+    for k, sub in pairs(schema.properties) do
+      if type(k) ~= "string" then malformed(where, "properties must be an object of schemas") end
+      check_schema(sub, where .. "/properties/" .. k)
+    end
+  end
+  local ap = schema.additionalProperties
+  if ap ~= nil and type(ap) ~= "boolean" then check_schema(ap, where .. "/additionalProperties") end
+  if schema.items ~= nil then
+    if type(schema.items) == "table" and next(schema.items) ~= nil and is_array(schema.items) then
+      check_schema_list(schema.items, where, "items")
+    else
+      check_schema(schema.items, where .. "/items")
+    end
+  end
+  for _, k in ipairs { "minimum", "maximum" } do
+    if schema[k] ~= nil and type(schema[k]) ~= "number" then malformed(where, k .. " must be a number") end
+  end
+  for _, k in ipairs { "exclusiveMinimum", "exclusiveMaximum" } do
+    local x = schema[k]
+    if x ~= nil and type(x) ~= "number" and type(x) ~= "boolean" then
+      malformed(where, k .. " must be a number")
+    end
+  end
+  for _, k in ipairs { "minLength", "maxLength", "minItems", "maxItems" } do
+    if schema[k] ~= nil and not is_count(schema[k]) then
+      malformed(where, k .. " must be a whole number >= 0, got " .. show(schema[k]))
+    end
+  end
+  for _, k in ipairs { "anyOf", "oneOf", "allOf" } do
+    if schema[k] ~= nil then check_schema_list(schema[k], where, k) end
+  end
+  if schema["not"] ~= nil then check_schema(schema["not"], where .. "/not") end
+  if schema["$ref"] ~= nil and type(schema["$ref"]) ~= "string" then malformed(where, "$ref must be a string") end
+  for _, k in ipairs { "$defs", "definitions" } do
+    local defs = schema[k]
+    if defs ~= nil then
+      if type(defs) ~= "table" then malformed(where, k .. " must be an object of schemas") end
+      for name, sub in pairs(defs) do check_schema(sub, where .. "/" .. k .. "/" .. tostring(name)) end
+    end
+  end
+end
+
+-- Schemas already checked, by identity (a tool's schema is checked once,
+-- not at every call).
+local checked = setmetatable({}, { __mode = "k" })
+
+-- check_schema(schema) -> schema, or raises invalid_argument saying what
+-- is malformed.
+function M.check_schema(schema)
+  if type(schema) == "table" and checked[schema] then return schema end
+  check_schema(schema, "")
+  if type(schema) == "table" then checked[schema] = true end
+  return schema
+end
+
+-- The schema a local $ref names, inside root.
+local function resolve(root, ref)
+  local name = ref:match("^#/%$defs/(.+)$")
+  local defs = root and root["$defs"]
+  if not name then
+    name = ref:match("^#/definitions/(.+)$")
+    defs = root and root.definitions
+  end
+  if ref == "#" then return root end
+  local target
+  if name and type(defs) == "table" then target = defs[name] end
+  if target == nil then
+    error(ah.error.new("invalid_argument", "tools: the JSON Schema has a $ref " .. show(ref) ..
+      " that names nothing in it (only local #/$defs/NAME and #/definitions/NAME are followed)"), 0)
+  end
+  return target
+end
+
+local root_schema, ref_depth = nil, 0
+
 -- validate(schema, value [, path]) -> true, or nil and a message a model
 -- can act on ("argument limit must be <= 10, got 50").
 function validate(schema, v, path)
   path = path or ""
+  if schema == false then return nil, at(path) .. " is not allowed" end
   if type(schema) ~= "table" then return true end
+  local ref = schema["$ref"]
+  if ref ~= nil then
+    ref_depth = ref_depth + 1
+    if ref_depth > 64 then
+      ref_depth = 0
+      error(ah.error.new("invalid_argument", "tools: the JSON Schema's $ref chain is too deep (a loop?)"), 0)
+    end
+    local ok, err = validate(resolve(root_schema, ref), v, path)
+    ref_depth = ref_depth - 1
+    if not ok then return nil, err end
+  end
   for _, check in ipairs(checks) do
     local ok, err = check(schema, v, path)
     if not ok then return nil, err end
   end
+  if schema.allOf then
+    for _, sub in ipairs(schema.allOf) do
+      local ok, err = validate(sub, v, path)
+      if not ok then return nil, err end
+    end
+  end
+  if schema["not"] ~= nil and validate(schema["not"], v, path) then
+    return nil, at(path) .. " matches a form that is not allowed"
+  end
   return true
 end
-M.validate = validate
+
+-- tools.validate(schema, value [, {root =, item =}]) -> true, or nil and a
+-- message.  root and item name the value in messages ("the arguments",
+-- "argument "): structured output passes {root = "the answer", item =
+-- "field "}.  Raises invalid_argument for a malformed schema.
+function M.validate(schema, v, opts)
+  M.check_schema(schema)
+  local saved_words, saved_root = words, root_schema
+  words = type(opts) == "table" and { root = opts.root or WORDS.root, item = opts.item or WORDS.item } or WORDS
+  root_schema, ref_depth = schema, 0
+  local ok, res, msg = pcall(validate, schema, v, "")
+  words, root_schema = saved_words, saved_root
+  if not ok then error(res, 0) end
+  return res, msg
+end
 -- is_array(v): whether v is a table whose keys are exactly 1..#v (what
 -- JSON calls an array; an empty table counts).
 M.is_array = is_array
@@ -281,6 +465,10 @@ local function check_tool(t)
   if t.parameters ~= nil and (type(t.parameters) ~= "table" or
       (t.parameters.type ~= nil and t.parameters.type ~= "object")) then
     bad("tools: the parameters of " .. t.name .. " must be a JSON Schema of type object")
+  end
+  if t.parameters ~= nil then
+    local ok, err = pcall(M.check_schema, t.parameters)
+    if not ok then bad("tools: the parameters of " .. t.name .. ": " .. tostring(err.message or err)) end
   end
   if t.timeout ~= nil and (type(t.timeout) ~= "number" or t.timeout <= 0) then
     bad("tools: the timeout of " .. t.name .. " must be a positive number of seconds")
@@ -385,12 +573,56 @@ local function message_of(err)
   return tostring(err)
 end
 
--- reg:call(call, ctx) -> {content = string, is_error = bool, value = raw result}
--- call is {id, name, arguments = table, raw_arguments = string, error = string}
--- as providers return it.  Never raises, except to pass on the caller's
--- own cancellation.
+-- msg without the source positions Lua puts in front of an error message
+-- ("tools/x.lua:9: ", "[string \"...\"]:3: "), which the model has no use
+-- for and should not see.
+local function strip_positions(msg)
+  local prev
+  repeat
+    prev = msg
+    msg = msg:gsub('^%[string ".-"%]:%d+: ', ""):gsub("^[^%s:]*%.lua:%d+: ", ""):gsub("^%[C%]: ", "")
+  until msg == prev
+  return msg
+end
+M.strip_positions = strip_positions
+
+local function check_call(call, ctx)
+  if type(call) ~= "table" then
+    error(ah.error.new("invalid_argument", string.format(
+      "tools: registry:call(call [, ctx]): call must be a table {id =, name =, arguments =} " ..
+      "as a provider returns it, got %s%s", type(call),
+      type(call) == "string" and string.format(' (for a tool by name: reg:call{name = %q, arguments = {...}})', call) or "")), 3)
+  end
+  if type(call.name) ~= "string" then
+    error(ah.error.new("invalid_argument", "tools: registry:call: call.name must be a string, got " ..
+      type(call.name)), 3)
+  end
+  local a = call.arguments
+  if a ~= nil and a ~= null and type(a) ~= "table" then
+    error(ah.error.new("invalid_argument", "tools: registry:call: call.arguments must be a table " ..
+      "(the decoded JSON object) or nil, got " .. type(a)), 3)
+  end
+  if ctx ~= nil and type(ctx) ~= "table" then
+    error(ah.error.new("invalid_argument", "tools: registry:call: ctx must be a table or nil, got " ..
+      type(ctx)), 3)
+  end
+end
+
+-- reg:call(call [, ctx]) -> {content, is_error, value, error, traceback}
+--
+-- call is {id, name, arguments = table, raw_arguments = string, error =
+-- string} as providers return it; ctx is handed to the tool's run as its
+-- second argument.  content is the text for the model; is_error is a
+-- boolean; value the tool's raw result.  When the tool itself failed
+-- (raised, or ran past its timeout) the result also has `error` (what it
+-- raised, or the timeout error) and, for a raise, `traceback`.  The
+-- model's message leaves out source positions unless the tool has
+-- raw_errors = true.  Never raises for what the model sent (an unknown
+-- tool, bad arguments); raises invalid_argument for a call that is not a
+-- call, and passes on the caller's own cancellation.
 function Registry:call(call, ctx)
-  local t = self.byname[call.name or ""]
+  check_call(call, ctx)
+  local t = self.byname[call.name]
   if not t then
     local names = table.concat(self.order, ", ")
     return { is_error = true, content = string.format(
@@ -403,37 +635,49 @@ function Registry:call(call, ctx)
   end
   local args = call.arguments
   if args == nil or args == null then args = {} end
-  local ok, err = validate(t.parameters or { type = "object" }, args)
+  local schema = t.parameters or { type = "object" }
+  local ok, err = M.validate(schema, args)
   if not ok then
     return { is_error = true, content = "error: invalid arguments for " .. t.name .. ": " .. err }
   end
-  args = normalize(t.parameters or { type = "object" }, args)
+  args = normalize(schema, args)
   local timeout = t.timeout or M.DEFAULT_TIMEOUT
+  local function failed(e, tb)
+    local msg = message_of(e)
+    if not t.raw_errors then msg = strip_positions(msg) end
+    return { is_error = true, content = "error: " .. t.name .. " failed: " .. msg, error = e, traceback = tb }
+  end
+  local function timed_out(e)
+    return { is_error = true, error = e, content = string.format(
+      "error: %s did not finish within %g seconds", t.name, timeout) }
+  end
   -- The tool's own errors come back as values, so that a timeout error
   -- the tool raised (an HTTP timeout, say) is not taken for ours.
+  local tb
+  local function handler(e)
+    tb = debug.traceback(message_of(e), 2)
+    return e
+  end
   local ok_outer, inner = pcall(task.timeout, timeout, function()
-    return table.pack(pcall(t.run, args, ctx or {}))
+    return table.pack(xpcall(t.run, handler, args, ctx or {}))
   end)
   local cur = task.current()
   if not ok_outer then
     if cur and cur:cancelled() then error(inner, 0) end -- our own cancellation goes on
-    if ah.error.is(inner, "timeout") then
-      return { is_error = true, content = string.format(
-        "error: %s did not finish within %g seconds", t.name, timeout) }
-    end
-    return { is_error = true, content = "error: " .. t.name .. " failed: " .. message_of(inner) }
+    if ah.error.is(inner, "timeout") then return timed_out(inner) end
+    return failed(inner)
   end
   if inner[1] then
-    return { content = cap(to_text(inner[2])), value = inner[2] }
+    return { content = cap(to_text(inner[2])), value = inner[2], is_error = false }
   end
   err = inner[2]
   if cur and cur:cancelled() then error(err, 0) end
   if ah.error.is(err, "cancelled") then
     -- nothing but the timeout cancels the tool's own task
-    return { is_error = true, content = string.format(
-      "error: %s did not finish within %g seconds", t.name, timeout) }
+    return timed_out(ah.error.new("timeout", string.format("%s did not finish within %g seconds",
+      t.name, timeout)))
   end
-  return { is_error = true, content = "error: " .. t.name .. " failed: " .. message_of(err) }
+  return failed(err, tb)
 end
 
 return M

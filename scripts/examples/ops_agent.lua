@@ -16,6 +16,11 @@
 -- they ran concurrently); with --agents N it prints a summary line.  On a
 -- terminal, stderr shows a live progress line.  Exit status 0 when every
 -- agent answered, 1 otherwise.
+--
+-- Each run is traced (ah.trace, docs/observability.md): its spans are
+-- stored in the memory database, exported over OTLP when
+-- OTEL_EXPORTER_OTLP_ENDPOINT is set, and the last lines say where they
+-- went and how to open the timeline.
 
 local ah = require "agenthost"
 local task = ah.task
@@ -61,6 +66,9 @@ local provider, about = ah.config.provider { max_concurrency = 64 }
 io.stderr:write(about, "\n")
 
 local mem = ah.memory.open(memory_path)
+-- Spans go to the memory database (and OTLP when configured); the model's
+-- and the tools' HTTP requests get spans of their own.
+local tracing = ah.trace.enable { store = mem, http = true }
 local web_search = require "web_search"
 local tools = {
   web_search.new { url = ah.config.search_url_default() },
@@ -109,7 +117,9 @@ local function run_agent(n)
     end,
   }
   progress.running = progress.running + 1
+  local span = tracing.start("ops run " .. n)
   local ok, r = pcall(a.run, a, question)
+  span:set_conversation(ok and r.conversation or nil):finish(not ok and r or nil)
   progress.running = progress.running - 1
   if ok then progress.done = progress.done + 1 else progress.failed = progress.failed + 1 end
   return ok, r, trace, n
@@ -160,6 +170,20 @@ else
   end
   print(string.format("agents=%d answered=%d failed=%d turns=%d tokens=%d seconds=%.2f",
     agents_n, agents_n - failed, failed, turns, tokens, ah.clock() - progress.started))
+end
+
+-- Where the trace went.
+local ts = tracing.stats()
+local exe = arg and arg[-1] or "agenthost"
+local conv = agents_n == 1 and results[1][1] and results[1][2].conversation
+print(string.format("[trace: %d spans stored in %s; open the timeline: %s trace %s --html %s%s]",
+  ts.stored, memory_path, exe, memory_path,
+  (memory_path:match("^(.*)/[^/]*$") or ".") .. "/trace.html",
+  conv and (" --conversation " .. tostring(conv)) or ""))
+if tracing.exporter() then
+  tracing.flush(10)
+  local ex = tracing.stats().export
+  print(string.format("[trace: %d spans exported to %s, %d dropped]", ex.exported, ex.url, ex.dropped))
 end
 
 mem:close()

@@ -317,10 +317,15 @@ typedef struct {
   sbuf subject;     /* the last user message's or tool result's text */
   int subject_tool; /* the subject is a tool result */
   sbuf results;     /* the tool results after the last assistant message */
+  sbuf system;      /* the system prompt's text */
   const char *model;
+  const jv *out_schema; /* OpenAI response_format json_schema's schema, or NULL */
+  int out_json;         /* the request asks for a JSON answer (json_schema or json_object) */
+  const char *forced;   /* the tool the request forces: a name, "" for any tool, or NULL */
 } convo;
 
 static void convo_free(convo *cv) {
+  sb_free(&cv->system);
   sb_free(&cv->user);
   sb_free(&cv->subject);
   sb_free(&cv->results);
@@ -371,12 +376,18 @@ static const char *convo_read(convo *cv, const jv *req) {
   size_t i, j;
   if (!jv_is(msgs, J_ARR) || msgs->n == 0) return "messages must be a non-empty array";
   cv->tools = jv_is(jv_get(req, "tools"), J_ARR) ? jv_get(req, "tools") : NULL;
+  if (cv->dialect == D_ANTHROPIC) content_text(&cv->system, jv_get(req, "system"));
   for (i = 0; i < msgs->n; i++) {
     const jv *m = &msgs->kids[i], *content = jv_get(m, "content");
     const char *role = jv_str(jv_get(m, "role"));
     sbuf t = {0};
     int had_result = 0;
     if (!role) return "every message needs a role";
+    if (strcmp(role, "system") == 0 || strcmp(role, "developer") == 0) {
+      if (cv->system.len) sb_puts(&cv->system, "\n\n");
+      content_text(&cv->system, content);
+      continue;
+    }
     if (strcmp(role, "assistant") == 0) {
       cv->results.len = 0;
       continue;
@@ -428,6 +439,42 @@ static int tool_offered(const convo *cv, const char *name) {
     if (n && strcmp(n, name) == 0) return 1;
   }
   return 0;
+}
+
+/* The JSON Schema of the offered tool called name, or NULL. */
+static const jv *tool_schema(const convo *cv, const char *name) {
+  size_t i;
+  for (i = 0; cv->tools && i < cv->tools->n; i++) {
+    const char *n = tool_name(cv, i);
+    const jv *t = &cv->tools->kids[i];
+    if (n && strcmp(n, name) == 0)
+      return cv->dialect == D_OPENAI ? jv_get(jv_get(t, "function"), "parameters") : jv_get(t, "input_schema");
+  }
+  return NULL;
+}
+
+/* Reads what a request asks of the answer's form: a JSON answer (OpenAI
+ * response_format) or a forced tool (tool_choice). */
+static void convo_form(convo *cv, const jv *req) {
+  const jv *rf = jv_get(req, "response_format"), *tc = jv_get(req, "tool_choice");
+  const char *rft = jv_str(jv_get(rf, "type")), *type;
+  if (cv->dialect == D_OPENAI && rft) {
+    if (strcmp(rft, "json_schema") == 0) {
+      cv->out_json = 1;
+      cv->out_schema = jv_get(jv_get(rf, "json_schema"), "schema");
+    } else if (strcmp(rft, "json_object") == 0) {
+      cv->out_json = 1;
+    }
+  }
+  if (!cv->tools) return;
+  if (cv->dialect == D_OPENAI) {
+    if (jv_str(tc) && strcmp(tc->s, "required") == 0) cv->forced = "";
+    else if (jv_is(tc, J_OBJ)) cv->forced = jv_str(jv_get(jv_get(tc, "function"), "name"));
+  } else if (jv_is(tc, J_OBJ) && (type = jv_str(jv_get(tc, "type"))) != NULL) {
+    if (strcmp(type, "any") == 0) cv->forced = "";
+    else if (strcmp(type, "tool") == 0) cv->forced = jv_str(jv_get(tc, "name"));
+  }
+  if (cv->forced && *cv->forced && !tool_offered(cv, cv->forced)) cv->forced = NULL;
 }
 
 /* Templates and JSON out ------------------------------------------------ */
@@ -499,10 +546,111 @@ static void jv_write(sbuf *b, const jv *v, const convo *cv) {
   }
 }
 
+/* The number a schema keyword holds, or dflt. */
+static double schema_num(const jv *s, const char *key, double dflt, int *given) {
+  const jv *v = jv_get(s, key);
+  if (!jv_is(v, J_NUM)) return dflt;
+  if (given) *given = 1;
+  return strtod(v->s, NULL);
+}
+
+/* Appends a value that fits schema s, as compact JSON: its const, its first
+ * enum value or first alternative; for a type, the smallest value that its
+ * bounds allow (strings: the subject's text cut to maxLength and padded to
+ * minLength; arrays: minItems items, at least one; objects: every property).
+ * What a rule does not give, the mock answers with this. */
+static void gen_value(sbuf *b, const jv *s, const convo *cv, int depth) {
+  const jv *t, *c;
+  const char *type = NULL;
+  size_t i;
+  if (depth > 16 || !jv_is(s, J_OBJ)) {
+    sb_puts(b, "null");
+    return;
+  }
+  if ((c = jv_get(s, "const")) != NULL) {
+    jv_write(b, c, NULL);
+    return;
+  }
+  if (jv_is((c = jv_get(s, "enum")), J_ARR) && c->n) {
+    jv_write(b, &c->kids[0], NULL);
+    return;
+  }
+  if ((jv_is((c = jv_get(s, "anyOf")), J_ARR) || jv_is((c = jv_get(s, "oneOf")), J_ARR)) && c->n) {
+    gen_value(b, &c->kids[0], cv, depth + 1);
+    return;
+  }
+  t = jv_get(s, "type");
+  if (jv_is(t, J_STR)) type = t->s;
+  for (i = 0; !type && jv_is(t, J_ARR) && i < t->n; i++)
+    if (jv_is(&t->kids[i], J_STR) && strcmp(t->kids[i].s, "null")) type = t->kids[i].s;
+  if (!type) type = jv_get(s, "properties") ? "object" : "string";
+  if (strcmp(type, "object") == 0) {
+    const jv *props = jv_get(s, "properties");
+    sb_puts(b, "{");
+    for (i = 0; jv_is(props, J_OBJ) && i < props->n; i++) {
+      if (i) sb_puts(b, ",");
+      sb_json(b, props->kids[i].key, props->kids[i].klen);
+      sb_puts(b, ":");
+      gen_value(b, &props->kids[i], cv, depth + 1);
+    }
+    sb_puts(b, "}");
+  } else if (strcmp(type, "array") == 0) {
+    double n = schema_num(s, "minItems", 1, NULL);
+    size_t k, count = n < 1 ? 1 : n > 8 ? 8 : (size_t)n;
+    sb_puts(b, "[");
+    for (k = 0; k < count; k++) {
+      if (k) sb_puts(b, ",");
+      gen_value(b, jv_get(s, "items"), cv, depth + 1);
+    }
+    sb_puts(b, "]");
+  } else if (strcmp(type, "integer") == 0 || strcmp(type, "number") == 0) {
+    int lo_given = 0, ex_given = 0, hi_given = 0;
+    double lo = schema_num(s, "minimum", 1, &lo_given);
+    double ex = schema_num(s, "exclusiveMinimum", 0, &ex_given);
+    double hi = schema_num(s, "maximum", 0, &hi_given);
+    double x = lo_given ? lo : ex_given ? ex + 1 : 1;
+    if (hi_given && x > hi) x = hi;
+    if (strcmp(type, "integer") == 0) sb_printf(b, "%lld", (long long)(x < 0 ? x - 0.5 : x + 0.5));
+    else sb_printf(b, "%.17g", x);
+  } else if (strcmp(type, "boolean") == 0) {
+    sb_puts(b, "true");
+  } else if (strcmp(type, "null") == 0) {
+    sb_puts(b, "null");
+  } else {
+    double maxl = schema_num(s, "maxLength", 80, NULL), minl = schema_num(s, "minLength", 0, NULL);
+    size_t max = maxl < 0 ? 0 : (size_t)maxl, min = minl < 0 ? 0 : (size_t)minl;
+    sbuf t2 = {0};
+    size_t len;
+    sb_put(&t2, cv->subject.p ? cv->subject.p : "", cv->subject.p ? utf8_cut(cv->subject.p, cv->subject.len, max) : 0);
+    for (len = t2.p ? strlen(t2.p) : 0; len < min; len++) sb_puts(&t2, "x");
+    sb_json(b, t2.p ? t2.p : "", t2.len);
+    sb_free(&t2);
+  }
+}
+
 /* Rules ----------------------------------------------------------------- */
 
 static const char default_rules[] =
     "{\"rules\":["
+    /* The support team of scripts/examples/support_team.lua: a triage agent
+     * and two specialists, told apart by their system prompts. */
+    "{\"system\":\"triage agent\",\"when\":\"user\",\"match\":[\"invoice\",\"refund\",\"charge\","
+    "\"billing\",\"payment\"],\"tool_calls\":[{\"name\":\"transfer_to_billing\"}]},"
+    "{\"system\":\"triage agent\",\"when\":\"user\",\"match\":[\"crash\",\"error\",\"bug\",\"slow\","
+    "\"latency\",\"outage\"],\"tool_calls\":[{\"name\":\"transfer_to_tech\"}]},"
+    "{\"system\":\"triage agent\",\"reply\":\"I route questions to billing or technical support. "
+    "Tell me about an invoice, a refund, a crash or an error.\"},"
+    "{\"system\":\"billing specialist\",\"when\":\"tool\",\"match\":\"Transferred to\","
+    "\"tool_calls\":[{\"name\":\"lookup_invoice\",\"arguments\":{\"query\":\"{{user}}\"}}]},"
+    "{\"system\":\"billing specialist\",\"when\":\"tool\",\"reply\":\"Billing: {{tool_results}}. I have "
+    "asked for the refund; it reaches your account in 3 to 5 days.\"},"
+    "{\"system\":\"billing specialist\",\"reply\":\"Billing: about {{user}}, I can look up invoices "
+    "and refunds.\"},"
+    "{\"system\":\"tech specialist\",\"when\":\"tool\",\"match\":\"Transferred to\","
+    "\"tool_calls\":[{\"name\":\"metrics\",\"arguments\":{}}]},"
+    "{\"system\":\"tech specialist\",\"when\":\"tool\",\"reply\":\"Tech: the host says {{tool_results}}. "
+    "Nothing is failing now; send the crash log and I will look at it.\"},"
+    "{\"system\":\"tech specialist\",\"reply\":\"Tech: about {{user}}, send me the error you see.\"},"
     "{\"when\":\"tool\",\"reply\":\"Here is what I found: {{tool_results}}\\nBased on these "
     "results, the most likely cause is the latest deploy; I suggest rolling it back and "
     "watching p99 latency.\"},"
@@ -547,7 +695,7 @@ static const char *rules_check(const jv *doc, char *why, size_t whylen) {
     for (j = 0; !bad && j < r->n; j++) {
       const char *k = r->kids[j].key;
       if (strcmp(k, "when") && strcmp(k, "match") && strcmp(k, "all") && strcmp(k, "reply") &&
-          strcmp(k, "tool_calls"))
+          strcmp(k, "tool_calls") && strcmp(k, "system") && strcmp(k, "json"))
         bad = "has an unknown key";
     }
     when = jv_get(r, "when");
@@ -572,7 +720,10 @@ static const char *rules_check(const jv *doc, char *why, size_t whylen) {
         else if (args && !jv_is(args, J_OBJ)) bad = "has a tool call whose \"arguments\" is not an object";
       }
     }
-    if (!bad && !jv_get(r, "reply") && !calls) bad = "has neither \"reply\" nor \"tool_calls\"";
+    if (!bad && jv_get(r, "system") && !words_ok(jv_get(r, "system")))
+      bad = "has a \"system\" that is not a string or a non-empty array of strings";
+    if (!bad && !jv_get(r, "reply") && !calls && !jv_get(r, "json"))
+      bad = "has none of \"reply\", \"tool_calls\" and \"json\"";
     if (bad) {
       snprintf(why, whylen, "rule %zu %s", i + 1, bad);
       return why;
@@ -600,8 +751,9 @@ static int words_match(const jv *w, const sbuf *text) {
 
 static int rule_matches(const jv *r, const convo *cv) {
   const char *when = jv_str(jv_get(r, "when"));
-  const jv *match = jv_get(r, "match"), *all = jv_get(r, "all");
+  const jv *match = jv_get(r, "match"), *all = jv_get(r, "all"), *sys = jv_get(r, "system");
   size_t i;
+  if (sys && !words_match(sys, &cv->system)) return 0;
   if (when && strcmp(when, "user") == 0 && cv->subject_tool) return 0;
   if (when && strcmp(when, "tool") == 0 && !cv->subject_tool) return 0;
   if (match && !words_match(match, &cv->subject)) return 0;
@@ -708,11 +860,16 @@ static call *add_call(reply *rp, const char *name, int dialect) {
   return c;
 }
 
-/* Fills rp from the first rule that matches the conversation. */
+/* Fills rp from the first rule that matches the conversation, then shapes
+ * it as the request asks: a forced tool gets a call to it (the rule's
+ * calls to it, else its "json", else a value generated from the tool's
+ * schema); a JSON answer (response_format) is the rule's "json" or a
+ * value generated from the schema. */
 static void reply_make(reply *rp, const convo *cv) {
-  const jv *rules = jv_get(&R.doc, "rules");
+  const jv *rules = jv_get(&R.doc, "rules"), *json = NULL;
   size_t i, j;
-  for (i = 0; i < rules->n; i++) {
+  int found = 0;
+  for (i = 0; i < rules->n && !found; i++) {
     const jv *r = &rules->kids[i], *calls = jv_get(r, "tool_calls");
     const char *text = jv_str(jv_get(r, "reply"));
     if (!rule_matches(r, cv)) continue;
@@ -721,15 +878,32 @@ static void reply_make(reply *rp, const convo *cv) {
       const char *name = jv_str(jv_get(c, "name"));
       call *k;
       if (!tool_offered(cv, name)) continue;
+      if (cv->forced && *cv->forced && strcmp(name, cv->forced)) continue;
       k = add_call(rp, name, cv->dialect);
       if (args) jv_write(&k->args, args, cv);
       else sb_puts(&k->args, "{}");
     }
-    if (!text && rp->ncalls == 0) continue;
+    json = jv_get(r, "json");
+    if (!text && rp->ncalls == 0 && !json) continue;
     if (text) expand(&rp->text, text, strlen(text), cv, (size_t)-1);
-    return;
+    found = 1;
   }
-  sb_puts(&rp->text, no_rule_reply);
+  if (!found) sb_puts(&rp->text, no_rule_reply);
+  if (cv->forced && rp->ncalls == 0) {
+    const char *name = *cv->forced ? cv->forced
+                       : tool_offered(cv, "final_answer") ? "final_answer" : tool_name(cv, 0);
+    call *k = add_call(rp, name ? name : "final_answer", cv->dialect);
+    if (json) jv_write(&k->args, json, cv);
+    else gen_value(&k->args, tool_schema(cv, k->name), cv, 0);
+    rp->text.len = 0;
+  } else if (cv->out_json && rp->ncalls == 0) {
+    rp->text.len = 0;
+    if (json) jv_write(&rp->text, json, cv);
+    else if (cv->out_schema) gen_value(&rp->text, cv->out_schema, cv, 0);
+    else sb_puts(&rp->text, "{}");
+  } else if (json && rp->ncalls == 0 && rp->text.len == 0) {
+    jv_write(&rp->text, json, cv);
+  }
 }
 
 /* Turns the calls' arguments into text that is not JSON: the first half,
@@ -1410,6 +1584,7 @@ static void route_chat(conn *c, int dialect, const fault *f, uint64_t *pace) {
   cv.model = ch.model = jv_str(jv_get(&req, "model")) ? jv_get(&req, "model")->s : M.model;
   if (!jv_is(&req, J_OBJ)) err = "the body must be a JSON object";
   else err = convo_read(&cv, &req);
+  if (!err) convo_form(&cv, &req);
   v = jv_get(&req, dialect == D_OPENAI && jv_get(&req, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens");
   if (!err && v) {
     if (v->t != J_NUM || v->s[0] == '-' || strpbrk(v->s, ".eE") || strlen(v->s) > 12)

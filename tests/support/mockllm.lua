@@ -6,6 +6,9 @@
 --   m:stats()   the /stats counters as a table
 --   m:reset()   POST /reset: zeroes the counters and the times= counts
 --   m:last()    the last chat request ({path, headers, body}), or nil
+--   m:provider(kind [, opts])  an agenthost.llm provider of dialect kind
+--               ("openai" or "anthropic") for this server (opts go on to
+--               llm.provider: headers, max_tokens, ...)
 --
 -- which work inside a task and outside one (there they run their own
 -- task.run).
@@ -59,6 +62,17 @@ local function last(self)
   return r.json
 end
 
+local function provider(self, kind, opts)
+  local ah = require "agenthost"
+  local o = { kind = kind, model = "mock-1", api_key = "mock-key",
+              base_url = kind == "openai" and self.base .. "/v1" or self.base }
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return ah.llm.provider(o)
+end
+
+-- The dialects every agent spec runs in.
+M.DIALECTS = { "openai", "anthropic" }
+
 function M.bin() return httpd.bin("mockllm") end
 
 -- Starts a server (see the top of this file for opts).
@@ -88,7 +102,7 @@ function M.start(opts)
     for _, path in ipairs(files) do os.remove(path) end
     error(srv, 2)
   end
-  srv.stats, srv.reset, srv.last = stats, reset, last
+  srv.stats, srv.reset, srv.last, srv.provider = stats, reset, last, provider
   return srv
 end
 

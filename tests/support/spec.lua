@@ -22,9 +22,10 @@ function M.settle(cond)
   error("condition never held", 2)
 end
 
--- Waits (in 5 ms sleeps, 2 s at most) until cond() holds.
-function M.eventually(cond)
-  for _ = 1, 400 do
+-- Waits (in 5 ms sleeps, `seconds` at most: 2 by default) until cond()
+-- holds.
+function M.eventually(cond, seconds)
+  for _ = 1, math.ceil((seconds or 2) / 0.005) do
     if cond() then return true end
     task.sleep(0.005)
   end

@@ -95,6 +95,20 @@ local function tool_choice(choice, parallel)
   return out
 end
 
+-- The tool an output request is answered with: the schema itself when it
+-- describes an object (a tool's input is one), else an object whose
+-- `value` holds it.
+local function output_tool(o)
+  local schema = common.schema(o.schema)
+  local wrapped = not common.object_schema(schema)
+  if wrapped then
+    schema = { type = "object", properties = { value = schema }, required = { "value" },
+               additionalProperties = false }
+  end
+  return { name = common.output_name(o), input_schema = schema,
+           description = o.description or "Give your final answer with this tool." }, wrapped
+end
+
 function M.request(p, req)
   local system = {}
   if req.system then system[1] = req.system end
@@ -106,7 +120,22 @@ function M.request(p, req)
     stop_sequences = req.stop,
   }
   if #system > 0 then body.system = table.concat(system, "\n\n") end
-  if req.tools and #req.tools > 0 then
+  if req.output then
+    -- The answer is a forced tool: that tool alone when there are no
+    -- others, else any tool (the model may still call the others first).
+    local tools = {}
+    for k, t in ipairs(req.tools or {}) do
+      tools[k] = { name = t.name, description = t.description, input_schema = common.schema(t.parameters) }
+    end
+    tools[#tools + 1] = output_tool(req.output)
+    body.tools = tools
+    if #tools == 1 then
+      body.tool_choice = { type = "tool", name = tools[1].name }
+    else
+      body.tool_choice = { type = "any" }
+    end
+    if req.parallel_tool_calls == false then body.tool_choice.disable_parallel_tool_use = true end
+  elseif req.tools and #req.tools > 0 then
     body.tools = {}
     for k, t in ipairs(req.tools) do
       body.tools[k] = { name = t.name, description = t.description, input_schema = common.schema(t.parameters) }
@@ -152,16 +181,37 @@ local function input_text(input)
   return ""
 end
 
-function M.decode(body, what)
+-- The answer an output tool's input holds, as JSON text.
+local function output_text(input, req)
+  local _, wrapped = output_tool(req.output)
+  if type(input) == "string" then
+    if not wrapped then return input end
+    local value = common.decode(input)
+    if type(value) ~= "table" then return input end
+    input = value
+  end
+  if wrapped and type(input) == "table" then
+    local x = input.value
+    if x == nil then return "null" end
+    return common.encode(x)
+  end
+  return common.encode(input)
+end
+
+function M.decode(body, what, req)
+  local out_name = req and req.output and common.output_name(req.output)
   local content = tab(body.content)
   if not content then
     error(common.protocol_error(M.name, what, "the reply has no content"), 0)
   end
   local text, calls = {}, {}
+  local answer
   for _, b in ipairs(content) do
     b = tab(b)
     if b and b.type == "text" then
       text[#text + 1] = str(b.text) or ""
+    elseif b and b.type == "tool_use" and out_name and str(b.name) == out_name and not answer then
+      answer = output_text(v(b.input), req)
     elseif b and b.type == "tool_use" then
       local c = common.call(str(b.id) or ("toolu_" .. (#calls + 1)), str(b.name), input_text(b.input))
       if type(v(b.input)) == "table" then c.arguments, c.error = v(b.input), nil end
@@ -169,7 +219,8 @@ function M.decode(body, what)
     end
   end
   local reason = str(body.stop_reason)
-  return common.result(table.concat(text), calls, reason, FINISH, merge_usage(nil, body.usage), body)
+  if answer and #calls == 0 and reason == "tool_use" then reason = "end_turn" end
+  return common.result(answer or table.concat(text), calls, reason, FINISH, merge_usage(nil, body.usage), body)
 end
 
 -- ---- streaming --------------------------------------------------------
@@ -177,8 +228,13 @@ end
 local Stream = {}
 Stream.__index = Stream
 
-function M.stream(what)
+-- The state of one streamed reply (tool_deltas: as in the openai
+-- dialect).  With an output request, the output tool's input arrives as
+-- text deltas.
+function M.stream(what, req)
   return setmetatable({ what = what, text = {}, blocks = {}, order = {}, raw = {},
+                        tool_deltas = {}, ncalls = 0, req = req,
+                        out_name = req and req.output and common.output_name(req.output),
                         started = false, done = false }, Stream)
 end
 
@@ -198,6 +254,17 @@ function Stream:feed(ev)
     local block = { type = str(cb.type), id = str(cb.id), name = str(cb.name), parts = {}, input = v(cb.input) }
     if not self.blocks[index] then self.order[#self.order + 1] = index end
     self.blocks[index] = block
+    if block.type == "tool_use" then
+      if self.out_name and block.name == self.out_name and not self.answer then
+        block.output = true
+        self.answer = block
+      else
+        self.ncalls = self.ncalls + 1
+        block.ordinal = self.ncalls
+        self.tool_deltas[#self.tool_deltas + 1] = { index = block.ordinal, id = block.id,
+          name = block.name or "", arguments = "" }
+      end
+    end
     local initial = block.type == "text" and str(cb.text)
     if initial and initial ~= "" then
       self.text[#self.text + 1] = initial
@@ -219,6 +286,11 @@ function Stream:feed(ev)
       if piece and piece ~= "" then
         block.parts[#block.parts + 1] = piece
         self.started = true
+        if block.output then return piece end
+        if block.ordinal then
+          self.tool_deltas[#self.tool_deltas + 1] = { index = block.ordinal, id = block.id,
+            name = block.name or "", arguments = piece }
+        end
       end
     end
   elseif kind == "message_delta" then
@@ -238,16 +310,23 @@ function Stream:finish()
   end
   table.sort(self.order)
   local calls = {}
+  local answer
   for _, index in ipairs(self.order) do
     local b = self.blocks[index]
-    if b.type == "tool_use" then
+    if b.output then
+      local raw = table.concat(b.parts)
+      if raw == "" and type(b.input) == "table" then raw = input_text(b.input) end
+      answer = output_text(raw, self.req)
+    elseif b.type == "tool_use" then
       local raw = table.concat(b.parts)
       -- Servers that send the whole input at the start send no deltas.
       if raw == "" and type(b.input) == "table" and next(b.input) ~= nil then raw = input_text(b.input) end
       calls[#calls + 1] = common.call(b.id or ("toolu_" .. (#calls + 1)), b.name, raw)
     end
   end
-  return common.result(table.concat(self.text), calls, self.reason, FINISH, self.usage, self.raw)
+  local reason = self.reason
+  if answer and #calls == 0 and reason == "tool_use" then reason = "end_turn" end
+  return common.result(answer or table.concat(self.text), calls, reason, FINISH, self.usage, self.raw)
 end
 
 return M

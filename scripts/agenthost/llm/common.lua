@@ -109,6 +109,20 @@ function M.schema(params)
   return params
 end
 
+-- ---- structured output ------------------------------------------------------
+
+M.OUTPUT_NAME = "final_answer"
+
+-- The name of the output tool of an output request.
+function M.output_name(o)
+  return o.name or M.OUTPUT_NAME
+end
+
+-- Whether a schema describes objects only (what a tool's input must be).
+function M.object_schema(s)
+  return type(s) == "table" and s.type == "object"
+end
+
 -- The text of a tool result: tables are sent as JSON.
 function M.content_text(content)
   if content == nil then return "" end

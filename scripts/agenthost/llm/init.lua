@@ -121,7 +121,7 @@ end
 
 -- The result of a whole (not streamed) reply body (`decoded` when ah.http
 -- has decoded it already).
-function Provider:decode_reply(text, decoded)
+function Provider:decode_reply(text, decoded, req)
   local body, why = decoded, nil
   if body == nil then body, why = common.decode(text) end
   if type(body) ~= "table" then
@@ -130,16 +130,16 @@ function Provider:decode_reply(text, decoded)
   end
   local info = self.dialect.error_info(body)
   if info then common.raise(info, self.kind, self.what) end
-  return self.dialect.decode(body, self.what)
+  return self.dialect.decode(body, self.what, req)
 end
 
-function Provider:request_once(text)
+function Provider:request_once(text, req)
   local res = http.request { method = "POST", url = self.url, headers = self.headers, body = text,
                              timeout = self.timeout, connect_timeout = self.connect_timeout }
   if not ok_status(res.status) then
     error(self:status_error(res.status, res.headers, res.body), 0)
   end
-  return self:decode_reply(res.body, res.json)
+  return self:decode_reply(res.body, res.json, req)
 end
 
 local function read_all(stream, limit)
@@ -154,8 +154,9 @@ end
 
 -- Streams one attempt.  state.started is set once content has arrived
 -- (from then on a failure is not retried); state.in_callback while the
--- caller's function runs (its errors are its own).
-function Provider:stream_once(text, callback, state)
+-- caller's functions run (their errors are their own): callback gets each
+-- text delta, req.on_tool_delta each piece of a tool call's arguments.
+function Provider:stream_once(text, callback, state, req)
   local it <close> = http.sse { method = "POST", url = self.url, headers = self.headers, body = text,
                                 timeout = self.timeout, connect_timeout = self.connect_timeout }
   if not ok_status(it.status) then
@@ -164,7 +165,7 @@ function Provider:stream_once(text, callback, state)
   local ctype = it.headers["content-type"] or ""
   if ctype:find("json", 1, true) then
     -- A server that does not stream answered with a whole reply.
-    local res = self:decode_reply(read_all(it.stream))
+    local res = self:decode_reply(read_all(it.stream), nil, req)
     if res.text ~= "" and callback then
       state.in_callback = true
       callback(res.text)
@@ -172,8 +173,9 @@ function Provider:stream_once(text, callback, state)
     end
     return res
   end
-  local st = self.dialect.stream(self.what)
+  local st = self.dialect.stream(self.what, req)
   state.stream = st
+  local on_tool = req and req.on_tool_delta
   -- The stream is read to its end even after the end marker, so that the
   -- connection stays reusable.
   for ev in it do
@@ -185,19 +187,29 @@ function Provider:stream_once(text, callback, state)
         callback(delta)
         state.in_callback = false
       end
+      local pieces = st.tool_deltas
+      if pieces[1] then
+        st.tool_deltas = {}
+        if on_tool then
+          state.in_callback = true
+          for _, d in ipairs(pieces) do on_tool(d) end
+          state.in_callback = false
+        end
+      end
     end
   end
   return st:finish()
 end
 
-function Provider:attempt(text, estimate, stream, state)
+function Provider:attempt(text, estimate, req, state)
   local permit <close> = self.limits:acquire(estimate)
   self.counts.requests = self.counts.requests + 1
   local res
+  local stream = req.stream
   if stream then
-    res = self:stream_once(text, type(stream) == "function" and stream or nil, state)
+    res = self:stream_once(text, type(stream) == "function" and stream or nil, state, req)
   else
-    res = self:request_once(text)
+    res = self:request_once(text, req)
   end
   self.limits:settle(permit, res.usage)
   return res
@@ -222,12 +234,34 @@ local function check_request(req)
   if s ~= nil and type(s) ~= "boolean" and type(s) ~= "function" then
     return "stream must be a function (called with each text delta) or a boolean"
   end
+  if req.on_tool_delta ~= nil and type(req.on_tool_delta) ~= "function" then
+    return "on_tool_delta must be a function"
+  end
+  local o = req.output
+  if o ~= nil then
+    if type(o) ~= "table" or type(o.schema) ~= "table" then
+      return "output must be a table {schema = JSON Schema, name =, strict =}"
+    end
+    if o.name ~= nil and (type(o.name) ~= "string" or not o.name:match("^[%w_%-]+$") or #o.name > 64) then
+      return "output.name must be 1 to 64 letters, digits, _ or -"
+    end
+    for _, t in ipairs(req.tools or {}) do
+      if type(t) == "table" and t.name == common.output_name(o) then
+        return "output.name " .. t.name .. " is also the name of a tool"
+      end
+    end
+  end
   return nil
 end
 
 -- chat{messages, tools, tool_choice, system, temperature, max_tokens,
---      stop, model, stream, parallel_tool_calls, extra}
+--      stop, model, stream, on_tool_delta, output, parallel_tool_calls, extra}
 -- -> {text, tool_calls, finish, finish_reason, usage, raw, attempts}
+--
+-- output = {schema, name, strict} asks for a final answer that is JSON
+-- matching schema, in the dialect's own way (docs/llm.md); text is then
+-- that JSON.  on_tool_delta(d) gets the pieces of streamed tool calls'
+-- arguments, d = {index, id, name, arguments}.
 function Provider:chat(req)
   local problem = check_request(req)
   if problem then invalid("chat: " .. problem, 2) end
@@ -249,7 +283,7 @@ function Provider:chat(req)
   while true do
     attempt = attempt + 1
     local state = {}
-    local done, res = pcall(self.attempt, self, text, estimate, req.stream, state)
+    local done, res = pcall(self.attempt, self, text, estimate, req, state)
     if done then
       res.attempts = attempt
       return res

@@ -91,6 +91,11 @@ function M.request(p, req)
     end
     if req.parallel_tool_calls ~= nil then body.parallel_tool_calls = req.parallel_tool_calls end
   end
+  if req.output then
+    body.response_format = { type = "json_schema", json_schema = {
+      name = common.output_name(req.output), schema = common.schema(req.output.schema),
+      description = req.output.description, strict = req.output.strict } }
+  end
   if req.stream then
     body.stream = true
     body.stream_options = { include_usage = true }
@@ -160,9 +165,12 @@ end
 local Stream = {}
 Stream.__index = Stream
 
+-- The state of one streamed reply.  tool_deltas collects the pieces of
+-- tool calls fed since the provider last took them: {index (the call's
+-- place in the reply, from 1), id, name, arguments (the piece)}.
 function M.stream(what)
   return setmetatable({ what = what, text = {}, calls = {}, by_index = {}, raw = {},
-                        started = false, done = false }, Stream)
+                        tool_deltas = {}, started = false, done = false }, Stream)
 end
 
 function Stream:tool_delta(tc)
@@ -172,14 +180,17 @@ function Stream:tool_delta(tc)
   local slot = self.by_index[index]
   -- A new id at an index already in use starts another call (servers that
   -- number every call of a parallel batch 0).
+  local new = false
   if not slot or (id and slot.id and id ~= slot.id) then
-    slot = { id = id, name = {}, args = {} }
+    slot = { id = id, name = {}, args = {}, ordinal = #self.calls + 1 }
     self.calls[#self.calls + 1] = slot
     self.by_index[index] = slot
+    new = true
   end
   self.last_index = index
   slot.id = slot.id or id
   local fn = tab(tc["function"])
+  local piece
   if fn then
     local name = str(fn.name)
     if name and name ~= "" then slot.name[#slot.name + 1] = name end
@@ -187,7 +198,12 @@ function Stream:tool_delta(tc)
     if args and args ~= "" then
       slot.args[#slot.args + 1] = args
       self.started = true
+      piece = args
     end
+  end
+  if new or piece then
+    self.tool_deltas[#self.tool_deltas + 1] = { index = slot.ordinal, id = slot.id,
+      name = table.concat(slot.name), arguments = piece or "" }
   end
 end
 
