@@ -13,6 +13,8 @@
  *   c:send(timeout, sql)        -- no result awaited (errors are dropped)
  *   c:simple(timeout, sql)      -> affected rows of the last statement
  *   c:batch(timeout, list)      -> array of rows results, one sync
+ *   c:pipeline(timeout, list)   -> array of rows results or errors, a sync
+ *                                  each (in order, one round trip)
  *   c:param_types(timeout, sql) -> array of parameter type OIDs
  *   c:copy_begin(timeout, sql), c:copy_put(timeout, rows, ncols) -> taken,
  *   c:copy_end(timeout) -> rows copied, c:copy_abort(timeout, message)
@@ -51,9 +53,9 @@
 #define SUB_MAX 10000          /* notifications kept per subscription */
 #define MAX_PARAMS 65535
 
-enum { M_ROWS, M_FIRST, M_EXEC, M_BATCH, M_SIMPLE, M_TYPES, M_COPY };
+enum { M_ROWS, M_FIRST, M_EXEC, M_BATCH, M_SIMPLE, M_TYPES, M_COPY, M_PIPELINE };
 static const char *const mode_names[] = {"pg:query", "pg:first", "pg:exec", "pg:batch",
-                                         "pg:exec", "pg:query", "pg:copy"};
+                                         "pg:exec", "pg:query", "pg:copy", "pg:pipeline"};
 
 typedef struct lsub lsub;
 
@@ -277,6 +279,7 @@ static int push_outcome(lua_State *L, ah_pg_req *r) {
   }
   switch (r->tag) {
   case M_ROWS:
+  case M_PIPELINE:
     push_rows(L, lc, res);
     if (res) push_jsoncols(L, res);
     else lua_pushnil(L);
@@ -516,6 +519,66 @@ static int entry_len(lua_State *L) {
   return len < 0 || len > MAX_PARAMS ? -1 : (int)len;
 }
 
+/* Checks the list {{sql, params...}, ...} at 3 and returns its length;
+ * *bytes gets the room its statements need, *np their parameters. */
+static int list_size(lua_State *L, const char *what, size_t *bytes, int *np) {
+  int i, k, n;
+  ah__arg_type(L, 3, LUA_TTABLE, what, "the statements");
+  lua_settop(L, 3);
+  n = (int)lua_rawlen(L, 3);
+  if (n == 0 || n > 100000)
+    ah__error_raise(L, "invalid_argument", 0,
+                    "%s: give 1 to 100000 statements {sql, params...}", what);
+  *bytes = 0;
+  *np = 0;
+  for (i = 1; i <= n; i++) {
+    int len, top;
+    if (lua_rawgeti(L, 3, i) != LUA_TTABLE)
+      ah__error_raise(L, "invalid_argument", 0,
+                      "%s: entry %d is not a table {sql, params...}", what, i);
+    len = entry_len(L);
+    if (len < 1 || lua_rawgeti(L, -1, 1) != LUA_TSTRING)
+      ah__error_raise(L, "invalid_argument", 0,
+                      "%s: entry %d must start with the SQL string", what, i);
+    *bytes += lua_rawlen(L, -1) + 1;
+    lua_pop(L, 1);
+    top = lua_gettop(L);
+    luaL_checkstack(L, len, "pg: too many parameters");
+    for (k = 2; k <= len; k++) {
+      lua_rawgeti(L, top, k);
+      *bytes += param_size(L, -1, k - 1, what);
+      lua_pop(L, 1);
+    }
+    *np += len - 1;
+    lua_settop(L, 3);
+  }
+  return n;
+}
+
+/* Fills statement s of r from entry i of the list at 3; v is where its
+ * parameters go (returns past them). */
+static ah_pg_val *fill_stmt(lua_State *L, ah_pg_req *r, ah_pg_stmt *s, int i, ah_pg_val *v) {
+  int len, k;
+  size_t sl;
+  const char *sql;
+  lua_rawgeti(L, 3, i);
+  len = entry_len(L);
+  lua_rawgeti(L, -1, 1);
+  sql = lua_tolstring(L, -1, &sl);
+  s->sql = ah__pg_req_copy(r, sql, sl);
+  s->sql_len = sl;
+  s->nparams = len - 1;
+  s->params = v;
+  lua_pop(L, 1);
+  for (k = 2; k <= len; k++) {
+    lua_rawgeti(L, -1, k);
+    fill_param(L, r, v++, lua_gettop(L));
+    lua_pop(L, 1);
+  }
+  lua_settop(L, 3);
+  return v;
+}
+
 /* c:batch(timeout, {{sql, ...}, ...}): the statements in one request (one
  * Sync): all or nothing outside a transaction, one round trip. */
 static int c_batch(lua_State *L) {
@@ -523,61 +586,159 @@ static int c_batch(lua_State *L) {
   lconn *lc = check_conn(L, what);
   ah_task *me = ah__task_require(L, what);
   double timeout = arg_timeout(L, 2, what);
-  int i, k, n, np = 0;
-  size_t bytes = 0;
+  int i, n, np;
+  size_t bytes;
   ah_pg_req *r;
   ah_pg_val *v;
-  ah__arg_type(L, 3, LUA_TTABLE, what, "the statements");
-  lua_settop(L, 3);
-  n = (int)lua_rawlen(L, 3);
-  if (n == 0 || n > 100000)
-    return ah__error_raise(L, "invalid_argument", 0,
-                           "%s: give 1 to 100000 statements {sql, params...}", what);
-  for (i = 1; i <= n; i++) {
-    int len, top;
-    if (lua_rawgeti(L, 3, i) != LUA_TTABLE)
-      return ah__error_raise(L, "invalid_argument", 0,
-                             "%s: entry %d is not a table {sql, params...}", what, i);
-    len = entry_len(L);
-    if (len < 1 || lua_rawgeti(L, -1, 1) != LUA_TSTRING)
-      return ah__error_raise(L, "invalid_argument", 0,
-                             "%s: entry %d must start with the SQL string", what, i);
-    bytes += lua_rawlen(L, -1) + 1;
-    lua_pop(L, 1);
-    top = lua_gettop(L);
-    luaL_checkstack(L, len, "pg:batch: too many parameters");
-    for (k = 2; k <= len; k++) {
-      lua_rawgeti(L, top, k);
-      bytes += param_size(L, -1, k - 1, what);
-      lua_pop(L, 1);
-    }
-    np += len - 1;
-    lua_settop(L, 3);
-  }
+  n = list_size(L, what, &bytes, &np);
   if (!(r = ah__pg_req_new(AH_PGR_PIPELINE, n, np, bytes))) return ah__nomem(L, what);
   v = r->stmts[0].params;
+  for (i = 1; i <= n; i++) v = fill_stmt(L, r, &r->stmts[i - 1], i, v);
+  return submit_wait(L, lc, me, r, M_BATCH, timeout);
+}
+
+/* ---- pipelines: statements each in its own request, in order ------------ */
+
+/* The requests of one c:pipeline call; malloc'd, freed when the last one
+ * is done (then the task gets them all) or when the task gives up. */
+typedef struct lgroup {
+  lconn *lc;
+  ah_task *t;
+  int n, left;
+  ah_pg_req **reqs;          /* n, in this block */
+  char *done;                /* n flags, in this block */
+} lgroup;
+
+static void group_free(lgroup *g) {
+  int i;
+  for (i = 0; i < g->n; i++) {
+    if (!g->reqs[i]) continue;
+    if (g->done[i]) ah__pg_req_free(g->reqs[i]);
+    else ah__pg_abandon(g->reqs[i], 1);
+  }
+  free(g);
+}
+
+/* [group] -> the array of outcomes: rows (json columns in .json), or an
+ * error value. */
+static int group_push_p(lua_State *L) {
+  lgroup *g = lua_touserdata(L, 1);
+  int i;
+  lua_createtable(L, g->n, 1);
+  for (i = 0; i < g->n; i++) {
+    int top = lua_gettop(L), k = push_outcome(L, g->reqs[i]);
+    if (k == 2) {
+      if (!lua_isnil(L, -1)) lua_setfield(L, -2, "json");
+      else lua_pop(L, 1);
+    }
+    lua_settop(L, top + 1);
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+
+static void group_req_done(ah_pg_req *r) {
+  lgroup *g = r->data;
+  int i;
+  for (i = 0; i < g->n; i++)
+    if (g->reqs[i] == r) g->done[i] = 1;
+  if (--g->left > 0) return;
+  ah__task_timer_stop(g->lc->S, g->t);
+  ah__task_wake_with(g->lc->S, g->t, group_push_p, g, 0);
+  group_free(g);
+}
+
+static void group_cancel(ah_sched *S, ah_task *t) {
+  ah__task_timer_stop(S, t);
+  group_free(ah__task_opdata(t));
+}
+
+static void group_timeout(ah_sched *S, ah_task *t) {
+  lgroup *g = ah__task_opdata(t);
+  timeout_info ti;
+  ti.what = "pg:pipeline";
+  ti.desc = g->lc->desc;
+  group_free(g);
+  ah__task_wake_with(S, t, timeout_push_p, &ti, 1);
+}
+
+static const ah_op group_op = {"postgres pipeline", group_cancel, group_timeout, NULL};
+
+/* c:pipeline(timeout, {{sql, ...}, ...}) */
+static int c_pipeline(lua_State *L) {
+  const char *what = "pg:pipeline";
+  lconn *lc = check_conn(L, what);
+  ah_task *me = ah__task_require(L, what);
+  double timeout = arg_timeout(L, 2, what);
+  int i, n, np, rc, flush = 0;
+  size_t bytes;
+  lgroup *g;
+  n = list_size(L, what, &bytes, &np);
+  g = malloc(sizeof *g + (size_t)n * (sizeof(ah_pg_req *) + 1));
+  if (!g) return ah__nomem(L, what);
+  g->lc = lc;
+  g->t = me;
+  g->n = n;
+  g->left = 0;
+  g->reqs = (ah_pg_req **)(void *)(g + 1);
+  g->done = (char *)(g->reqs + n);
+  memset(g->reqs, 0, sizeof(ah_pg_req *) * (size_t)n);
+  memset(g->done, 0, (size_t)n);
+  /* Every request is made before any is submitted: nothing below raises
+   * once the host has one. */
   for (i = 1; i <= n; i++) {
-    int len;
-    size_t sl;
-    const char *sql;
-    ah_pg_stmt *s = &r->stmts[i - 1];
+    ah_pg_req *r;
+    int len, k;
+    size_t b = 0;
     lua_rawgeti(L, 3, i);
     len = entry_len(L);
     lua_rawgeti(L, -1, 1);
-    sql = lua_tolstring(L, -1, &sl);
-    s->sql = ah__pg_req_copy(r, sql, sl);
-    s->sql_len = sl;
-    s->nparams = len - 1;
-    s->params = v;
+    b += lua_rawlen(L, -1) + 1;
     lua_pop(L, 1);
     for (k = 2; k <= len; k++) {
       lua_rawgeti(L, -1, k);
-      fill_param(L, r, v++, lua_gettop(L));
+      if (lua_type(L, -1) == LUA_TSTRING) b += lua_rawlen(L, -1) + 1;
       lua_pop(L, 1);
     }
     lua_settop(L, 3);
+    if (!(r = ah__pg_req_new(AH_PGR_PIPELINE, 1, len - 1, b))) {
+      group_free(g);
+      return ah__nomem(L, what);
+    }
+    g->reqs[i - 1] = r;
+    g->done[i - 1] = 1; /* freed as done until submitted */
+    fill_stmt(L, r, &r->stmts[0], i, r->stmts[0].params);
+    r->done = group_req_done;
+    r->data = g;
+    r->owner = lc;
+    r->tag = M_PIPELINE;
+    r->autocommit = lc->autocommit;
   }
-  return submit_wait(L, lc, me, r, M_BATCH, timeout);
+  for (i = 0; i < n; i++) {
+    if ((rc = ah__pg_submit(lc->pg, g->reqs[i])) < 0) {
+      /* Not ready (lost): the ones submitted fail through done. */
+      if (i == 0) {
+        group_free(g);
+        return not_ready_error(L, lc, what);
+      }
+      for (; i < n; i++) {
+        ah_pg_req *r = g->reqs[i];
+        r->kind_err = "connect";
+        r->retryable = 1;
+        snprintf(r->msg, sizeof r->msg, "the connection was lost");
+      }
+      break;
+    }
+    g->done[i] = 0;
+    g->left++;
+    flush |= rc == 1;
+  }
+  if (flush) ah__sched_defer(lc->S, &lc->defer);
+  if (timeout > 0 && ah__task_timer(lc->S, me, timeout) != 0) {
+    group_free(g);
+    return ah__nomem(L, what);
+  }
+  return ah__task_suspend(L, me, &group_op, g);
 }
 
 /* ---- COPY ------------------------------------------------------------------------------ */
@@ -1408,6 +1569,7 @@ int ah__open_pg(lua_State *L) {
       {"exec", c_exec},           {"simple", c_simple},
       {"send", c_send},
       {"batch", c_batch},         {"param_types", c_param_types},
+      {"pipeline", c_pipeline},
       {"copy_begin", c_copy_begin}, {"copy_put", c_copy_put},
       {"copy_end", c_copy_end},   {"subscribe", c_subscribe},
       {"status", c_status},       {"pending", c_pending},

@@ -104,7 +104,7 @@ for _, kind in ipairs(mockllm.DIALECTS) do
           local m <close> = mockllm.start { rules = RULES }
           task.run(function()
             local p = recording(m:provider(kind))
-            local db = ah.store.open(db_path())
+            local db = require("support.backend").db(db_path())
             local usages = {}
             local a = make_agent(p, db, strategy, nil, usages)
             local r = a:run("step 1")
@@ -139,13 +139,13 @@ for _, kind in ipairs(mockllm.DIALECTS) do
         task.run(function()
           local p = recording(m:provider(kind))
           local path = db_path()
-          local db = ah.store.open(path)
+          local db = require("support.backend").db(path)
           local a = make_agent(p, db, strategy)
           local r = a:run("step 1")
           for i = 2, INPUTS // 2 do r = a:run("step " .. i, { conversation = r.conversation }) end
           local conversation = r.conversation
           db:close()
-          db = ah.store.open(path)
+          db = require("support.backend").db(path)
           local gate = { hold = true, held = task.event() }
           local b = make_agent(p, db, strategy, gate)
           local t = task.spawn(b.run, b, "step " .. (INPUTS // 2 + 1), { conversation = tostring(conversation) })

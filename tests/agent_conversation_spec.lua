@@ -35,7 +35,7 @@ local function call(id, name, args) return { id = id, name = name, arguments = a
 local n = 0
 local function memdb()
   n = n + 1
-  return ah.store.open(string.format("%s/conv%d.sqlite", dir, n))
+  return require("support.backend").db(string.format("%s/conv%d.sqlite", dir, n))
 end
 
 local noop = { name = "noop", run = function() return "ok" end }

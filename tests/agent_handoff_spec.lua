@@ -30,7 +30,7 @@ local RULES = { rules = {
 local n = 0
 local function memdb()
   n = n + 1
-  return ah.store.open(string.format("%s/multi%d.sqlite", dir, n))
+  return require("support.backend").db(string.format("%s/multi%d.sqlite", dir, n))
 end
 
 local function team(p, db, events)

@@ -31,7 +31,7 @@ local RULES = { rules = {
 local n = 0
 local function memdb()
   n = n + 1
-  return ah.store.open(string.format("%s/out%d.sqlite", dir, n))
+  return require("support.backend").db(string.format("%s/out%d.sqlite", dir, n))
 end
 
 for _, kind in ipairs(mockllm.DIALECTS) do

@@ -32,7 +32,7 @@ local function call(id, name, args) return { id = id, name = name, arguments = a
 local n = 0
 local function memdb()
   n = n + 1
-  return ah.store.open(string.format("%s/agent%d.sqlite", dir, n))
+  return require("support.backend").db(string.format("%s/agent%d.sqlite", dir, n))
 end
 
 describe("agenthost.agent", function()
@@ -199,7 +199,7 @@ describe("agenthost.agent", function()
     local tool_log = dir .. "/tools.log"
     local script = proc.script(string.format([[
       local ah = require "agenthost"
-      local db = ah.store.open(%q)
+      local db = %s
       local conversation = tonumber((...))
       local function log(s)
         local f = assert(io.open(%q, "a")) f:write(s, "\n") f:close()
@@ -228,13 +228,13 @@ describe("agenthost.agent", function()
       } }
       local r = a:run(not conversation and "go" or nil, { conversation = conversation })
       print("answer=" .. r.text .. " turns=" .. r.turns)
-    ]], db_path, tool_log))
+    ]], require("support.backend").db_source(db_path), tool_log))
     local p = proc.spawn_cli { script }
     assert.is_true(p:wait_output("waiting", 20), p:err())
     -- wait until the fast tool's result is committed, then kill
     local conversation
     task.run(function()
-      local db = ah.store.open(db_path)
+      local db = require("support.backend").db(db_path)
       for _ = 1, 400 do
         local row = db:first("SELECT run_id FROM messages WHERE role = 'tool' AND tool_call_id = 'fast'")
         if row then conversation = row.run_id break end

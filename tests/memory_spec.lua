@@ -3,7 +3,8 @@
 
 local ah = require "agenthost"
 local proc = require "support.proc"
-local memory = ah.memory
+local backend = require "support.backend"
+local memory = backend.memory
 local task = ah.task
 
 local dir
@@ -97,7 +98,7 @@ describe("agenthost.memory", function()
     end)
   end)
 
-  it("migrates a version 1 database and indexes what it held", function()
+  backend.sqlite_only(it)("migrates a version 1 database and indexes what it held", function()
     local p = path()
     run(function()
       local db = ah.store.open(p)
@@ -123,7 +124,7 @@ describe("agenthost.memory", function()
     end)
   end)
 
-  it("migrates a version 2 database as agenthost 0.1 left it, and reads what it held", function()
+  backend.sqlite_only(it)("migrates a version 2 database as agenthost 0.1 left it, and reads what it held", function()
     -- What the agent of schema version 2 wrote: cjson-encoded data, a
     -- conversation that finished and one that never did.
     local p = path()

@@ -137,7 +137,7 @@ function M.new(cfg)
     reg = tools_mod.registry(reg or {})
   end
   local mem = cfg.memory
-  if type(mem) == "userdata" then mem = memory_mod.open(mem) end
+  if memory_mod.is_database(mem) then mem = memory_mod.open(mem) end
   local max_turns = cfg.max_turns or M.DEFAULT_MAX_TURNS
   local conc = cfg.tool_concurrency or 8
   if math.type(max_turns) ~= "integer" or max_turns < 1 then bad("max_turns must be an integer >= 1") end

@@ -267,7 +267,7 @@ function M.migrate(db, target)
   end
   for v = from + 1, target do
     local batch = {}
-    for i, sql in ipairs(migrations[v]) do batch[i] = { sql } end
+    for i, sql in ipairs((db.migrations or migrations)[v]) do batch[i] = { sql } end
     batch[#batch + 1] = { "PRAGMA user_version = " .. math.tointeger(v) }
     local ok, e = pcall(db.batch, db, batch)
     if not ok then
@@ -279,13 +279,26 @@ function M.migrate(db, target)
   return from, math.max(from, target)
 end
 
--- memory.open(path_or_db [, store_opts]) -> memory
+-- Is x a database memory.open takes (an ah.store database, an ah.pg pool
+-- or session)?
+function M.is_database(x)
+  return type(x) == "userdata" or (type(x) == "table" and require("agenthost.pg").is_pool(x))
+end
+
+-- memory.open(path_or_db [, opts]) -> memory.  A path opens an ah.store
+-- database (opts: the store's); a postgres:// URL a pool of its own (opts:
+-- the pool's); an ah.pg pool or session is used as it is
+-- (agenthost.memory.pg gives PostgreSQL's dialect).
 function M.open(where, opts)
   local db, owned = where, false
-  if type(where) == "string" then
+  if type(where) == "string" and where:find("^postgres") then
+    db, owned = require("agenthost.memory.pg").open(where, opts), true
+  elseif type(where) == "string" then
     db, owned = ah.store.open(where, opts), true
+  elseif type(where) == "table" and M.is_database(where) then
+    db = require("agenthost.memory.pg").adapt(where)
   elseif type(where) ~= "userdata" then
-    bad("memory.open", "expected a path or an open ah.store database")
+    bad("memory.open", "expected a path, a postgres:// URL, an open ah.store database or an ah.pg pool")
   end
   M.migrate(db)
   return setmetatable({ db = db, owned = owned, agents = {} }, Memory)

@@ -290,46 +290,69 @@ function Exec:exec(sql, ...)
   return call(self, "exec", "pg:exec", sql, ...)
 end
 
--- x:batch{{sql, ...}, ...} -> an array of results (rows, with .affected):
--- the statements go in one round trip and commit together, or not at all.
-function Exec:batch(list, opts)
-  if type(list) ~= "table" then bad("pg:batch", "expected an array of {sql, params...}") end
+-- The statements of a batch or a pipeline, checked, with their table
+-- parameters encoded; returns the list to hand to the C call.
+local function statement_list(self, c, what, list, timeout)
+  local l = list
+  for i, st in ipairs(list) do
+    local n = st.n or #st
+    if has_table(table.unpack(st, 2, n)) then
+      if l == list then l = table.move(list, 1, #list, 1, {}) end
+      local enc = table.pack(encode_tables(c, timeout, st[1], what, table.unpack(st, 2, n)))
+      local copy = { st[1], n = n }
+      for k = 1, enc.n do copy[k + 1] = enc[k] end
+      l[i] = copy
+    end
+  end
+  return l
+end
+
+local function check_list(self, what, list, opts)
+  if type(list) ~= "table" then bad(what, "expected an array of {sql, params...}") end
   local timeout = self.timeout
   if opts ~= nil then
-    if type(opts) ~= "table" then bad("pg:batch", "the options must be a table") end
+    if type(opts) ~= "table" then bad(what, "the options must be a table") end
     if opts.timeout ~= nil then timeout = opts.timeout end
   end
   for i, st in ipairs(list) do
     if type(st) ~= "table" or type(st[1]) ~= "string" then
-      bad("pg:batch", "entry " .. i .. " must be {sql, params...}")
+      bad(what, "entry " .. i .. " must be {sql, params...}")
     end
     if self.shared and statement_kind(st[1]) then
-      bad("pg:batch", "entry " .. i .. ": transaction control and COPY cannot run in a batch")
+      bad(what, "entry " .. i .. ": transaction control and COPY cannot run here")
     end
   end
-  local e = self:_get("pg:batch")
+  return timeout
+end
+
+local function run_list(self, method, what, list, opts)
+  local timeout = check_list(self, what, list, opts)
+  local e = self:_get(what)
   local c = e.c
   local ok, res = pcall(function()
-    local l = list
-    for i, st in ipairs(list) do
-      local n = st.n or #st
-      if has_table(table.unpack(st, 2, n)) then
-        if l == list then l = table.move(list, 1, #list, 1, {}) end
-        local enc = table.pack(encode_tables(c, timeout, st[1], "pg:batch", table.unpack(st, 2, n)))
-        local copy = { st[1], n = n }
-        for k = 1, enc.n do copy[k + 1] = enc[k] end
-        l[i] = copy
-      end
-    end
-    return c:batch(timeout, l)
+    return c[method](c, timeout, statement_list(self, c, what, list, timeout))
   end)
   self:_put(e, ok, res)
   if not ok then error(res, 0) end
   for _, r in ipairs(res) do
-    if r.json then decode_rows(r, r.json) r.json = nil end
+    if type(r) == "table" and r.json then
+      decode_rows(r, r.json)
+      r.json = nil
+    end
   end
   return res
 end
+
+-- x:batch{{sql, ...}, ...} -> an array of results (rows, with .affected):
+-- the statements go in one round trip and commit together, or not at all.
+function Exec:batch(list, opts) return run_list(self, "batch", "pg:batch", list, opts) end
+
+-- x:pipeline{{sql, ...}, ...} -> an array with, for each statement in
+-- order, its result (rows, with .affected) or its error (an ah.error value,
+-- not raised): the statements go in one round trip on one connection, run
+-- in order, and each is its own transaction (outside a transaction) that
+-- fails alone.
+function Exec:pipeline(list, opts) return run_list(self, "pipeline", "pg:pipeline", list, opts) end
 
 -- x:notify(channel, payload): NOTIFY through pg_notify (bound parameters).
 function Exec:notify(channel, payload)
@@ -979,6 +1002,14 @@ end
 -- `connect` error, waiting calls with invalid_argument.
 function Pool:close()
   if self.closed then return end
+  -- What was handed to the pool to do later (memory's queued writes) is
+  -- done first, when the caller can wait for it.
+  if self.closing_hooks and task.current() then
+    local hooks = self.closing_hooks
+    self.closing_hooks = nil
+    for _, fn in ipairs(hooks) do pcall(fn) end
+  end
+  if self.closed then return end
   self.closed = true
   for l in pairs(self.listeners) do
     if l.sub then l.sub:close() l.sub = nil end
@@ -1061,6 +1092,18 @@ function M.connect(url, o)
   self.server = c:info().server
   return self
 end
+
+-- pg:before_close(fn): fn() runs (in the closing task) before close()
+-- closes the connections, for work queued on the pool that must not be
+-- lost.
+function Pool:before_close(fn)
+  if type(fn) ~= "function" then bad("pg:before_close", "expected a function") end
+  self.closing_hooks = self.closing_hooks or {}
+  table.insert(self.closing_hooks, fn)
+end
+
+-- ah.pg.is_pool(x): is x a pool or a session of this module?
+function M.is_pool(x) return type(x) == "table" and getmetatable(x) == Pool end
 
 -- conn:info() -> {server, pid, server_version} of a session.
 function Pool:info()

@@ -1,0 +1,2 @@
+-- tests/agent_conversation_spec.lua again, with memory on PostgreSQL (tests/support/backend.lua).
+require("support.backend").rerun("tests/agent_conversation_spec.lua", _ENV)
