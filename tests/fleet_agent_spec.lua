@@ -1,5 +1,6 @@
--- ah.agent as a fleet handler: a worker process runs an agent whose tool
--- call waits for approval as a durable event; the worker is killed with
+-- ah.agent as a fleet handler, with its memory on the fleet's database: a
+-- worker process runs an agent whose tool call waits for approval as a
+-- durable event; the worker is killed with
 -- SIGKILL while it waits; a second worker resumes the run from the
 -- agent's stored conversation, the approval is sent to the run from here,
 -- and the tool runs once and the agent finishes.  The model is the mock
@@ -8,14 +9,13 @@
 local ah = require "agenthost"
 local pgs = require "support.pg"
 local mockllm = require "support.mockllm"
-local proc = require "support.proc"
 local sf = require "support.fleet"
 local task = ah.task
 
 local LEASE = 2
 
 describe("ah.agent on the fleet", function()
-  local srv, mock, dir
+  local srv, mock
   setup(function()
     srv = pgs.start()
     mock = mockllm.start { rules = { rules = {
@@ -23,12 +23,10 @@ describe("ah.agent on the fleet", function()
       { when = "user", match = "deploy", tool_calls = { { name = "deploy", arguments = {} } } },
       { reply = "nothing to do" },
     } } }
-    dir = proc.tmpdir()
   end)
   teardown(function()
     if mock then mock:stop() end
     if srv then srv:stop() end
-    proc.cleanup()
   end)
 
   it("continues on another worker after a crash; the approval waits as a durable event", function()
@@ -37,11 +35,10 @@ describe("ah.agent on the fleet", function()
       local db = fleet.db
       db:exec("CREATE TABLE asked (run_id bigint, call_id text, pid integer)")
       db:exec("CREATE TABLE deploys (call_id text, pid integer)")
-      local mem = dir .. "/memory.sqlite"
       local procs = {}
       local function start_worker()
         return sf.start_worker(procs, { "tests/support/fleet_agent_worker.lua", srv.url, mock.base,
-          mem, tostring(LEASE) })
+          tostring(LEASE) })
       end
       local function wait_until(what, limit, fn) return sf.wait_until(what, limit, fn, procs) end
       local ok, err = pcall(function()
@@ -72,6 +69,12 @@ describe("ah.agent on the fleet", function()
         local st = fleet:status(id)
         assert.equal("done", st.state)
         assert.equal(2, st.attempts)
+        -- The conversation is in the fleet's database: one user message,
+        -- the model's call, the tool's result, the answer.
+        local memory = ah.memory.open(db)
+        local roles = {}
+        for _, m in ipairs(memory:history(r.conversation)) do roles[#roles + 1] = m.role end
+        assert.same({ "user", "assistant", "tool", "assistant" }, roles)
       end)
       sf.stop_workers(procs)
       fleet:close()

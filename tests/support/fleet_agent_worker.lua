@@ -1,18 +1,19 @@
 -- tests/support/fleet_agent_worker.lua: a fleet worker whose handler is an
 -- ah.agent (tests/fleet_agent_spec.lua).
 --
---   agenthost tests/support/fleet_agent_worker.lua URL MOCK_BASE MEMORY LEASE
+--   agenthost tests/support/fleet_agent_worker.lua URL MOCK_BASE LEASE
 --
 -- The handler "ops" runs an agent on the mock model at MOCK_BASE with one
 -- tool, deploy, that needs approval.  Its conversation is made once (a
--- step) in the memory at MEMORY, and every execution continues it; the
+-- step) in the agent's memory on the fleet's own database (the pool the
+-- fleet uses), and every execution, on any worker, continues it; the
 -- approval of a call waits as the durable event "approve:CALL_ID"
 -- (recorded first in the table asked, so the spec can see the wait), and
 -- deploy records each execution in the table deploys.  Prints "serving PID".
 local ah = require "agenthost"
-local url, base, mempath, lease = ...
+local url, base, lease = ...
 local fleet = ah.fleet.open { db = url, name = "agents", pool_size = 4 }
-local memory = ah.memory.open(mempath)
+local memory = ah.memory.open(fleet.db)
 local provider = ah.llm.provider { kind = "openai", model = "mock-1", api_key = "k",
                                    base_url = base .. "/v1" }
 local pid
