@@ -8,8 +8,8 @@
 #   make test       build and run every test
 #   make asan       the same suite under AddressSanitizer + UBSan
 #   make bench      the scheduler benchmark (bench/sched); bench-http,
-#                   bench-store, bench-llm, bench-trace, bench-embed and
-#                   bench-fleet run the others;
+#                   bench-store, bench-llm, bench-trace, bench-pg, bench-embed
+#                   and bench-fleet run the others;
 #                   every one writes its section of docs/benchmarks.md
 #   make lib        build/libagenthost.a, build/libagenthost.so (with its
 #                   soname links) and build/agenthost.pc
@@ -49,13 +49,13 @@ HOST_SRC := host/loop.c host/timer.c host/watch.c host/http.c host/sse.c host/st
 HOST_SRC += host/post.c
 HOST_SRC += host/buf.c
 HOST_SRC += host/json.c
-HOST_SRC += host/pg.c host/pgtype.c
+HOST_SRC += host/pg.c host/pgtype.c host/pgaddr.c
 BIND_SRC := bindings/task.c bindings/errors.c bindings/group.c bindings/sync.c
 BIND_SRC += bindings/drive.c bindings/args.c bindings/reload.c bindings/http.c bindings/store.c bindings/agenthost.c
 BIND_SRC += bindings/embed.c
 HOST_SRC += host/proc.c
 BIND_SRC += bindings/proc.c
-BIND_SRC += bindings/pg.c
+BIND_SRC += bindings/pg.c bindings/pglisten.c
 BIND_SRC += bindings/scripts.c
 CORE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(HOST_SRC) $(BIND_SRC))
 # The Lua library built in (bindings/scripts.c): scripts/agenthost/ and the
@@ -277,6 +277,15 @@ bench-llm: all
 .PHONY: bench-trace
 bench-trace: all bench-deps
 	bench/trace
+
+# bench/pg's peers: asyncpg from Debian, node-postgres from npm
+# (bench/package.json; bench/node_modules is not committed).
+.PHONY: bench-pg
+bench-pg: all bench-deps
+	$(call install_missing,python3-asyncpg nodejs)
+	@command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory deps-npm-command
+	cd bench && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	bench/pg
 
 # The fleet (docs/fleet.md): `make fleet-demo` runs 3 workers on a throwaway
 # PostgreSQL and kills one; bench-fleet compares it with DBOS Transact and

@@ -214,3 +214,12 @@ int ah__opt_word(lua_State *L, int idx, const char *fn, const char *k,
   lua_pop(L, 1);
   return v;
 }
+
+int ah__arg_entry_len(lua_State *L, int max) {
+  lua_Integer len;
+  lua_pushliteral(L, "n");
+  lua_rawget(L, -2);
+  len = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : (lua_Integer)lua_rawlen(L, -2);
+  lua_pop(L, 1);
+  return len < 0 || len > max ? -1 : (int)len;
+}

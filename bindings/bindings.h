@@ -162,6 +162,10 @@ int ah__arg_word(lua_State *L, int arg, const char *fn, const char *name,
                  const char *const words[]);
 int ah__opt_word(lua_State *L, int idx, const char *fn, const char *k,
                  const char *const words[], int def);
+/* The length of the list entry on the top of the stack ({sql, params...}
+ * of a batch): its n field, else its border, both read raw (no metamethod
+ * can make two passes over it disagree); -1 outside 0..max. */
+int ah__arg_entry_len(lua_State *L, int max);
 
 /* Module parts; each pushes its table. */
 int ah__open_task(lua_State *L);

@@ -19,10 +19,11 @@
  *   c:copy_begin(timeout, sql), c:copy_put(timeout, rows, ncols) -> taken,
  *   c:copy_end(timeout) -> rows copied, c:copy_abort(timeout, message)
  *   c:subscribe(channel) -> sub;  sub:recv(timeout) -> channel, payload,
- *       pid | nil (timed out) | false, "lost" | false, "missed"
+ *       pid | nil (timed out) | false, "lost" | false, "missed"  (pglisten.c)
  *   c:status(), c:pending(), c:load(), c:stuck(), c:info(), c:stats(),
  *   c:close(), c:set_autocommit(bool)
  *   _pg.waitlist() -> wl: wl:wait(timeout) -> woken, wl:wake(n), wl:count()
+ *                                                               (pglisten.c)
  *   _pg.type_info(oid) -> kind, element OID
  *
  * A timeout of 0 or nil is none.  Values come back typed (host/pgtype.c);
@@ -40,66 +41,20 @@
  * A subscription keeps its connection alive through its user value.
  * Relies on host/pg.c and the scheduler.
  */
-#include "bindings.h"
+#include "pg.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define MT "agenthost.pg"
-#define SUB_MT "agenthost.pg_sub"
-#define WL_MT "agenthost.pg_waitlist"
 #define SQL_IN_MESSAGE 160
-#define SUB_MAX 10000          /* notifications kept per subscription */
 #define MAX_PARAMS 65535
 
 enum { M_ROWS, M_FIRST, M_EXEC, M_BATCH, M_SIMPLE, M_TYPES, M_COPY, M_PIPELINE };
 static const char *const mode_names[] = {"pg:query", "pg:first", "pg:exec", "pg:batch",
                                          "pg:exec", "pg:query", "pg:copy", "pg:pipeline"};
 
-typedef struct lsub lsub;
-
-/* The userdata behind a connection. */
-typedef struct lconn {
-  ah_pg *pg;            /* NULL once closed */
-  ah_sched *S;
-  lua_State *L;         /* the main thread, for logging */
-  ah_task *opener;      /* waiting in connect */
-  double connect_timeout;
-  ah_defer defer;       /* flushes the requests of this pass */
-  int autocommit;       /* requests run outside explicit transactions (so
-                         * one a cancel hit by mistake may be sent again) */
-  ah_buf scratch;       /* decoding values; freed in __gc */
-  ah_buf copybuf;       /* COPY text being handed over; freed in __gc */
-  lsub *subs;           /* subscriptions attached here */
-  ah_pg_req *copy;      /* the COPY in progress, or NULL */
-  int copy_over;        /* its done came while nobody waited */
-  ah_task *copy_waiter;
-  char desc[256];       /* user@host:port/db, for messages */
-} lconn;
-
-/* One notification waiting in a subscription. */
-typedef struct lnote {
-  struct lnote *next;
-  int pid;
-  size_t clen, plen;
-  char data[];          /* channel, NUL, payload, NUL */
-} lnote;
-
-/* A subscription to one channel (the LISTEN itself is pg.lua's). */
-struct lsub {
-  lconn *lc;            /* attached to, or NULL */
-  lsub *next, *prev;
-  ah_sched *S;
-  ah_task *waiter;      /* in recv */
-  lnote *head, *tail;   /* owned; freed in sub_clear */
-  int n;
-  int missed;           /* notifications were dropped, or the connection changed */
-  int lost;             /* the connection it is attached to was lost */
-  char channel[64];
-};
-
-static lconn *check_conn(lua_State *L, const char *what) {
+lconn *ah__pg_check_conn(lua_State *L, const char *what) {
   lconn *lc = luaL_testudata(L, 1, MT);
   if (!lc) ah__arg_error(L, what, "self", "a PostgreSQL connection");
   if (!lc->pg)
@@ -412,7 +367,7 @@ static const char *check_sql(lua_State *L, int idx, size_t *len, const char *wha
   return lua_tolstring(L, idx, len);
 }
 
-static double arg_timeout(lua_State *L, int idx, const char *what) {
+double ah__pg_arg_timeout(lua_State *L, int idx, const char *what) {
   if (lua_isnoneornil(L, idx) || (lua_isboolean(L, idx) && !lua_toboolean(L, idx)))
     return 0;
   return ah__arg_number(L, idx, what, "the timeout", 0, 1e9);
@@ -468,9 +423,9 @@ static int submit_wait(lua_State *L, lconn *lc, ah_task *me, ah_pg_req *r, int m
 
 static int run_one(lua_State *L, int mode, int kind) {
   const char *what = mode_names[mode];
-  lconn *lc = check_conn(L, what);
+  lconn *lc = ah__pg_check_conn(L, what);
   ah_task *me = ah__task_require(L, what);
-  double timeout = arg_timeout(L, 2, what);
+  double timeout = ah__pg_arg_timeout(L, 2, what);
   return submit_wait(L, lc, me, req_from_args(L, kind, what), mode, timeout);
 }
 
@@ -483,7 +438,7 @@ static int c_exec(lua_State *L) { return run_one(L, M_EXEC, AH_PGR_PIPELINE); }
  * error of it shows in the statements after it). */
 static int c_send(lua_State *L) {
   const char *what = "pg:exec";
-  lconn *lc = check_conn(L, what);
+  lconn *lc = ah__pg_check_conn(L, what);
   ah_pg_req *r;
   int rc;
   lua_settop(L, 3);
@@ -508,17 +463,6 @@ static int c_param_types(lua_State *L) {
   return run_one(L, M_TYPES, AH_PGR_DESCRIBE);
 }
 
-/* The length of the batch entry on top (its n field or its border, read
- * raw, so that both passes below agree). */
-static int entry_len(lua_State *L) {
-  lua_Integer len;
-  lua_pushliteral(L, "n");
-  lua_rawget(L, -2);
-  len = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : (lua_Integer)lua_rawlen(L, -2);
-  lua_pop(L, 1);
-  return len < 0 || len > MAX_PARAMS ? -1 : (int)len;
-}
-
 /* Checks the list {{sql, params...}, ...} at 3 and returns its length;
  * *bytes gets the room its statements need, *np their parameters. */
 static int list_size(lua_State *L, const char *what, size_t *bytes, int *np) {
@@ -536,7 +480,7 @@ static int list_size(lua_State *L, const char *what, size_t *bytes, int *np) {
     if (lua_rawgeti(L, 3, i) != LUA_TTABLE)
       ah__error_raise(L, "invalid_argument", 0,
                       "%s: entry %d is not a table {sql, params...}", what, i);
-    len = entry_len(L);
+    len = ah__arg_entry_len(L, MAX_PARAMS);
     if (len < 1 || lua_rawgeti(L, -1, 1) != LUA_TSTRING)
       ah__error_raise(L, "invalid_argument", 0,
                       "%s: entry %d must start with the SQL string", what, i);
@@ -562,7 +506,7 @@ static ah_pg_val *fill_stmt(lua_State *L, ah_pg_req *r, ah_pg_stmt *s, int i, ah
   size_t sl;
   const char *sql;
   lua_rawgeti(L, 3, i);
-  len = entry_len(L);
+  len = ah__arg_entry_len(L, MAX_PARAMS);
   lua_rawgeti(L, -1, 1);
   sql = lua_tolstring(L, -1, &sl);
   s->sql = ah__pg_req_copy(r, sql, sl);
@@ -583,9 +527,9 @@ static ah_pg_val *fill_stmt(lua_State *L, ah_pg_req *r, ah_pg_stmt *s, int i, ah
  * Sync): all or nothing outside a transaction, one round trip. */
 static int c_batch(lua_State *L) {
   const char *what = "pg:batch";
-  lconn *lc = check_conn(L, what);
+  lconn *lc = ah__pg_check_conn(L, what);
   ah_task *me = ah__task_require(L, what);
-  double timeout = arg_timeout(L, 2, what);
+  double timeout = ah__pg_arg_timeout(L, 2, what);
   int i, n, np;
   size_t bytes;
   ah_pg_req *r;
@@ -639,9 +583,7 @@ static int group_push_p(lua_State *L) {
 
 static void group_req_done(ah_pg_req *r) {
   lgroup *g = r->data;
-  int i;
-  for (i = 0; i < g->n; i++)
-    if (g->reqs[i] == r) g->done[i] = 1;
+  g->done[r->slot] = 1;
   if (--g->left > 0) return;
   ah__task_timer_stop(g->lc->S, g->t);
   ah__task_wake_with(g->lc->S, g->t, group_push_p, g, 0);
@@ -667,9 +609,9 @@ static const ah_op group_op = {"postgres pipeline", group_cancel, group_timeout,
 /* c:pipeline(timeout, {{sql, ...}, ...}) */
 static int c_pipeline(lua_State *L) {
   const char *what = "pg:pipeline";
-  lconn *lc = check_conn(L, what);
+  lconn *lc = ah__pg_check_conn(L, what);
   ah_task *me = ah__task_require(L, what);
-  double timeout = arg_timeout(L, 2, what);
+  double timeout = ah__pg_arg_timeout(L, 2, what);
   int i, n, np, rc, flush = 0;
   size_t bytes;
   lgroup *g;
@@ -691,7 +633,7 @@ static int c_pipeline(lua_State *L) {
     int len, k;
     size_t b = 0;
     lua_rawgeti(L, 3, i);
-    len = entry_len(L);
+    len = ah__arg_entry_len(L, MAX_PARAMS);
     lua_rawgeti(L, -1, 1);
     b += lua_rawlen(L, -1) + 1;
     lua_pop(L, 1);
@@ -710,6 +652,7 @@ static int c_pipeline(lua_State *L) {
     fill_stmt(L, r, &r->stmts[0], i, r->stmts[0].params);
     r->done = group_req_done;
     r->data = g;
+    r->slot = i - 1;
     r->owner = lc;
     r->tag = M_PIPELINE;
     r->autocommit = lc->autocommit;
@@ -787,10 +730,23 @@ static void copy_timeout(ah_sched *S, ah_task *t) {
   ah__task_wake_with(S, t, timeout_push_p, &ti, 1);
 }
 
-static const ah_op copy_op = {"postgres copy", copy_cancel, copy_timeout, NULL};
+/* A wait woken by on_copy (no values) returns copy_ret; one woken by the
+ * end of the COPY returns what done pushed. */
+static int copy_after(lua_State *L, ah_task *t, int nargs) {
+  lconn *lc = lua_touserdata(L, 1);
+  (void)t;
+  if (nargs > 0) return nargs;
+  lua_pushboolean(L, lc->copy_ret);
+  return 1;
+}
 
-static int copy_wait(lua_State *L, lconn *lc, ah_task *me, double timeout) {
+static const ah_op copy_op = {"postgres copy", copy_cancel, copy_timeout, copy_after};
+
+/* Suspends until on_copy (the call then returns ret) or the COPY's end. */
+static int copy_wait(lua_State *L, lconn *lc, ah_task *me, double timeout, int ret) {
   lc->copy_waiter = me;
+  lc->copy_ret = ret;
+  lua_settop(L, 1); /* the connection, for copy_after */
   if (timeout > 0 && ah__task_timer(lc->S, me, timeout) != 0) return ah__nomem(L, "pg:copy");
   return ah__task_suspend(L, me, &copy_op, lc);
 }
@@ -810,7 +766,7 @@ static int copy_outcome(lua_State *L, lconn *lc) {
 }
 
 static lconn *check_copy(lua_State *L, const char *what) {
-  lconn *lc = check_conn(L, what);
+  lconn *lc = ah__pg_check_conn(L, what);
   if (!lc->copy)
     ah__error_raise(L, "invalid_argument", 0, "%s: no COPY is in progress", what);
   if (lc->copy_waiter)
@@ -820,9 +776,9 @@ static lconn *check_copy(lua_State *L, const char *what) {
 
 static int c_copy_begin(lua_State *L) {
   const char *what = "pg:copy";
-  lconn *lc = check_conn(L, what);
+  lconn *lc = ah__pg_check_conn(L, what);
   ah_task *me = ah__task_require(L, what);
-  double timeout = arg_timeout(L, 2, what);
+  double timeout = ah__pg_arg_timeout(L, 2, what);
   ah_pg_req *r;
   int rc;
   lua_settop(L, 3);
@@ -840,7 +796,7 @@ static int c_copy_begin(lua_State *L) {
   if (rc == 1) ah__sched_defer(lc->S, &lc->defer);
   lc->copy = r;
   lc->copy_over = 0;
-  return copy_wait(L, lc, me, timeout);
+  return copy_wait(L, lc, me, timeout, 1);
 }
 
 /* c:copy_put(timeout, rows, ncols) -> true once libpq took the rows, false
@@ -849,7 +805,7 @@ static int c_copy_put(lua_State *L) {
   const char *what = "pg:copy";
   lconn *lc = check_copy(L, what);
   ah_task *me = ah__task_require(L, what);
-  double timeout = arg_timeout(L, 2, what);
+  double timeout = ah__pg_arg_timeout(L, 2, what);
   lua_Integer ncols = ah__arg_integer(L, 4, what, "the column count", 1, 1600);
   int i, n, c, rc;
   ah__arg_type(L, 3, LUA_TTABLE, what, "the rows");
@@ -899,17 +855,11 @@ static int c_copy_put(lua_State *L) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  if (rc == 2) {
-    lua_pushboolean(L, 1);
-    return copy_wait(L, lc, me, timeout);
-  }
-  if (rc == 0) {
-    lua_pushboolean(L, 0);
-    return copy_wait(L, lc, me, timeout);
-  }
+  if (rc == 2) return copy_wait(L, lc, me, timeout, 1); /* taken; room first */
+  if (rc == 0) return copy_wait(L, lc, me, timeout, 0); /* put it again */
   /* The COPY ended: its error comes with done. */
   if (lc->copy_over) return copy_outcome(L, lc);
-  return copy_wait(L, lc, me, timeout);
+  return copy_wait(L, lc, me, timeout, 1);
 }
 
 /* c:copy_end(timeout [, abort_message]) -> rows copied (false: call again). */
@@ -917,286 +867,24 @@ static int c_copy_end(lua_State *L) {
   const char *what = "pg:copy";
   lconn *lc = check_copy(L, what);
   ah_task *me = ah__task_require(L, what);
-  double timeout = arg_timeout(L, 2, what);
+  double timeout = ah__pg_arg_timeout(L, 2, what);
   const char *abort_msg = lua_isnoneornil(L, 3) ? NULL : ah__arg_string(L, 3, what, "the message", NULL);
   int rc;
   if (lc->copy_over) return copy_outcome(L, lc);
   rc = ah__pg_copy_end(lc->copy, abort_msg);
   lua_settop(L, 1);
-  if (rc == 0) {
-    lua_pushboolean(L, 0);
-    return copy_wait(L, lc, me, timeout);
-  }
+  if (rc == 0) return copy_wait(L, lc, me, timeout, 0); /* call it again */
   if (lc->copy_over) return copy_outcome(L, lc);
-  return copy_wait(L, lc, me, timeout);
-}
-
-/* ---- subscriptions ------------------------------------------------------------------------ */
-
-static void sub_unlink(lsub *s) {
-  lconn *lc = s->lc;
-  if (!lc) return;
-  if (s->prev) s->prev->next = s->next;
-  else lc->subs = s->next;
-  if (s->next) s->next->prev = s->prev;
-  s->next = s->prev = NULL;
-  s->lc = NULL;
-}
-
-static void sub_link(lsub *s, lconn *lc) {
-  s->lc = lc;
-  s->prev = NULL;
-  s->next = lc->subs;
-  if (lc->subs) lc->subs->prev = s;
-  lc->subs = s;
-}
-
-static void sub_clear(lsub *s) {
-  lnote *n = s->head, *next;
-  for (; n; n = next) {
-    next = n->next;
-    free(n);
-  }
-  s->head = s->tail = NULL;
-  s->n = 0;
-}
-
-typedef struct note_view {
-  const char *channel, *payload;
-  int pid;
-} note_view;
-
-static int note_push_p(lua_State *L) {
-  note_view *nv = lua_touserdata(L, 1);
-  lua_pushstring(L, nv->channel);
-  lua_pushstring(L, nv->payload);
-  lua_pushinteger(L, nv->pid);
-  return 3;
-}
-
-static int state_push_p(lua_State *L) {
-  lua_pushboolean(L, 0);
-  lua_pushstring(L, (const char *)lua_touserdata(L, 1));
-  return 2;
-}
-
-static void sub_wake_state(lsub *s, const char *state) {
-  ah_task *t = s->waiter;
-  if (!t) return;
-  s->waiter = NULL;
-  if (strcmp(state, "missed") == 0) s->missed = 0; /* told; lost stays until attach */
-  ah__task_timer_stop(s->S, t);
-  ah__task_wake_with(s->S, t, state_push_p, (void *)state, 0);
-}
-
-/* Appends a notification (pid < 0: the marker of a gap) to s's queue;
- * past SUB_MAX, or without memory, only the missed flag is set. */
-static void sub_push(lsub *s, const char *channel, const char *payload, int pid) {
-  size_t cl = strlen(channel), pl = strlen(payload);
-  lnote *n = s->n >= SUB_MAX ? NULL : malloc(sizeof *n + cl + pl + 2);
-  if (!n) {
-    s->missed = 1;
-    return;
-  }
-  n->next = NULL;
-  n->pid = pid;
-  n->clen = cl;
-  n->plen = pl;
-  memcpy(n->data, channel, cl + 1);
-  memcpy(n->data + cl + 1, payload, pl + 1);
-  if (s->tail) s->tail->next = n;
-  else s->head = n;
-  s->tail = n;
-  s->n++;
-}
-
-static void on_notify(ah_pg *pg, const char *channel, const char *payload, int pid) {
-  lconn *lc = ah__pg_data(pg);
-  lsub *s, *next;
-  for (s = lc->subs; s; s = next) {
-    next = s->next;
-    if (strcmp(s->channel, channel) != 0) continue;
-    if (s->waiter && !s->head) {
-      note_view nv;
-      ah_task *t = s->waiter;
-      nv.channel = channel;
-      nv.payload = payload;
-      nv.pid = pid;
-      s->waiter = NULL;
-      ah__task_timer_stop(s->S, t);
-      ah__task_wake_with(s->S, t, note_push_p, &nv, 0);
-    } else {
-      sub_push(s, channel, payload, pid);
-    }
-  }
-}
-
-static void on_lost(ah_pg *pg) {
-  lconn *lc = ah__pg_data(pg);
-  lsub *s;
-  for (s = lc->subs; s; s = s->next) {
-    s->lost = 1;
-    sub_wake_state(s, "lost");
-  }
-}
-
-static void on_warning(ah_pg *pg, const char *msg) {
-  lconn *lc = ah__pg_data(pg);
-  char buf[640];
-  snprintf(buf, sizeof buf, "postgres %s: %s", lc->desc, msg);
-  ah__log(lc->L, 2, buf);
-}
-
-/* c:subscribe(channel) -> sub */
-static int c_subscribe(lua_State *L) {
-  lconn *lc = check_conn(L, "pg:listen");
-  size_t n;
-  const char *ch = ah__arg_string(L, 2, "pg:listen", "the channel", &n);
-  lsub *s;
-  if (n == 0 || n >= sizeof s->channel || strlen(ch) != n)
-    return ah__error_raise(L, "invalid_argument", 0,
-                           "pg:listen: the channel must be 1 to 63 bytes without NUL");
-  s = lua_newuserdatauv(L, sizeof *s, 1);
-  memset(s, 0, sizeof *s);
-  s->S = lc->S;
-  memcpy(s->channel, ch, n + 1);
-  luaL_setmetatable(L, SUB_MT);
-  lua_pushvalue(L, 1);
-  lua_setiuservalue(L, -2, 1); /* the connection lives while s does */
-  sub_link(s, lc);
-  return 1;
-}
-
-static lsub *check_sub(lua_State *L, const char *what) {
-  return ah__arg_udata(L, 1, SUB_MT, what, "a subscription");
-}
-
-static void sub_cancel(ah_sched *S, ah_task *t) {
-  lsub *s = ah__task_opdata(t);
-  ah__task_timer_stop(S, t);
-  s->waiter = NULL;
-}
-
-static void sub_timeout(ah_sched *S, ah_task *t) {
-  lsub *s = ah__task_opdata(t);
-  s->waiter = NULL;
-  ah__task_wake(S, t, 0, 0);
-}
-
-static int sub_after(lua_State *L, ah_task *t, int nargs) {
-  (void)t;
-  if (nargs == 0) {
-    lua_pushnil(L);
-    return 1;
-  }
-  return nargs;
-}
-
-static const ah_op sub_op = {"postgres notification", sub_cancel, sub_timeout, sub_after};
-
-/* sub:recv(timeout) */
-static int sub_recv(lua_State *L) {
-  lsub *s = check_sub(L, "listener:recv");
-  double timeout = arg_timeout(L, 2, "listener:recv");
-  ah_task *me;
-  lnote *n = s->head;
-  if (n) {
-    s->head = n->next;
-    if (!s->head) s->tail = NULL;
-    s->n--;
-    if (n->pid < 0) { /* the place where the connection changed */
-      free(n);
-      lua_pushboolean(L, 0);
-      lua_pushliteral(L, "missed");
-      return 2;
-    }
-    lua_pushlstring(L, n->data, n->clen);
-    lua_pushlstring(L, n->data + n->clen + 1, n->plen);
-    lua_pushinteger(L, n->pid);
-    free(n);
-    return 3;
-  }
-  if (s->missed || s->lost || !s->lc) {
-    const char *state = s->missed ? "missed" : "lost";
-    s->missed = 0; /* lost stays until attach */
-    lua_pushboolean(L, 0);
-    lua_pushstring(L, state);
-    return 2;
-  }
-  me = ah__task_require(L, "listener:recv");
-  if (s->waiter)
-    return ah__error_raise(L, "invalid_argument", 0,
-                           "listener:recv: another task is already receiving");
-  s->waiter = me;
-  lua_settop(L, 1);
-  if (timeout > 0 && ah__task_timer(s->S, me, timeout) != 0) {
-    s->waiter = NULL;
-    return ah__nomem(L, "listener:recv");
-  }
-  return ah__task_suspend(L, me, &sub_op, s);
-}
-
-/* sub:attach(conn): follows the connection that replaced a lost one;
- * the next recv says "missed" (notifications in between are gone). */
-static int sub_attach(lua_State *L) {
-  lsub *s = check_sub(L, "listener:attach");
-  lconn *lc = luaL_testudata(L, 2, MT);
-  if (!lc || !lc->pg) return ah__arg_error(L, "listener:attach", "the connection", "open");
-  sub_unlink(s);
-  sub_link(s, lc);
-  s->lost = 0;
-  lua_pushvalue(L, 2);
-  lua_setiuservalue(L, 1, 1);
-  if (s->waiter) {
-    s->missed = 1;
-    sub_wake_state(s, "missed");
-  } else {
-    sub_push(s, s->channel, "", -1); /* after what came before the loss */
-  }
-  return 0;
-}
-
-static int sub_close(lua_State *L) {
-  lsub *s = check_sub(L, "listener:close");
-  ah_task *t = s->waiter;
-  sub_unlink(s);
-  sub_clear(s);
-  if (t) {
-    s->waiter = NULL;
-    ah__task_timer_stop(s->S, t);
-    ah__task_wake_with(s->S, t, state_push_p, (void *)"closed", 0);
-  }
-  return 0;
-}
-
-static int sub_gc(lua_State *L) {
-  lsub *s = lua_touserdata(L, 1);
-  sub_unlink(s);
-  sub_clear(s);
-  return 0;
-}
-
-static int sub_pending(lua_State *L) {
-  lua_pushinteger(L, check_sub(L, "listener:pending")->n);
-  return 1;
+  return copy_wait(L, lc, me, timeout, 0);
 }
 
 /* ---- the connection object ------------------------------------------------------------------ */
-
-static void detach_subs(lconn *lc, int wake) {
-  while (lc->subs) {
-    lsub *s = lc->subs;
-    s->lost = 1;
-    if (wake) sub_wake_state(s, "lost");
-    sub_unlink(s);
-  }
-}
 
 static int c_close(lua_State *L) {
   lconn *lc = ah__arg_udata(L, 1, MT, "pg:close", "a PostgreSQL connection");
   if (!lc->pg) return 0;
   ah__sched_undefer(lc->S, &lc->defer);
-  detach_subs(lc, 1);
+  ah__pg_detach_subs(lc, 1);
   if (lc->copy && !lc->copy_waiter) {
     if (lc->copy_over) ah__pg_req_free(lc->copy);
     else ah__pg_abandon(lc->copy, 0);
@@ -1211,7 +899,7 @@ static int c_gc(lua_State *L) {
   lconn *lc = lua_touserdata(L, 1);
   if (lc->pg) {
     ah__sched_undefer(lc->S, &lc->defer);
-    detach_subs(lc, 0);
+    ah__pg_detach_subs(lc, 0);
     if (lc->copy && lc->copy_over) ah__pg_req_free(lc->copy);
     lc->copy = NULL;
     ah__pg_close(lc->pg, 0);
@@ -1307,6 +995,13 @@ static int c_tostring(lua_State *L) {
   lconn *lc = ah__arg_udata(L, 1, MT, "pg:__tostring", "a PostgreSQL connection");
   lua_pushfstring(L, "agenthost.pg(%s%s)", lc->desc, lc->pg ? "" : ", closed");
   return 1;
+}
+
+static void on_warning(ah_pg *pg, const char *msg) {
+  lconn *lc = ah__pg_data(pg);
+  char buf[640];
+  snprintf(buf, sizeof buf, "postgres %s: %s", lc->desc, msg);
+  ah__log(lc->L, 2, buf);
 }
 
 /* ---- connecting --------------------------------------------------------------------------------- */
@@ -1430,8 +1125,8 @@ static int pg_connect(lua_State *L) {
   }
   lc->pg = pg;
   snprintf(lc->desc, sizeof lc->desc, "%s", ah__pg_describe(pg));
-  ah__pg_on_notify(pg, on_notify);
-  ah__pg_on_lost(pg, on_lost);
+  ah__pg_on_notify(pg, ah__pg_notified);
+  ah__pg_on_lost(pg, ah__pg_lost);
   ah__pg_on_warning(pg, on_warning);
   lc->opener = me;
   if (ah__task_timer(lc->S, me, timeout) != 0) {
@@ -1442,110 +1137,6 @@ static int pg_connect(lua_State *L) {
   lua_replace(L, 1);
   lua_settop(L, 1);
   return ah__task_suspend(L, me, &open_op, lc);
-}
-
-/* ---- wait lists: FIFO waiters with a timeout, for the pool ------------------------------------ */
-
-typedef struct lwait lwait;
-typedef struct wnode {
-  struct wnode *next, *prev;
-  ah_task *t;
-  lwait *wl;
-} wnode;
-
-struct lwait {
-  wnode *head, *tail;
-  int n;
-  ah_sched *S;
-};
-
-static void wl_unlink(wnode *w) {
-  lwait *wl = w->wl;
-  if (!wl) return;
-  if (w->prev) w->prev->next = w->next;
-  else wl->head = w->next;
-  if (w->next) w->next->prev = w->prev;
-  else wl->tail = w->prev;
-  w->next = w->prev = NULL;
-  w->wl = NULL;
-  wl->n--;
-}
-
-static void wl_cancel(ah_sched *S, ah_task *t) {
-  ah__task_timer_stop(S, t);
-  wl_unlink(ah__task_opdata(t));
-}
-
-static void wl_timeout(ah_sched *S, ah_task *t) {
-  wl_unlink(ah__task_opdata(t));
-  lua_pushboolean(ah__task_thread(t), 0);
-  ah__task_wake(S, t, 1, 0);
-}
-
-static const ah_op wl_op = {"postgres pool wait", wl_cancel, wl_timeout, NULL};
-
-static int pg_waitlist(lua_State *L) {
-  lwait *wl = lua_newuserdatauv(L, sizeof *wl, 0);
-  memset(wl, 0, sizeof *wl);
-  wl->S = ah__sched_get(L);
-  luaL_setmetatable(L, WL_MT);
-  return 1;
-}
-
-/* wl:wait(timeout [, front]) -> true when woken, false when the time ran
- * out; front puts the caller first in line (one woken but not served). */
-static int wl_wait(lua_State *L) {
-  lwait *wl = ah__arg_udata(L, 1, WL_MT, "waitlist:wait", "a wait list");
-  double timeout = arg_timeout(L, 2, "waitlist:wait");
-  int front = lua_toboolean(L, 3);
-  ah_task *me = ah__task_require(L, "waitlist:wait");
-  wnode *w;
-  lua_settop(L, 1);
-  w = lua_newuserdatauv(L, sizeof *w, 0); /* on this stack while it waits */
-  memset(w, 0, sizeof *w);
-  w->t = me;
-  w->wl = wl;
-  if (front && wl->head) {
-    w->next = wl->head;
-    wl->head->prev = w;
-    wl->head = w;
-  } else {
-    w->prev = wl->tail;
-    if (wl->tail) wl->tail->next = w;
-    else wl->head = w;
-    wl->tail = w;
-  }
-  wl->n++;
-  if (timeout > 0 && ah__task_timer(wl->S, me, timeout) != 0) {
-    wl_unlink(w);
-    return ah__nomem(L, "waitlist:wait");
-  }
-  return ah__task_suspend(L, me, &wl_op, w);
-}
-
-/* wl:wake([n]) -> how many were woken (the first n, in order) */
-static int wl_wake(lua_State *L) {
-  lwait *wl = ah__arg_udata(L, 1, WL_MT, "waitlist:wake", "a wait list");
-  lua_Integer n = lua_isnoneornil(L, 2) ? 1 : ah__arg_integer(L, 2, "waitlist:wake", "n", 0,
-                                                              1 << 30);
-  lua_Integer woken = 0;
-  while (woken < n && wl->head) {
-    wnode *w = wl->head;
-    ah_task *t = w->t;
-    wl_unlink(w);
-    ah__task_timer_stop(wl->S, t);
-    lua_pushboolean(ah__task_thread(t), 1);
-    ah__task_wake(wl->S, t, 1, 0);
-    woken++;
-  }
-  lua_pushinteger(L, woken);
-  return 1;
-}
-
-static int wl_count(lua_State *L) {
-  lwait *wl = ah__arg_udata(L, 1, WL_MT, "waitlist:count", "a wait list");
-  lua_pushinteger(L, wl->n);
-  return 1;
 }
 
 /* _pg.type_info(oid) -> "array", element | "json" | "bytea" | "other" */
@@ -1571,7 +1162,7 @@ int ah__open_pg(lua_State *L) {
       {"batch", c_batch},         {"param_types", c_param_types},
       {"pipeline", c_pipeline},
       {"copy_begin", c_copy_begin}, {"copy_put", c_copy_put},
-      {"copy_end", c_copy_end},   {"subscribe", c_subscribe},
+      {"copy_end", c_copy_end},   {"subscribe", ah__pg_subscribe},
       {"status", c_status},       {"pending", c_pending},
       {"stuck", c_stuck},         {"set_autocommit", c_set_autocommit},
       {"load", c_load},
@@ -1579,17 +1170,10 @@ int ah__open_pg(lua_State *L) {
       {"close", c_close},         {NULL, NULL}};
   static const luaL_Reg meta[] = {{"__gc", c_gc}, {"__close", c_close},
                                   {"__tostring", c_tostring}, {NULL, NULL}};
-  static const luaL_Reg sub_methods[] = {{"recv", sub_recv},   {"attach", sub_attach},
-                                         {"close", sub_close}, {"pending", sub_pending},
-                                         {NULL, NULL}};
-  static const luaL_Reg sub_meta[] = {{"__gc", sub_gc}, {"__close", sub_close}, {NULL, NULL}};
-  static const luaL_Reg wl_methods[] = {{"wait", wl_wait}, {"wake", wl_wake},
-                                        {"count", wl_count}, {NULL, NULL}};
-  static const luaL_Reg fns[] = {{"connect", pg_connect}, {"waitlist", pg_waitlist},
+  static const luaL_Reg fns[] = {{"connect", pg_connect}, {"waitlist", ah__pg_waitlist},
                                  {"type_info", pg_type_info}, {NULL, NULL}};
   ah__metatable(L, MT, methods, meta, NULL, NULL);
-  ah__metatable(L, SUB_MT, sub_methods, sub_meta, NULL, NULL);
-  ah__metatable(L, WL_MT, wl_methods, NULL, NULL, NULL);
+  ah__pg_listen_init(L);
   lua_newtable(L);
   luaL_setfuncs(L, fns, 0);
   return 1;

@@ -313,17 +313,6 @@ static int db_post(lua_State *L) {
   return 0;
 }
 
-/* The length of the batch entry on top: its n field or its border, read
- * raw, so that no metamethod can make the two passes below disagree. */
-static int entry_len(lua_State *L) {
-  lua_Integer len;
-  lua_pushliteral(L, "n");
-  lua_rawget(L, -2);
-  len = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : (lua_Integer)lua_rawlen(L, -2);
-  lua_pop(L, 1);
-  return len < 0 || len > 100000 ? -1 : (int)len;
-}
-
 /* db:batch{{sql, ...}, ...}: every statement commits, or none does.  An
  * entry may give n = count for parameters that end in nil. */
 static int db_batch(lua_State *L) {
@@ -348,7 +337,7 @@ static int db_batch(lua_State *L) {
     if (lua_rawgeti(L, 2, i) != LUA_TTABLE)
       return ah__error_raise(L, "invalid_argument", 0,
                              "db:batch: entry %d is not a table {sql, params...}", i);
-    len = entry_len(L);
+    len = ah__arg_entry_len(L, 100000);
     if (len < 1 || lua_rawgeti(L, -1, 1) != LUA_TSTRING)
       return ah__error_raise(L, "invalid_argument", 0,
                              "db:batch: entry %d must start with the SQL string", i);
@@ -369,7 +358,7 @@ static int db_batch(lua_State *L) {
     size_t sl;
     const char *sql;
     lua_rawgeti(L, 2, i);
-    len = entry_len(L);
+    len = ah__arg_entry_len(L, 100000);
     lua_rawgeti(L, -1, 1);
     sql = lua_tolstring(L, -1, &sl);
     j->stmts[i - 1].sql = ah__store_job_copy(j, sql, sl);

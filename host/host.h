@@ -755,7 +755,7 @@ struct ah_pg_req {
   void (*done)(ah_pg_req *r);     /* on the loop thread, once */
   void (*on_copy)(ah_pg_req *r);  /* COPY: ready for (more) data */
   void *data, *owner;        /* for the owner */
-  int tag;                   /* for the owner */
+  int tag, slot;             /* for the owner */
   /* results */
   const char *kind_err;      /* NULL on success, else an error kind: sql,
                               * connect, invalid_argument, resource */
@@ -888,6 +888,31 @@ const char *ah__pg_res_error(const void *res, int field);
  * and 57P01-57P03, else "sql"), and in *retryable whether trying again may
  * succeed (serialization failures, deadlocks, lost connections). */
 const char *ah__pg_sqlstate_kind(const char *sqlstate, int *retryable);
+
+/* ---- host names (pgaddr.c) ---- */
+
+/* The host names among a connection's hosts (keywords, URL, PGHOST),
+ * looked up on the thread pool, as libpq's own lookup blocks.  Returns 0
+ * with *out NULL when nothing needs looking up (no host: the socket;
+ * socket directories; address literals; hostaddr given); 0 with *out set
+ * when lookups are out (done(r) follows on the loop thread, never after
+ * ah__pg_resolve_cancel); 1 with *out set when they are over already (no
+ * done call: look at the result now); UV_ENOMEM. */
+typedef struct ah_pg_resolve ah_pg_resolve;
+int ah__pg_resolve_start(ah_pg_resolve **out, uv_loop_t *loop, const char *const *keys,
+                         const char *const *vals, void (*done)(ah_pg_resolve *r, void *data),
+                         void *data);
+/* NULL, or why no host could be found. */
+const char *ah__pg_resolve_error(const ah_pg_resolve *r);
+/* The keywords and values to connect with: the caller's, then host,
+ * hostaddr (and port, per host) lists; valid until free. */
+void ah__pg_resolve_params(ah_pg_resolve *r, const char *const **keys,
+                           const char *const **vals);
+/* The first host's name, for messages. */
+const char *ah__pg_resolve_host(const ah_pg_resolve *r);
+void ah__pg_resolve_free(ah_pg_resolve *r);
+/* Gives the lookups up: no done call; the memory goes once they are back. */
+void ah__pg_resolve_cancel(ah_pg_resolve *r);
 
 /* ---- values (pgtype.c) ---- */
 

@@ -81,6 +81,7 @@ typedef struct pstmt {
   int ready;                   /* prepared and described */
   int nparams;
   uint32_t *ptypes;            /* malloc'd; freed with the entry */
+  char name[16];               /* "ah_<id>" */
   size_t len;
   char sql[];
 } pstmt;
@@ -128,6 +129,7 @@ struct ah_pg {
   double stuck_since;          /* when the running request was abandoned */
   uint64_t head_since;         /* uv_now when the running request began */
   ah_pg_stats st;
+  ah_pg_resolve *res;          /* host names being looked up, or NULL */
 };
 
 static void process(ah_pg *pg);
@@ -541,7 +543,16 @@ static void cache_remove(ah_pg *pg, pstmt *ps) {
   free(ps);
 }
 
-static int send_sync(ah_pg *pg) { return PQpipelineSync(pg->conn) ? 0 : -1; }
+/* A request's Sync.  libpq 17 can queue it without writing; before
+ * that PQpipelineSync writes at once, one send() per request (the cork
+ * makes those cheap). */
+static int send_sync(ah_pg *pg) {
+#ifdef LIBPQ_HAS_SEND_PIPELINE_SYNC
+  return PQsendPipelineSync(pg->conn) ? 0 : -1;
+#else
+  return PQpipelineSync(pg->conn) ? 0 : -1;
+#endif
+}
 
 /* Sends DEALLOCATE for a statement dropped from the cache; the requests
  * that used it were sent before, and run before it. */
@@ -565,7 +576,6 @@ static void deallocate(ah_pg *pg, pstmt *ps) {
 static int prepare(ah_pg *pg, const char *sql, size_t len, ah_pg_req *waiter) {
   pstmt *ps = malloc(sizeof *ps + len + 1);
   ah_pg_req *r = ah__pg_req_new(AH_PGR_PIPELINE, 0, 0, 0);
-  char name[24];
   if (!ps || !r) {
     free(ps);
     ah__pg_req_free(r);
@@ -574,6 +584,7 @@ static int prepare(ah_pg *pg, const char *sql, size_t len, ah_pg_req *waiter) {
   memset(ps, 0, sizeof *ps);
   ps->hash = ah__hash(sql, len);
   ps->id = ++pg->next_id;
+  snprintf(ps->name, sizeof ps->name, "ah_%u", ps->id);
   ps->len = len;
   memcpy(ps->sql, sql, len);
   ps->sql[len] = 0;
@@ -584,9 +595,8 @@ static int prepare(ah_pg *pg, const char *sql, size_t len, ah_pg_req *waiter) {
   r->internal = IR_PREPARE;
   r->psid = ps->id;
   r->waiter = waiter;
-  snprintf(name, sizeof name, "ah_%u", ps->id);
-  if (!PQsendPrepare(pg->conn, name, ps->sql, 0, NULL) ||
-      !PQsendDescribePrepared(pg->conn, name) || send_sync(pg) != 0) {
+  if (!PQsendPrepare(pg->conn, ps->name, ps->sql, 0, NULL) ||
+      !PQsendDescribePrepared(pg->conn, ps->name) || send_sync(pg) != 0) {
     ah__pg_req_free(r);
     return -1;
   }
@@ -637,6 +647,7 @@ static int prepared(ah_pg *pg, ah_pg_req *r) {
     pstmt *ps;
     if (s->nparams == 0 && r->kind != AH_PGR_DESCRIBE) continue;
     ps = cache_find(pg, s->sql, s->sql_len);
+    s->ps = ps;
     if (!ps) {
       if (prepare(pg, s->sql, s->sql_len, r) != 0) return -1;
       ready = 0;
@@ -653,9 +664,9 @@ static int check_params(ah_pg *pg, ah_pg_req *r) {
   int i, k;
   for (i = 0; i < r->nstmts; i++) {
     ah_pg_stmt *s = &r->stmts[i];
-    pstmt *ps = NULL;
-    if (pg->o.prepare && (s->nparams > 0 || r->kind == AH_PGR_DESCRIBE))
-      ps = cache_find(pg, s->sql, s->sql_len);
+    /* prepared() just looked the statement up (nothing since can have
+     * dropped it from the cache). */
+    pstmt *ps = pg->o.prepare && (s->nparams > 0 || r->kind == AH_PGR_DESCRIBE) ? s->ps : NULL;
     s->psid = ps ? ps->id : 0;
     s->ps = ps;
     if (ps) {
@@ -682,6 +693,21 @@ static int check_params(ah_pg *pg, ah_pg_req *r) {
     }
   }
   return 1;
+}
+
+/* The decimal text of i in out (32 bytes); returns its length. */
+static int format_int(int64_t i, char *out) {
+  char tmp[24];
+  int n = 0, len = 0;
+  uint64_t u = i < 0 ? (uint64_t)0 - (uint64_t)i : (uint64_t)i;
+  do {
+    tmp[n++] = (char)('0' + u % 10);
+    u /= 10;
+  } while (u);
+  if (i < 0) out[len++] = '-';
+  while (n) out[len++] = tmp[--n];
+  out[len] = 0;
+  return len;
 }
 
 /* Writes one statement: text parameters, except strings for bytea
@@ -716,8 +742,7 @@ static int send_stmt(ah_pg *pg, ah_pg_stmt *s) {
     case AH_PGV_BOOL: vals[i] = v->u.i ? "true" : "false"; break;
     case AH_PGV_INT:
     case AH_PGV_FLOAT:
-      nl = v->type == AH_PGV_INT ? snprintf(num, sizeof num, "%lld", (long long)v->u.i)
-                                 : ah__pg_format_float(v->u.d, num);
+      nl = v->type == AH_PGV_INT ? format_int(v->u.i, num) : ah__pg_format_float(v->u.d, num);
       offs[i] = pg->scratch.len;
       if (ah__buf_append(&pg->scratch, num, (size_t)nl + 1) != 0) {
         free(block);
@@ -737,9 +762,7 @@ static int send_stmt(ah_pg *pg, ah_pg_stmt *s) {
   for (i = 0; i < n; i++)
     if (offs[i] != (size_t)-1) vals[i] = pg->scratch.data + offs[i];
   if (ps) {
-    char name[24];
-    snprintf(name, sizeof name, "ah_%u", ps->id);
-    ok = PQsendQueryPrepared(pg->conn, name, n, vals, lens, fmts, 0);
+    ok = PQsendQueryPrepared(pg->conn, ps->name, n, vals, lens, fmts, 0);
   } else {
     ok = PQsendQueryParams(pg->conn, s->sql, n, NULL, vals, lens, fmts, 0);
   }
@@ -1339,6 +1362,54 @@ static void kick_closed(uv_handle_t *h) {
   unref(container_of((uv_timer_t *)(void *)h, ah_pg, kick));
 }
 
+/* Hands the connection to libpq.  A failure is returned, and reported
+ * to ready when that is set (after the host names were looked up). */
+static int start_libpq(ah_pg *pg, const char *const *keys, const char *const *vals) {
+  int rc;
+  pg->conn = PQconnectStartParams(keys, vals, 1);
+  if (!pg->conn) {
+    connect_failed(pg, "out of memory");
+    return UV_ENOMEM;
+  }
+  add_secret(pg, PQpass(pg->conn));
+  snprintf(pg->desc, sizeof pg->desc, "%s@%s:%s/%s", PQuser(pg->conn) ? PQuser(pg->conn) : "",
+           PQhost(pg->conn) ? PQhost(pg->conn) : "", PQport(pg->conn) ? PQport(pg->conn) : "",
+           PQdb(pg->conn) ? PQdb(pg->conn) : "");
+  ah__pg_scrub(pg, pg->desc);
+  if (PQstatus(pg->conn) == CONNECTION_BAD) {
+    connect_failed(pg, NULL);
+    return UV_EINVAL;
+  }
+  if ((rc = watch(pg, UV_WRITABLE, 1)) != 0) {
+    connect_failed(pg, "cannot watch the socket");
+    return rc;
+  }
+  return 0;
+}
+
+static int resolved_start(ah_pg *pg, ah_pg_resolve *r) {
+  const char *const *keys, *const *vals;
+  const char *err = ah__pg_resolve_error(r);
+  int rc;
+  if (err) {
+    connect_failed(pg, err);
+    rc = UV_EAI_NONAME;
+  } else {
+    ah__pg_resolve_params(r, &keys, &vals);
+    rc = start_libpq(pg, keys, vals);
+  }
+  ah__pg_resolve_free(r);
+  return rc;
+}
+
+static void on_resolved(ah_pg_resolve *r, void *data) {
+  ah_pg *pg = data;
+  pg->res = NULL;
+  pg->refs++;
+  (void)resolved_start(pg, r); /* a failure went to ready */
+  unref(pg);
+}
+
 int ah__pg_connect(ah_pg **out, uv_loop_t *loop, const char *const *keys,
                    const char *const *vals, const ah_pg_opts *o,
                    void (*ready)(ah_pg *pg), void *data) {
@@ -1367,22 +1438,19 @@ int ah__pg_connect(ah_pg **out, uv_loop_t *loop, const char *const *keys,
   pg->kick_open = 1;
   pg->refs++;
   *out = pg;
-  pg->conn = PQconnectStartParams(keys, vals, 1);
-  if (!pg->conn) {
+  rc = ah__pg_resolve_start(&pg->res, loop, keys, vals, on_resolved, pg);
+  if (rc < 0) {
     connect_failed(pg, "out of memory");
-    return UV_ENOMEM;
+    return rc;
   }
-  add_secret(pg, PQpass(pg->conn));
-  snprintf(pg->desc, sizeof pg->desc, "%s@%s:%s/%s", PQuser(pg->conn) ? PQuser(pg->conn) : "",
-           PQhost(pg->conn) ? PQhost(pg->conn) : "", PQport(pg->conn) ? PQport(pg->conn) : "",
-           PQdb(pg->conn) ? PQdb(pg->conn) : "");
-  ah__pg_scrub(pg, pg->desc);
-  if (PQstatus(pg->conn) == CONNECTION_BAD) {
-    connect_failed(pg, NULL);
-    return UV_EINVAL;
-  }
-  if ((rc = watch(pg, UV_WRITABLE, 1)) != 0) {
-    connect_failed(pg, "cannot watch the socket");
+  if (rc == 1) { /* looked up at once (no lookup could start) */
+    ah_pg_resolve *r = pg->res;
+    pg->res = NULL;
+    if ((rc = resolved_start(pg, r)) != 0) return rc;
+  } else if (pg->res) {
+    snprintf(pg->desc, sizeof pg->desc, "%s", ah__pg_resolve_host(pg->res));
+    ah__pg_scrub(pg, pg->desc);
+  } else if ((rc = start_libpq(pg, keys, vals)) != 0) {
     return rc;
   }
   pg->ready = ready;
@@ -1397,6 +1465,8 @@ void ah__pg_close(ah_pg *pg, int fail_pending) {
   pg->lost_cb = NULL;
   pg->notify = NULL;
   pg->warning = NULL;
+  if (pg->res) ah__pg_resolve_cancel(pg->res);
+  pg->res = NULL;
   unwatch(pg);
   fail_all(pg, "connect", 0, "the connection was closed", fail_pending);
   if (pg->conn) PQfinish(pg->conn);

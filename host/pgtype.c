@@ -18,23 +18,40 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The array types whose element type we decode (pg_type.h). */
-static const uint32_t arrays[][2] = {
-    {1000, AH_PG_BOOL},   {1001, AH_PG_BYTEA},  {1002, 18},   {1003, 19},
-    {1005, AH_PG_INT2},   {1007, AH_PG_INT4},   {1009, AH_PG_TEXT},
-    {1014, 1042},         {1015, 1043},         {1016, AH_PG_INT8},
-    {1021, AH_PG_FLOAT4}, {1022, AH_PG_FLOAT8}, {1028, AH_PG_OID},
-    {199, AH_PG_JSON},    {3807, AH_PG_JSONB},  {1231, AH_PG_NUMERIC},
-    {1115, 1114},         {1185, 1184},         {1182, 1082},
-    {1183, 1083},         {1187, 1186},         {1270, 1266},
-    {2951, 2950},         {1041, 869},          {651, 650},
-    {1040, 829},          {1011, 28},           {1012, 29}};
-
+/* The array types whose element type we decode (pg_type.h); a switch,
+ * as it is asked for every column of every result. */
 uint32_t ah__pg_array_elem(uint32_t oid) {
-  size_t i;
-  for (i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
-    if (arrays[i][0] == oid) return arrays[i][1];
-  return 0;
+  switch (oid) {
+  case 1000: return AH_PG_BOOL;
+  case 1001: return AH_PG_BYTEA;
+  case 1002: return 18;   /* "char" */
+  case 1003: return 19;   /* name */
+  case 1005: return AH_PG_INT2;
+  case 1007: return AH_PG_INT4;
+  case 1009: return AH_PG_TEXT;
+  case 1014: return 1042; /* bpchar */
+  case 1015: return 1043; /* varchar */
+  case 1016: return AH_PG_INT8;
+  case 1021: return AH_PG_FLOAT4;
+  case 1022: return AH_PG_FLOAT8;
+  case 1028: return AH_PG_OID;
+  case 199: return AH_PG_JSON;
+  case 3807: return AH_PG_JSONB;
+  case 1231: return AH_PG_NUMERIC;
+  case 1115: return 1114; /* timestamp */
+  case 1185: return 1184; /* timestamptz */
+  case 1182: return 1082; /* date */
+  case 1183: return 1083; /* time */
+  case 1187: return 1186; /* interval */
+  case 1270: return 1266; /* timetz */
+  case 2951: return 2950; /* uuid */
+  case 1041: return 869;  /* inet */
+  case 651: return 650;   /* cidr */
+  case 1040: return 829;  /* macaddr */
+  case 1011: return 28;   /* xid */
+  case 1012: return 29;   /* cid */
+  default: return 0;
+  }
 }
 
 static int is_integer_type(uint32_t oid) {

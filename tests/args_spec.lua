@@ -9,6 +9,7 @@ local task = ah.task
 -- The cases: { name, function that makes the bad call, what the message
 -- must contain }.  Calls that wait run inside a task.
 local function cases(db, proc)
+  local pgpool = ah.pg.pool { url = "postgres://nobody@127.0.0.1:1/none" }
   local h = task.spawn(function() end)
   local ev, sem, q = task.event(), task.semaphore(1), task.queue(1)
   return {
@@ -115,6 +116,29 @@ local function cases(db, proc)
     { "ah.proc.run", function() ah.proc.run { cmd = "true", truncate = 1 } end, "ah.proc.run: truncate must be a boolean" },
     { "ah.proc.spawn", function() ah.proc.spawn { cmd = "true", stdin = "file" } end,
       'ah.proc.spawn: stdin must be "pipe", "null" or "inherit"' },
+    -- ah.pg (a pool connects on first use: none of these reach a server)
+    { "ah.pg.pool", function() ah.pg.pool(5) end, "ah.pg.pool: expected a table of options" },
+    { "ah.pg.pool", function() ah.pg.pool { size = 0 } end, "ah.pg.pool: size must be an integer from 1 to 10000" },
+    { "ah.pg.pool", function() ah.pg.pool { timeout = "5" } end,
+      "ah.pg.pool: timeout must be a number > 0 (or false for none)" },
+    { "ah.pg.pool", function() ah.pg.pool { url = 5 } end, "ah.pg.pool: url must be a string" },
+    { "ah.pg.pool", function() ah.pg.pool { prepare = "yes" } end, "ah.pg.pool: prepare must be a boolean" },
+    { "ah.pg.connect", function() ah.pg.connect(42) end, "ah.pg.connect: url must be a string" },
+    { "ah.pg.array", function() ah.pg.array(5) end, "ah.pg.array: expected a table (an array)" },
+    { "ah.pg.ident", function() ah.pg.ident("") end, "ah.pg.ident: the name must be a non-empty string without NUL" },
+    { "pg:query", function() pgpool:query(42) end, "pg:query: the SQL must be a string (or {sql, timeout = s})" },
+    { "pg:query", function() pgpool:query { "SELECT 1", timeout = -1 } end,
+      "pg:query: timeout must be a number > 0, or false for none" },
+    { "pg:exec", function() pgpool:exec("BEGIN") end, "pg:exec: transaction control cannot run on the pool" },
+    { "pg:transaction", function() pgpool:transaction("f") end, "pg:transaction: expected a function(tx)" },
+    { "pg:transaction", function() pgpool:transaction(print, { retries = -1 }) end,
+      "pg:transaction: retries must be an integer >= 0" },
+    { "pg:listen", function() pgpool:listen("") end, "pg:listen: the channel must be a string of 1 to 63 bytes" },
+    { "pg:notify", function() pgpool:notify(5) end, "pg:notify: the channel must be a non-empty string" },
+    { "pg:batch", function() pgpool:batch(5) end, "pg:batch: expected an array of {sql, params...}" },
+    { "pg:pipeline", function() pgpool:pipeline { "SELECT 1" } end, "pg:pipeline: entry 1 must be {sql, params...}" },
+    { "pg:copy", function() pgpool:copy("SELECT 1", {}) end,
+      "pg:copy: the SQL must be a COPY ... FROM STDIN statement" },
   }
 end
 

@@ -20,12 +20,7 @@ end)
 
 local function run(fn) return task.run(fn) end
 
-local function fails(kind, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected a " .. kind .. " error")
-  assert.is_true(ah.error.is(err, kind), "expected kind " .. kind .. ", got " .. tostring(err))
-  return err
-end
+local fails = pgs.fails
 
 local n = 0
 local function app_name()
@@ -221,12 +216,19 @@ describe("ah.pg pool", function()
             end
           end)
         end
-        while before < 500 do task.sleep(0.01) end
+        local function until_count(get, why)
+          local deadline = ah.clock() + 60
+          while get() < 500 do
+            assert(ah.clock() < deadline, why)
+            task.sleep(0.01)
+          end
+        end
+        until_count(function() return before end, "no calls succeeded before the restart")
         local argv = srv:ctl_argv("restart")
         local r = ah.proc.run { cmd = argv[1], args = { table.unpack(argv, 2) }, timeout = 60 }
         assert.equal(0, r.code, r.stderr)
         restarted = true
-        while after < 500 do task.sleep(0.01) end
+        until_count(function() return after end, "the pool did not recover within 60 s")
         stop = true
         for _, w in ipairs(workers) do w:join() end
         assert.is_true(#kinds > 0, "the restart failed no call in flight")

@@ -14,12 +14,7 @@ teardown(function() if srv then srv:stop() end end)
 
 local function run(fn) return task.run(fn) end
 
-local function fails(kind, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected a " .. kind .. " error")
-  assert.is_true(ah.error.is(err, kind), "expected kind " .. kind .. ", got " .. tostring(err))
-  return err
-end
+local fails = pgs.fails
 
 local n = 0
 local function fresh_table(db, cols)
@@ -278,6 +273,24 @@ describe("ah.pg statements", function()
     end)
   end)
 
+  it("looks host names up off the loop, tries each address and each host in turn", function()
+    run(function()
+      -- localhost may give ::1 first, where nothing listens: 127.0.0.1 is tried next
+      local db = ah.pg.connect((srv:url_for("postgres", srv.password):gsub("127%.0%.0%.1", "localhost")))
+      assert.equal(1, db:first("SELECT 1 AS x").x)
+      assert.matches("@localhost:", db:info().server)
+      db:close()
+      local e = fails("connect", ah.pg.connect, "postgres://x@no-such-host.invalid:5432/x")
+      assert.matches('could not translate host name "no%-such%-host.invalid"', e.message)
+      -- a list: the name that does not resolve is skipped
+      local url = string.format("postgres://postgres@no-such-host.invalid,localhost:%d/postgres?password=%s",
+        srv.port, srv.password)
+      local s = ah.pg.connect(url)
+      assert.equal(2, s:first("SELECT 2 AS x").x)
+      s:close()
+    end)
+  end)
+
   it("prepares a statement once per connection, re-prepares it after the table changed, and bounds the cache", function()
     run(function()
       local db = ah.pg.connect(srv.url, { statement_cache = 4 })
@@ -346,6 +359,17 @@ describe("ah.pg statements", function()
       assert.equal("23505", e.code)
       e = fails("invalid_argument", db.copy, db, "SELECT 1", {})
       assert.equal(5100, db:first("SELECT count(*) AS n FROM " .. t).n)
+      -- enough data that the socket fills and copy waits for room: every
+      -- row once (rows sent again after a wait were once counted twice)
+      local big = fresh_table(db, "id int, pad text")
+      local k = 0
+      local pad = string.rep("p", 200)
+      assert.equal(60000, db:copy("COPY " .. big .. " FROM STDIN", function()
+        k = k + 1
+        if k <= 60000 then return { k, pad } end
+      end))
+      local c = db:first("SELECT count(*) AS n, count(DISTINCT id) AS d FROM " .. big)
+      assert.same({ n = 60000, d = 60000 }, c)
       -- COPY through query is refused before it could wedge a connection
       fails("invalid_argument", db.query, db, "COPY " .. t .. " FROM STDIN")
       db:close()

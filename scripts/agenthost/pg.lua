@@ -199,17 +199,21 @@ end
 -- Statements a pooled call must not run alone: transaction control (it
 -- would leave a connection inside a transaction for the next caller) and
 -- COPY (which has its own method).
-local control_words = { "BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT",
-                        "RELEASE", "PREPARE TRANSACTION" }
+local control_words = {
+  BEGIN = true, START = true, COMMIT = true, END = true, ROLLBACK = true, ABORT = true,
+  SAVEPOINT = true, RELEASE = true, PREPARE = true,
+}
+local kinds, nkinds = {}, 0 -- statement text -> "copy", "control" or false
 local function statement_kind(sql)
+  local k = kinds[sql]
+  if k ~= nil then return k end
   local word = sql:match("^%s*(%a+)")
-  if not word then return nil end
-  word = word:upper()
-  if word == "COPY" then return "copy" end
-  for _, w in ipairs(control_words) do
-    if w == word then return "control" end
-  end
-  return nil
+  word = word and word:upper()
+  k = word == "COPY" and "copy" or (control_words[word] and "control") or false
+  if nkinds >= 4096 then kinds, nkinds = {}, 0 end
+  kinds[sql] = k
+  nkinds = nkinds + 1
+  return k
 end
 
 -- ---- calls ---------------------------------------------------------------------------
@@ -236,20 +240,32 @@ end
 -- connection.
 local function call(self, method, what, sql, ...)
   local timeout
-  sql, timeout = sql_opts(self, what, sql)
+  if type(sql) == "string" then
+    timeout = self.timeout
+  else
+    sql, timeout = sql_opts(self, what, sql)
+  end
   if self.shared then
-    local k = statement_kind(sql)
+    local k = kinds[sql]
+    if k == nil then k = statement_kind(sql) end
     if k == "control" then
       bad(what, "transaction control cannot run on the pool: use pg:transaction(function(tx) ... end)")
     elseif k == "copy" then
       bad(what, "COPY runs through pg:copy(sql, rows)")
     end
   end
-  for attempt = 1, 3 do
+  local tables = false
+  local np = select("#", ...)
+  if np > 0 then
+    local a1, a2, a3 = ...
+    tables = type(a1) == "table" or type(a2) == "table" or type(a3) == "table" or
+      (np > 3 and has_table(select(4, ...)))
+  end
+  for _ = 1, 3 do
     local e = self:_get(what)
     local c = e.c
     local ok, a, b
-    if has_table(...) then
+    if tables then
       ok, a, b = pcall(function(...) return c[method](c, timeout, sql, encode_tables(c, timeout, sql, what, ...)) end, ...)
     else
       ok, a, b = pcall(c[method], c, timeout, sql, ...)
@@ -600,7 +616,7 @@ local function connect_task(self)
     if okc then
       c:set_autocommit(true)
       local now = clock()
-      self.conns[#self.conns + 1] = { c = c, created = now, used = now }
+      self.conns[#self.conns + 1] = { c = c, created = now, used = now, n = 0 }
       self.failures, self.last_error, self.ever_connected = 0, nil, true
       self.counters.connects = self.counters.connects + 1
       self.connecting = self.connecting - 1
@@ -684,29 +700,37 @@ end
 -- quick call wait for it); nil when none.  Drops broken ones met.
 function Pool:_pick()
   local conns = self.conns
-  local best, bestn = nil, math.huge
   local slow = self.slow
-  local i = 1
-  while i <= #conns do
-    local e = conns[i]
-    if not e.busy then
-      local n, age = e.c:load()
-      if n == 0 then return e, 0 end
-      if n < 0 then
-        drop(self, i)
-        i = i - 1
-      elseif n < bestn and (not slow or age < slow) then
+  local refused -- connections found full or slow, in the rare second look
+  while true do
+    -- The fewest calls in flight by the pool's own count (no C call per
+    -- connection); the chosen one is then asked for the truth.
+    local best, bestn = nil, math.huge
+    for i = 1, #conns do
+      local e = conns[i]
+      local n = e.n
+      if n < bestn and not e.busy and not (refused and refused[e]) then
         best, bestn = e, n
+        if n == 0 then break end
       end
     end
-    i = i + 1
+    if not best then return nil end
+    local n, age = best.c:load()
+    if n == 0 then return best, 0 end
+    if n < 0 then
+      for i = 1, #conns do
+        if conns[i] == best then drop(self, i) break end
+      end
+    elseif bestn > 0 and (self.connecting > 0 or #conns < self.size) and self.failures == 0
+        and not self.closed then
+      return nil -- a new connection is better than a queue behind another call
+    elseif n < self.depth and (not slow or age < slow) then
+      return best, n
+    else
+      refused = refused or {}
+      refused[best] = true -- full, or running something slow: try the next
+    end
   end
-  if (#conns + self.connecting < self.size or self.connecting > 0) and self.failures == 0
-      and not self.closed then
-    return nil -- a new connection is better than a queue behind another call
-  end
-  if best and bestn < self.depth then return best, bestn end
-  return nil
 end
 
 -- An idle connection that has not been used for health_check seconds is
@@ -774,25 +798,34 @@ function Pool:_wait(what, exclusive)
 end
 
 function Pool:_get(what)
-  if self.closed then raise("invalid_argument", what .. ": the pool is closed") end
   local now = clock()
-  if now >= self.next_maint then self:_maintain(now) end
+  if now >= self.next_maint then
+    if self.closed then raise("invalid_argument", what .. ": the pool is closed") end
+    self:_maintain(now)
+  end
   if self.nwait == 0 then
     local e, n = self:_pick()
     if e then
-      if n > 0 then self:_grow() end
-      if n > 0 or self:_healthy(e, now) then
+      if n > 0 then
+        self:_grow()
+      elseif self.health_check and now - e.used >= self.health_check and not self:_healthy(e, now) then
+        e = nil
+      end
+      if e then
         e.used = now
+        e.n = e.n + 1
         return e
       end
     end
   end
   local e = self:_wait(what, false)
   e.used = clock()
+  e.n = e.n + 1
   return e
 end
 
 function Pool:_put(e, ok, err)
+  e.n = e.n - 1
   if not ok and type(err) == "table" and err.kind == "connect" then
     if e.c:pending() < 0 then
       for i, x in ipairs(self.conns) do
@@ -1011,6 +1044,7 @@ function Pool:close()
   end
   if self.closed then return end
   self.closed = true
+  self.next_maint = -math.huge -- the next call looks, and finds it closed
   for l in pairs(self.listeners) do
     if l.sub then l.sub:close() l.sub = nil end
   end
@@ -1074,6 +1108,7 @@ function M.pool(o) return new_pool(o, "ah.pg.pool") end
 -- locks last as long as it does).
 function M.connect(url, o)
   if type(url) == "table" and o == nil then url, o = url.url, url end
+  if o ~= nil and type(o) ~= "table" then bad("ah.pg.connect", "the options must be a table") end
   o = o or {}
   local opts = {}
   for k, v in pairs(o) do opts[k] = v end
@@ -1087,7 +1122,7 @@ function M.connect(url, o)
   local c = C.connect(self.url, self.copts)
   c:set_autocommit(true)
   local now = clock()
-  self.conns[1] = { c = c, created = now, used = now }
+  self.conns[1] = { c = c, created = now, used = now, n = 0 }
   self.ever_connected = true
   self.server = c:info().server
   return self

@@ -15,6 +15,8 @@
 --   srv:restart()                      -- pg_ctl restart -m fast (blocking)
 --   srv:ctl_argv("restart")            -- the same for ah.proc.run in a task
 --   srv:stop()
+--   pgs.start{ durable = true }        -- fsync and synchronous commit on
+--   pgs.stop_dir(srv.dir)              -- stop it from another process
 
 local M = {}
 
@@ -76,10 +78,14 @@ function Server:ctl(action, extra)
     self.bin, q(self.data), q(self.log), extra or "", action))
 end
 
--- argv of pg_ctl for ah.proc.run (in a task, while the loop runs).
+-- argv of pg_ctl for ah.proc.run (in a task, while the loop runs).  The
+-- server must not inherit the sanitizer runtimes the ASan suite preloads
+-- into lua5.4 (it would abort on its own leaks): env drops LD_PRELOAD.
 function Server:ctl_argv(action)
-  local argv = {}
-  if self.root then argv = { "runuser", "-u", "postgres", "--" } end
+  local argv = { "env", "-u", "LD_PRELOAD" }
+  if self.root then
+    for _, a in ipairs { "runuser", "-u", "postgres", "--" } do argv[#argv + 1] = a end
+  end
   for _, a in ipairs { self.bin .. "/pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60",
                        "-m", "fast", action } do
     argv[#argv + 1] = a
@@ -96,11 +102,12 @@ local function read_log(path)
 end
 
 function Server:options()
+  local fast = self.durable and "" or
+    "-c fsync=off -c full_page_writes=off -c synchronous_commit=off "
   return string.format("-o %s", q(string.format(
-    "-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off " ..
-    "-c synchronous_commit=off -c max_connections=200 -c shared_buffers=32MB " ..
+    "-p %d -k %s -c listen_addresses=127.0.0.1 %s-c max_connections=200 -c shared_buffers=%s " ..
     "-c log_min_messages=warning -c max_prepared_transactions=10",
-    self.port, self.dir)))
+    self.port, self.dir, fast, self.durable and "128MB" or "32MB")))
 end
 
 function Server:start_server()
@@ -125,6 +132,17 @@ function Server:psql(sql, db)
   return (out:gsub("\n$", ""))
 end
 
+-- A background shell that stops the server once this process is gone
+-- (a spec that crashed never runs its teardown).
+function Server:watchdog()
+  local _, out = capture("echo $PPID")
+  local pid = out:match("(%d+)")
+  if not pid then return end
+  os.execute(string.format("( while kill -0 %s 2>/dev/null; do sleep 1; done; " ..
+    "if [ -d %s ]; then %s >/dev/null 2>&1; rm -rf %s; fi ) </dev/null >/dev/null 2>&1 &",
+    pid, q(self.data), self:ctl("stop", "-m immediate"), q(self.dir)))
+end
+
 function Server:restart()
   if not sh(self:ctl("restart", "-m fast " .. self:options()) .. " >/dev/null 2>&1") then
     error("support.pg: restart failed; log:\n" .. read_log(self.log), 2)
@@ -144,9 +162,32 @@ function Server:url_for(user, password, db)
     db or "postgres")
 end
 
+-- Stops the server whose directory is dir (made by start) and removes
+-- it: for a program that started the server in another process.
+function M.stop_dir(dir)
+  local self = setmetatable({ bin = bindir(), root = is_root(), dir = dir, data = dir .. "/data",
+                              log = dir .. "/log" }, Server)
+  self:stop()
+end
+
+-- Calls fn(...), which must raise a structured error of this kind; returns
+-- the error (for the specs).
+function M.fails(kind, fn, ...)
+  local ok, err = pcall(fn, ...)
+  if ok then error("expected a " .. kind .. " error, the call succeeded", 2) end
+  local ah = require "agenthost"
+  if not ah.error.is(err, kind) then
+    error("expected kind " .. kind .. ", got " .. tostring(err), 2)
+  end
+  return err
+end
+
+-- start{password =, durable =, detached =}: durable keeps fsync and
+-- synchronous commit on (the server's defaults), for benchmarks; detached
+-- leaves the server running when this process exits (stop_dir ends it).
 function M.start(opts)
   opts = opts or {}
-  local self = setmetatable({ bin = bindir(), root = is_root(),
+  local self = setmetatable({ bin = bindir(), root = is_root(), durable = opts.durable,
                               password = opts.password or "s3cret-Pw_" .. math.random(1e6) },
                             Server)
   local _, out = capture("mktemp -d /tmp/ahpg.XXXXXX")
@@ -171,6 +212,7 @@ function M.start(opts)
     os.execute("rm -rf " .. q(self.dir))
     error(err, 2)
   end
+  if not opts.detached then self:watchdog() end
   return self
 end
 
