@@ -4,10 +4,12 @@
 #                   build/libagenthost.so
 #   make deps       install the Debian packages the build and tests need
 #   make run        run the main job
+#   make fleet-demo durable runs on 3 worker processes, one killed
 #   make test       build and run every test
 #   make asan       the same suite under AddressSanitizer + UBSan
 #   make bench      the scheduler benchmark (bench/sched); bench-http,
-#                   bench-store, bench-llm, bench-trace, bench-pg and bench-embed run the others;
+#                   bench-store, bench-llm, bench-trace, bench-pg, bench-embed
+#                   and bench-fleet run the others;
 #                   every one writes its section of docs/benchmarks.md
 #   make lib        build/libagenthost.a, build/libagenthost.so (with its
 #                   soname links) and build/agenthost.pc
@@ -284,6 +286,20 @@ bench-pg: all bench-deps
 	@command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory deps-npm-command
 	cd bench && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	bench/pg
+
+# The fleet (docs/fleet.md): `make fleet-demo` runs 3 workers on a throwaway
+# PostgreSQL and kills one; bench-fleet compares it with DBOS Transact and
+# pg-boss, installed from bench/package.json and its lock (npm ci).
+.PHONY: fleet-demo bench-fleet bench-fleet-deps
+fleet-demo: all
+	$(BUILD)/agenthost scripts/examples/fleet_demo.lua
+
+bench-fleet-deps: deps
+	@command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory deps-npm-command
+	cd bench && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+
+bench-fleet: all bench-fleet-deps
+	bench/fleet
 
 clean:
 	rm -rf build

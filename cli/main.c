@@ -23,6 +23,11 @@
  * agenthost.trace.cli, runs as the main task instead of a file.  (A
  * script file named "trace" is run as ./trace.)
  *
+ * `agenthost fleet status [URL]` prints the state of a fleet of durable
+ * runs (docs/fleet.md): a built-in script, agenthost.fleet.cli, runs as
+ * the main task instead of a file.  (A script file named "fleet" is run
+ * as ./fleet.)
+ *
  * --mock-llm, as the first argument, runs the mock model server of
  * tests/support/mockllm.c (docs/mockllm.md), linked into the command only,
  * instead of a script; ah.config starts it this way when no model is
@@ -94,11 +99,24 @@ static void usage(FILE *f) {
           "writes the timeline of the spans stored in DB as one HTML file\n"
           "(docs/observability.md; %s trace --help).\n"
           "\n"
+          "       %s fleet status [URL] [--name NAME]\n"
+          "prints a fleet's queue, runs by state and workers (docs/fleet.md).\n"
+          "\n"
           "exit status: 0 done, 1 the script failed, 2 usage error,\n"
           "130/143 interrupted by SIGINT/SIGTERM.  Without --watch, SIGHUP\n"
           "is reported and ignored.\n",
-          progname, progname, progname, progname);
+          progname, progname, progname, progname, progname);
 }
+
+/* The built-in commands: `agenthost NAME ...` runs the chunk (its module's
+ * main, given the remaining arguments) as the main task instead of a file. */
+struct builtin {
+  const char *name, *chunk, *chunkname;
+};
+static const struct builtin builtins[] = {
+    {"trace", "return require('agenthost.trace.cli').main(...)", "=agenthost trace"},
+    {"fleet", "return require('agenthost.fleet.cli').main(...)", "=agenthost fleet"},
+};
 
 /* Builds `arg`: the script at 0, its arguments above, what came before it
  * (the program and options) below, as lua does. */
@@ -127,7 +145,7 @@ int main(int argc, char **argv) {
   ah_host *h = NULL;
   int script = 0, i, status, code = 0, nargs;
   const char *watch = NULL;
-  const char *builtin = NULL; /* the chunk a built-in command runs, or NULL */
+  const struct builtin *builtin = NULL; /* the built-in command run, or NULL */
   char exe[4096];
   size_t exelen = sizeof exe;
   struct stat st;
@@ -136,10 +154,13 @@ int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "--mock-llm") == 0)
     return ah_mockllm_main(argc - 1, argv + 1);
 
-  if (argc > 1 && strcmp(argv[1], "trace") == 0) {
-    builtin = "return require('agenthost.trace.cli').main(...)";
-    script = 1;
+  for (i = 0; i < (int)(sizeof builtins / sizeof builtins[0]); i++) {
+    if (argc > 1 && strcmp(argv[1], builtins[i].name) == 0) {
+      builtin = &builtins[i];
+      break;
+    }
   }
+  if (builtin) script = 1;
   for (i = 1; i < argc && !builtin; i++) {
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
       usage(stdout);
@@ -208,7 +229,7 @@ int main(int argc, char **argv) {
   lua_getfield(L, -1, "task");
   lua_getfield(L, -1, "run"); /* [ah, task, run] */
   if (builtin)
-    status = luaL_loadbufferx(L, builtin, strlen(builtin), "=agenthost trace", "t");
+    status = luaL_loadbufferx(L, builtin->chunk, strlen(builtin->chunk), builtin->chunkname, "t");
   else
     status = luaL_loadfile(L, argv[script]);
   if (status != LUA_OK) {

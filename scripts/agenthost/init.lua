@@ -58,6 +58,7 @@ local parts = {
   channel = "agenthost.channel",
   trace = "agenthost.trace",
   pg = "agenthost.pg",
+  fleet = "agenthost.fleet",
 }
 setmetatable(core, {
   __index = function(t, k)
