@@ -116,6 +116,7 @@ function Server:start_server()
     self.url = string.format("postgres://postgres:%s@127.0.0.1:%d/postgres", self.password,
       self.port)
     if sh(self:ctl("start", self:options()) .. " >/dev/null 2>&1") then return end
+    os.execute(self:kill_cmd()) -- a server that came up after pg_ctl gave up
     if attempt == 3 then
       error("support.pg: the PostgreSQL server did not start; its log:\n" .. read_log(self.log), 0)
     end
@@ -132,6 +133,16 @@ function Server:psql(sql, db)
   return (out:gsub("\n$", ""))
 end
 
+-- Shell commands that end the server's postmaster by its pid file if it
+-- still runs (pg_ctl stop can fail on a loaded machine, or pg_ctl start
+-- give up on a server that comes up after all; its backends exit with
+-- it), for before the directory is removed.
+function Server:kill_cmd()
+  return string.format("p=$(head -1 %s 2>/dev/null); " ..
+    "case \"$p\" in ''|*[!0-9]*) ;; *) kill -KILL \"$p\" 2>/dev/null ;; esac",
+    q(self.data .. "/postmaster.pid"))
+end
+
 -- A background shell that stops the server once this process is gone
 -- (a spec that crashed never runs its teardown).
 function Server:watchdog()
@@ -139,8 +150,8 @@ function Server:watchdog()
   local pid = out:match("(%d+)")
   if not pid then return end
   os.execute(string.format("( while kill -0 %s 2>/dev/null; do sleep 1; done; " ..
-    "if [ -d %s ]; then %s >/dev/null 2>&1; rm -rf %s; fi ) </dev/null >/dev/null 2>&1 &",
-    pid, q(self.data), self:ctl("stop", "-m immediate"), q(self.dir)))
+    "if [ -d %s ]; then %s >/dev/null 2>&1; %s; rm -rf %s; fi ) </dev/null >/dev/null 2>&1 &",
+    pid, q(self.data), self:ctl("stop", "-m immediate"), self:kill_cmd(), q(self.dir)))
 end
 
 function Server:restart()
@@ -153,6 +164,7 @@ function Server:stop()
   if self.stopped then return end
   self.stopped = true
   os.execute(self:ctl("stop", "-m immediate") .. " >/dev/null 2>&1")
+  os.execute(self:kill_cmd())
   os.execute("rm -rf " .. q(self.dir))
 end
 
