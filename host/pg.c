@@ -1034,7 +1034,6 @@ static void prepare_done(ah_pg *pg, ah_pg_req *p) {
     ah__pg_req_free(p);
     return;
   }
-  if (ps) cache_remove(pg, ps);
   if (w && w->where == W_SEND && pg->sq == w) {
     int i;
     send_pop(pg);
@@ -1048,6 +1047,8 @@ static void prepare_done(ah_pg *pg, ah_pg_req *p) {
     classify(pg, w);
     finish(pg, w);
   }
+  /* Only now: the waiter's statements were compared with ps's text. */
+  if (ps) cache_remove(pg, ps);
   ah__pg_req_free(p);
 }
 

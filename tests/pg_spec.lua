@@ -337,6 +337,28 @@ describe("ah.pg statements", function()
     end)
   end)
 
+  it("a statement that fails to prepare fails alone, named by its index in a batch", function()
+    run(function()
+      local db = ah.pg.pool { url = srv.url, size = 1 }
+      local t = fresh_table(db, "id int")
+      local e = fails("sql", db.first, db, "SELECT id FROM no_such_table WHERE id = $1", 1)
+      assert.equal("42P01", e.code)
+      -- The same connection goes on, and the statement is tried again
+      -- (prepared anew) once the table exists.
+      db:exec("CREATE TABLE no_such_table(id int)")
+      assert.is_nil(db:first("SELECT id FROM no_such_table WHERE id = $1", 1))
+      e = fails("sql", db.batch, db, {
+        { "INSERT INTO " .. t .. " VALUES ($1)", 1 },
+        { "INSERT INTO " .. t .. "_missing VALUES ($1)", 2 },
+        { "INSERT INTO " .. t .. " VALUES ($1)", 3 },
+      })
+      assert.equal("42P01", e.code)
+      assert.equal(2, e.index)
+      assert.equal(0, db:first("SELECT count(*) AS n FROM " .. t).n)
+      db:close()
+    end)
+  end)
+
   it("copies rows in, from an array or an iterator, and fails alone on bad data", function()
     run(function()
       local db = ah.pg.pool { url = srv.url, size = 2 }
