@@ -146,10 +146,11 @@ describe("agent conversations across runs", function()
       assert.is_not_nil(err.conversation)
       assert.equal(1, err.turn)
       -- cancellation
-      local slow = { chat = function() task.sleep(10) end }
+      local calling = task.event()
+      local slow = { chat = function() calling:set(); task.sleep(10) end }
       local d = agent.new { name = "t", provider = slow, memory = db }
       local t = task.spawn(d.run, d, "go")
-      task.sleep(0.01)
+      calling:wait() -- the model call of turn 1 has started
       t:cancel()
       ok, err = t:result()
       assert.is_true(ah.error.is(err, "cancelled"), tostring(err))
@@ -250,6 +251,75 @@ describe("agent events", function()
       assert.same({ input_tokens = 7, output_tokens = 3 }, by.run_end.usage)
       assert.equal("done", by.run_end.status)
       assert.equal(2, seen[#seen].turns)
+    end)
+  end)
+end)
+
+describe("agent event handlers", function()
+  it("that fail are reported on stderr and the run goes on", function()
+    local script = proc.script [[
+      local ah = require "agenthost"
+      local p = { chat = function() return { text = "done" } end }
+      local a = ah.agent.new { name = "t", provider = p,
+        on_event = function(ev) if ev.type == "turn_start" then error("the handler broke") end end }
+      print(a:run("go").text)
+    ]]
+    local r = proc.cli { script }
+    assert.equal(0, r.code, r.err)
+    assert.matches("done", r.out)
+    assert.matches("an on_event handler failed: .*the handler broke", r.err)
+  end)
+
+  it("end the run with cancelled when the run is cancelled while a handler waits", function()
+    task.run(function()
+      local db = memdb()
+      local waiting = task.event()
+      local gated = { name = "gated", needs_approval = true, run = function() return "ran" end }
+      local a = agent.new { name = "t", memory = db, tools = { gated },
+        provider = scripted { { tool_calls = { call("c1", "gated") } }, { text = "never" } },
+        on_event = function(ev)
+          if ev.type == "tool_start" then
+            waiting:set()
+            task.sleep(3600) -- waiting for the approval somewhere else
+          end
+        end }
+      local t = task.spawn(a.run, a, "go")
+      waiting:wait()
+      t:cancel()
+      -- Swallowed by the handler, the cancellation would leave the call
+      -- waiting for its approval for ever (bounded here, to fail).
+      local ok, err = task.timeout(30, t.result, t)
+      assert.is_false(ok)
+      assert.is_true(ah.error.is(err, "cancelled"), tostring(err))
+      assert.is_number(err.conversation)
+      assert.equal("failed", ah.memory.open(db):run(err.conversation).status)
+      db:close()
+    end)
+  end)
+
+  it("end the run without marking it when they raise an error with unwind = true", function()
+    task.run(function()
+      local db = memdb()
+      local ends = {}
+      local a = agent.new { name = "t", memory = db, tools = { noop },
+        provider = scripted { { tool_calls = { call("c1", "noop") } }, { text = "after" } },
+        on_event = function(ev)
+          if ev.type == "tool_start" and not ends.resumed then
+            error(ah.error.new("parked", "parked by the host", { unwind = true }), 0)
+          end
+          if ev.type == "run_end" then ends[#ends + 1] = ev.status end
+        end }
+      local ok, err = pcall(a.run, a, "go")
+      assert.is_false(ok)
+      assert.is_true(ah.error.is(err, "parked"), tostring(err))
+      assert.same({ "stopped" }, ends)
+      -- The conversation is still running; resumed, it runs the open call.
+      assert.equal("running", ah.memory.open(db):run(err.conversation).status)
+      ends.resumed = true
+      local r = a:run(nil, { conversation = err.conversation })
+      assert.equal("after", r.text)
+      assert.equal("done", ah.memory.open(db):run(err.conversation).status)
+      db:close()
     end)
   end)
 end)

@@ -154,15 +154,17 @@ describe("agenthost.agent", function()
 
   it("cancelling a run cancels its tool calls", function()
     task.run(function()
-      local cancelled = 0
+      local cancelled, started, both = 0, 0, task.event()
       local tool = { name = "wait", run = function()
+        started = started + 1
+        if started == 2 then both:set() end
         local ok, err = pcall(task.sleep, 10)
         if not ok then cancelled = cancelled + 1 error(err, 0) end
       end }
       local a = agent.new { name = "t", tools = { tool },
         provider = scripted { { tool_calls = { call("1", "wait"), call("2", "wait") } } } }
       local t = task.spawn(a.run, a, "go")
-      task.sleep(0.01)
+      both:wait() -- both calls are running
       t:cancel()
       local ok, err = t:result()
       assert.is_false(ok)

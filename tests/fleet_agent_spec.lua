@@ -81,4 +81,48 @@ describe("ah.agent on the fleet", function()
       if not ok then error(err, 0) end
     end)
   end)
+
+  it("parks a run whose agent waits for an approval in on_event, and resumes it when it comes", function()
+    task.run(function()
+      local fleet = ah.fleet.open { db = srv.url, name = "agents" }
+      local db = fleet.db
+      db:exec("CREATE TABLE IF NOT EXISTS asked (run_id bigint, call_id text, pid integer)")
+      db:exec("CREATE TABLE IF NOT EXISTS deploys (call_id text, pid integer)")
+      db:exec("DELETE FROM asked; DELETE FROM deploys")
+      local procs = {}
+      local ok, err = pcall(function()
+        mock:reset()
+        local w = sf.start_worker(procs, { "tests/support/fleet_agent_worker.lua", srv.url, mock.base,
+          tostring(LEASE), "park" })
+        local agents = fleet
+        local id = agents:submit("ops", { question = "please deploy the db" }, { key = "ops-park" })
+        local asked = sf.wait_until("the approval asked", 60, function()
+          return db:first("SELECT call_id FROM asked WHERE run_id = $1::bigint", id)
+        end, procs)
+        -- Parked: no worker holds it, and the agent's conversation is not
+        -- marked failed (it was unwound, not finished).
+        local st = sf.wait_until("the run parked", 60, function()
+          local s = agents:status(id)
+          return s.state == "waiting" and s
+        end, procs)
+        assert.equal("waiting", st.state)
+        agents:send(id, "approve:" .. asked.call_id, { ok = true })
+        local r = agents:wait(id, { timeout = 120 })
+        assert.matches("Done: deployed", r.text)
+        local d = db:query("SELECT call_id, pid FROM deploys")
+        assert.equal(1, #d)
+        assert.same({ asked.call_id, w.pid }, { d[1].call_id, d[1].pid })
+        local memory = ah.memory.open(db)
+        assert.equal("done", memory:run(r.conversation).status)
+        -- Nothing of the parked execution is left in the worker: one
+        -- SIGTERM ends it (a handler left waiting would hold it).
+        w.p:kill("TERM")
+        local ok_exit, st_exit = pcall(task.timeout, 30, w.p.wait, w.p)
+        assert.is_true(ok_exit, "the worker did not exit on SIGTERM: " .. tostring(st_exit))
+      end)
+      sf.stop_workers(procs)
+      fleet:close()
+      if not ok then error(err, 0) end
+    end)
+  end)
 end)

@@ -207,9 +207,17 @@ local function redactor(p)
   return function(s) return s end
 end
 
+-- A handler that fails is reported and the run goes on, except for errors
+-- that must unwind it: a cancellation (the run's task was cancelled while
+-- the handler waited in it) and an error marked `unwind = true` (raised on
+-- purpose to stop the run from a handler; the fleet's `parked` and
+-- `lease_lost` are).  Those end the run as if raised at its await point.
 local function call_handler(fn, ev, redact)
   local ok, err = pcall(fn, ev)
   if not ok then
+    if ah.error.is(err, "cancelled") or (ah.error.is(err) and err.unwind == true) then
+      error(err, 0)
+    end
     io.stderr:write("agenthost.agent: an on_event handler failed: ", redact(tostring(err)), "\n")
   end
 end
@@ -962,8 +970,11 @@ local function fail(run, err)
   if err.turn == nil then err.turn = run.turns end
   if err.agent == nil then err.agent = run.cur.name end
   -- A run refused before it began (a bad id, a conversation held by an
-  -- agent this one cannot reach) changes nothing stored.
-  if run.live and run.memory and run.conversation and not ah.error.is(err, "max_turns") then
+  -- agent this one cannot reach) changes nothing stored; nor does one
+  -- unwound on purpose (`unwind = true`: whoever stopped it resumes it).
+  local unwound = err.unwind == true
+  if run.live and run.memory and run.conversation and not ah.error.is(err, "max_turns")
+     and not unwound then
     if ah.error.is(err, "cancelled") then
       -- The write must not wait: the run is being cancelled.
       pcall(run.memory.post_finish_run, run.memory, run.conversation, "failed", nil, tostring(err))
@@ -973,7 +984,8 @@ local function fail(run, err)
   end
   if run.live then
     emit(run, { type = "error", error = err })
-    emit(run, { type = "run_end", status = ah.error.is(err, "max_turns") and "max_turns" or "failed",
+    emit(run, { type = "run_end",
+                status = unwound and "stopped" or ah.error.is(err, "max_turns") and "max_turns" or "failed",
                 error = err, turns = run.turns, usage = run.usage, duration = ah.clock() - run.started })
   end
   error(err, 0)

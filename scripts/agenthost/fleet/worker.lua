@@ -145,7 +145,7 @@ local function lease_lost(rec)
   rec.reason = rec.reason or "lost"
   return ah.error.new("lease_lost", string.format("run %d: this worker no longer holds the " ..
     "run (its lease expired and another worker took it, or it was released); the handler " ..
-    "stops here", rec.id), { retryable = false, run = rec.id })
+    "stops here", rec.id), { retryable = false, run = rec.id, unwind = true })
 end
 
 -- Raises when the run must stop here: cancelled through the fleet, its
@@ -280,7 +280,7 @@ local function park(run, delay, event)
   rec.parked = true
   rec.reason = rec.reason or "parked"
   error(ah.error.new("parked", string.format("run %d parked for %g s%s", rec.id, delay,
-    event and (" or until event " .. event) or "")), 0)
+    event and (" or until event " .. event) or ""), { unwind = true }), 0)
 end
 
 -- run:sleep(seconds): a durable timer.  The wake-up time is stored at the
