@@ -292,6 +292,8 @@ describe("agent event handlers", function()
       assert.is_false(ok)
       assert.is_true(ah.error.is(err, "cancelled"), tostring(err))
       assert.is_number(err.conversation)
+      -- The mark is posted (the cancelled task may not wait): flush first.
+      db:flush()
       assert.equal("failed", ah.memory.open(db):run(err.conversation).status)
       db:close()
     end)
