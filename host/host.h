@@ -25,18 +25,37 @@
  * A timer is a node embedded in the caller's own record: starting it
  * allocates nothing (the heap array grows geometrically and is reused).
  * All timers of one heap share a single uv_timer_t armed for the earliest
- * deadline, so a record carries 16 bytes instead of a whole uv handle.
+ * deadline, so a record carries 32 bytes instead of a whole uv handle.
  * Equal deadlines fire in the order they were started.
+ *
+ * Timeouts that recur (every agent sleeping the same 1.2 s) go into a
+ * lane: a FIFO list of the timers started with one timeout, whose
+ * deadlines are therefore in order, so that starting, stopping and firing
+ * one costs O(1) and only each lane's first timer is in the heap.  The
+ * first AH_TIMER_LANES distinct timeouts armed at once get a lane; the
+ * others are heap entries of their own.
  */
 typedef struct ah_timer {
   uint64_t key;   /* deadline in ms (high bits) and start sequence (low bits) */
-  uint32_t pos;   /* index in the heap + 1; 0 when not armed */
+  struct ah_timer *next, *prev; /* in its lane, while it has one */
+  uint32_t pos;   /* index in the heap + 1; 0 when not in the heap */
+  uint8_t lane;   /* its lane + 1; 0 when in none */
+  uint8_t weak;   /* set by the owner: an armed weak timer does not keep
+                     the loop alive (for housekeeping) */
+  uint8_t head;   /* a lane's own node (timer.c) */
 } ah_timer;
 
 typedef struct ah_timer_slot {
   uint64_t key;
   ah_timer *t;
 } ah_timer_slot;
+
+#define AH_TIMER_LANES 16
+typedef struct ah_timer_lane {
+  ah_timer node;     /* list head, and the lane's heap entry while not empty */
+  uint64_t timeout;  /* ms */
+  uint32_t n;        /* timers in the lane */
+} ah_timer_lane;
 
 typedef struct ah_timers ah_timers;
 typedef void (*ah_timer_fire_cb)(ah_timers *ts, ah_timer *t);
@@ -45,11 +64,14 @@ typedef void (*ah_timer_fire_cb)(ah_timers *ts, ah_timer *t);
 struct ah_timers {
   uv_timer_t handle;       /* armed for heap[0]; freed only in close cb */
   ah_timer_slot *heap;     /* min-heap on key; owned, malloc'd */
-  uint32_t n, cap;
+  uint32_t hn, cap;        /* heap entries, slots */
+  uint32_t n;              /* armed timers */
+  uint32_t strong;         /* armed timers that are not weak */
   uint32_t seq;
   uint64_t armed_for;      /* deadline the uv timer is armed for, or 0 */
   ah_timer_fire_cb fire;
   void *data;              /* for the owner */
+  ah_timer_lane lanes[AH_TIMER_LANES];
 };
 
 int ah__timers_init(ah_timers *ts, uv_loop_t *loop, ah_timer_fire_cb fire);
@@ -57,6 +79,8 @@ int ah__timers_init(ah_timers *ts, uv_loop_t *loop, ah_timer_fire_cb fire);
  * Restarting an armed timer moves it.  Returns 0 or UV_ENOMEM. */
 int ah__timers_start(ah_timers *ts, ah_timer *t, uint64_t timeout_ms);
 void ah__timers_stop(ah_timers *ts, ah_timer *t);
+/* Is t armed? */
+int ah__timers_armed(const ah_timer *t);
 /* Fires every due timer now; called by the uv timer and usable by hosts
  * that step the loop themselves. */
 void ah__timers_run(ah_timers *ts);
