@@ -91,6 +91,43 @@ int64_t ah__timers_next(const ah_timers *ts);
  * memory holding ts be freed. */
 void ah__timers_close(ah_timers *ts, uv_close_cb close_cb);
 
+/* ---- the arena (alloc.c) ----------------------------------------------- */
+
+/*
+ * A size-class allocator for one Lua state, with lua_Alloc's signature
+ * (host/ does not include Lua; the signature is plain C).  Used by one
+ * thread at a time.  Blocks of up to AH_ARENA_MAX_SMALL bytes come from
+ * 64 KiB slabs of one class in a reserved range of address space, larger
+ * ones from malloc; empty slabs are returned to the system beyond a small
+ * reserve, and all of them by ah__arena_trim.
+ */
+#define AH_ARENA_MAX_SMALL 4096
+typedef struct ah_arena ah_arena;
+typedef struct ah_arena_stats {
+  size_t small;       /* bytes of small blocks handed out */
+  size_t resident;    /* bytes of slabs made and not released (an upper
+                         bound on what the arena holds resident) */
+  size_t slabs;       /* slabs made so far */
+  size_t empty;       /* empty slabs kept for reuse */
+  size_t released;    /* empty slabs whose pages went back */
+  unsigned long long releases; /* slab releases so far */
+} ah_arena_stats;
+
+/* Reserves `reserve` bytes of address space (0: 64 GiB, or less when the
+ * system refuses); NULL when not even a little can be had (use
+ * ah__sysalloc then). */
+ah_arena *ah__arena_new(size_t reserve);
+/* Frees the arena and every slab; the blocks of malloc must have been
+ * freed (lua_close does). */
+void ah__arena_destroy(ah_arena *a);
+/* lua_Alloc with ud the arena. */
+void *ah__arena_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+/* Returns the pages of every empty slab to the system. */
+void ah__arena_trim(ah_arena *a);
+void ah__arena_stats(const ah_arena *a, ah_arena_stats *st);
+/* lua_Alloc on realloc and free (what luaL_newstate uses). */
+void *ah__sysalloc(void *ud, void *ptr, size_t osize, size_t nsize);
+
 /* ---- loop ------------------------------------------------------------ */
 
 /*
