@@ -134,10 +134,13 @@ void ah__sched_budget(ah_sched *S, int instructions) {
 /* Clears the cancelled mark of t and its children, so that a task that
  * caught its cancellation and waits again can be cancelled again. */
 static void drive_uncancel(ah_task *t) {
+  ah_scope *x;
   ah_link *l;
-  t->flags &= ~F_CANCELLED;
-  for (l = t->children.next; l != &t->children; l = l->next)
-    drive_uncancel(container_of(l, ah_task, sibling));
+  for (x = t->cur; x; x = x->up) {
+    x->cancelled = 0;
+    for (l = x->children.next; l != &x->children; l = l->next)
+      drive_uncancel(container_of(l, ah_task, sibling));
+  }
 }
 
 void ah__sched_cancel_all(ah_sched *S, int again) {
@@ -153,6 +156,42 @@ void ah__sched_cancel_all(ah_sched *S, int again) {
 const char *ah__last_traceback(lua_State *L) {
   ah_sched *S = ah__sched_get(L);
   return S ? S->last_tb : NULL;
+}
+
+/* ---- housekeeping ------------------------------------------------------------------- */
+
+/* Every AH_HOUSEKEEPING_MS while the pool holds threads: the high-water
+ * mark of live tasks moves on to a new period, and the pool gives up the
+ * threads beyond the mark of the last two periods.  When that is the end
+ * of a burst (many threads given up at once), the collector runs a full
+ * cycle right away, rather than when allocation next reaches its
+ * threshold (set by the burst: it may be never), and the arena returns
+ * the freed slabs, so the memory of the burst goes back to the system.
+ * The timer is weak: it never keeps the loop alive. */
+#define AH_HOUSEKEEPING_MS 2000
+#define AH_BURST_THREADS 1024
+
+void ah__sched_housekeeping_arm(ah_sched *S) {
+  if (S->closed || ah__timers_armed(&S->housekeeping)) return;
+  ah__timers_start(&S->loop.timers, &S->housekeeping, AH_HOUSEKEEPING_MS);
+}
+
+void ah__sched_housekeeping(ah_sched *S) {
+  size_t cap, keep;
+  int before = S->npool;
+  void *ud;
+  S->hwm_prev = S->hwm;
+  S->hwm = S->live;
+  cap = (S->hwm > S->hwm_prev ? S->hwm : S->hwm_prev) + AH_POOL_SLACK;
+  keep = cap > S->live ? cap - S->live : 0;
+  if ((size_t)S->npool > keep) {
+    ah__task_pool_trim(S, (int)keep);
+    if (before - S->npool >= AH_BURST_THREADS) {
+      lua_gc(S->L, LUA_GCCOLLECT);
+      if (lua_getallocf(S->L, &ud) == ah__arena_alloc) ah__arena_trim(ud);
+    }
+  }
+  if (S->npool > 0) ah__sched_housekeeping_arm(S);
 }
 
 /* ---- signals, for programs that own the process ------------------------------------ */
