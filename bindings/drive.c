@@ -194,6 +194,88 @@ void ah__sched_housekeeping(ah_sched *S) {
   if (S->npool > 0) ah__sched_housekeeping_arm(S);
 }
 
+/* ---- the collector in idle time ------------------------------------------------------ */
+
+/*
+ * Lua's collector is paced by allocation: a cycle starts when the heap
+ * has doubled since the last one ended (pause 200) and then advances with
+ * every allocation, so its work falls where allocation is, in the bursts
+ * of work that a loop of many agents runs when a thousand timers are due
+ * at once, and the heap reaches twice what is live.  The loop knows
+ * better when work is due: when nothing is ready and no timer is due, the
+ * time until the next one is idle, and a cycle run then costs the bursts
+ * nothing.  So once the heap has grown AH_IDLE_GC_GROWTH percent over what
+ * the last cycle left (and by at least a megabyte), idle time runs the
+ * collector in slices of at most AH_IDLE_GC_SLICE_NS, each ending before
+ * the next timer is due and inside a step's budget, until the cycle is
+ * done; the loop polls for I/O between slices.  Allocation keeps pacing
+ * the collector as before when the loop is never idle.
+ *
+ * A cycle that allocation finished is noticed by a sentinel: an
+ * unreachable userdata with a finalizer, run at the end of each cycle,
+ * which makes the next one.
+ */
+#define AH_IDLE_GC_GROWTH 25
+#define AH_IDLE_GC_SLICE_NS 1000000u
+
+static char SENTINEL_MT;
+
+static int sentinel_gc(lua_State *L) {
+  ah_sched *S = lua_touserdata(L, lua_upvalueindex(1));
+  S->gc_ended = 1;
+  lua_newuserdatauv(L, 1, 0);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &SENTINEL_MT);
+  lua_setmetatable(L, -2);
+  lua_pop(L, 1);
+  return 0;
+}
+
+void ah__sched_gc_init(lua_State *L, ah_sched *S) {
+  lua_createtable(L, 0, 1);
+  lua_pushlightuserdata(L, S);
+  lua_pushcclosure(L, sentinel_gc, 1);
+  lua_setfield(L, -2, "__gc");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &SENTINEL_MT);
+  lua_newuserdatauv(L, 1, 0);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &SENTINEL_MT);
+  lua_setmetatable(L, -2);
+  lua_pop(L, 1);
+  S->gc_base = (size_t)lua_gc(L, LUA_GCCOUNT);
+}
+
+int ah__sched_idle(ah_sched *S) {
+  lua_State *L = S->L;
+  size_t kb;
+  int64_t next;
+  uint64_t now, end;
+  if (S->closed) return 0;
+  if (S->gc_ended) {
+    S->gc_ended = 0;
+    S->gc_active = 0;
+    S->gc_base = (size_t)lua_gc(L, LUA_GCCOUNT);
+  }
+  if (!S->gc_active) {
+    kb = (size_t)lua_gc(L, LUA_GCCOUNT);
+    if (kb < S->gc_base + S->gc_base / 100 * AH_IDLE_GC_GROWTH + 1024) return 0;
+    S->gc_active = 1;
+  }
+  next = ah__timers_next(&S->loop.timers);
+  if (next == 0) return 1; /* a timer is due: its task first */
+  now = uv_hrtime();
+  end = now + AH_IDLE_GC_SLICE_NS;
+  if (next > 0 && end > now + (uint64_t)next * 1000000u)
+    end = now + (uint64_t)next * 1000000u;
+  if (S->deadline && end > S->deadline) end = S->deadline;
+  do {
+    if (lua_gc(L, LUA_GCSTEP, 0)) { /* the cycle is done */
+      S->gc_active = S->gc_ended = 0;
+      S->gc_base = (size_t)lua_gc(L, LUA_GCCOUNT);
+      return 0;
+    }
+  } while (uv_hrtime() < end);
+  return 1;
+}
+
 /* ---- signals, for programs that own the process ------------------------------------ */
 
 static void drive_on_signal(ah_evloop *lp, int signum) {

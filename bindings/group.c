@@ -43,6 +43,7 @@ enum {
  * The traceback of the inline function's error waits in the registry
  * under the group's address until the function has unwound. */
 struct ah_group {
+  ah_sched *S;
   ah_task *waiter;
   ah_task *first;   /* the child that decided: first to fail (gather) or to finish (race) */
   int pending;      /* branches not finished: children, and the inline
@@ -170,6 +171,7 @@ static ah_group *group_start(lua_State *L, ah_sched *S, ah_task *me, int kind,
   luaL_checkstack(L, n + 8, "too many tasks");
   g = lua_newuserdatauv(L, sizeof *g + (size_t)nchild * sizeof(ah_task *), 0);
   memset(g, 0, sizeof *g);
+  g->S = S;
   g->waiter = me;
   g->kind = (unsigned char)kind;
   g->nchild = nchild;
@@ -197,7 +199,7 @@ static ah_group *group_start(lua_State *L, ah_sched *S, ah_task *me, int kind,
  * child that is neither the group's outcome nor a cancellation is reported,
  * not dropped. */
 static void group_release(lua_State *L, ah_group *g) {
-  ah_sched *S = ah__sched_get(L);
+  ah_sched *S = g->S;
   int i;
   for (i = 0; i < g->nchild; i++) {
     ah_task *c = g->child[i];
@@ -364,7 +366,7 @@ static int inline_error_p(lua_State *L) {
 static int inline_k(lua_State *L, int status, lua_KContext ctx) {
   ah_group *g = lua_touserdata(L, 1);
   ah_task *me = g->waiter;
-  ah_sched *S = ah__sched_get(L);
+  ah_sched *S = g->S;
   int failed = status != LUA_OK && status != LUA_YIELD;
   int err = g->nchild + 3, cancel_err = 0;
   (void)ctx;
@@ -469,6 +471,7 @@ static int group_timeout_fn(lua_State *L) {
   luaL_checkstack(L, 4, "too many arguments");
   g = lua_newuserdatauv(L, sizeof *g + sizeof(ah_task *), 0);
   memset(g, 0, sizeof *g);
+  g->S = S;
   g->waiter = me;
   g->kind = G_TIMEOUT;
   g->nchild = 1;

@@ -54,6 +54,7 @@ enum {
 enum {
   F_DETACHED = 1,   /* owned by the host; drained before exit */
   F_ROOT = 2,       /* the main task of task.run */
+  F_NEXT = 4,       /* started by a running task, it runs ahead of the queue */
   F_OBSERVED = 16,  /* its error was handed to somebody */
   F_WAKE_ERR = 32,  /* the value for the next resume is an error */
   F_BODY_ERR = 64,  /* the body failed (the task may still wait for children) */
@@ -115,6 +116,8 @@ struct ah_sched {
   ah_link orphans;   /* tasks without a parent: main and detached tasks */
   ah_link drainers;  /* tasks waiting in task.drain */
   ah_link yielded;   /* tasks that yielded: they run in the next pass */
+  ah_link next;      /* tasks the running task started: they run next */
+  int next_ok;       /* tasks started now go to `next` */
   size_t live, detached, sleeping;
   unsigned long long spawned, resumes;
   ah_task *root;     /* the main task of task.run, while it drives */
@@ -135,6 +138,9 @@ struct ah_sched {
                            period and the one before */
   ah_timer housekeeping; /* weak: every AH_HOUSEKEEPING_MS while the pool
                             holds threads (drive.c) */
+  size_t gc_base;    /* KB in use after the collector's last cycle */
+  int gc_ended;      /* a cycle ended since gc_base was read */
+  int gc_active;     /* idle time is spent on a cycle */
   int signal;        /* last SIGINT/SIGTERM seen (ah_handle_signals) */
   ah_loop_hup hup;   /* ah_handle_signals' SIGHUP listener, while added */
   int closed;
@@ -240,5 +246,10 @@ extern const luaL_Reg ah__drive_fns[]; /* task.run */
 void ah__sched_housekeeping_arm(ah_sched *S);
 /* The housekeeping timer fired. */
 void ah__sched_housekeeping(ah_sched *S);
+/* Nothing is ready: uses the idle time (drive.c).  Returns whether it
+ * has more to do, so that the loop should not block. */
+int ah__sched_idle(ah_sched *S);
+/* Makes the collector's sentinel (drive.c), once per scheduler. */
+void ah__sched_gc_init(lua_State *L, ah_sched *S);
 
 #endif

@@ -172,7 +172,6 @@ void ah__task_wake_with(ah_sched *S, ah_task *t, lua_CFunction push, void *ud,
 static int resume_k(lua_State *L, int status, lua_KContext ctx);
 
 int ah__task_suspend(lua_State *L, ah_task *t, const ah_op *op, void *opdata) {
-  ah_sched *S = ah__sched_get(L);
   ah_check(t->co == L && (t->state == T_RUNNING || t->state == T_READY),
            "ah__task_suspend: the task is not the one running");
   t->op = op;
@@ -181,7 +180,7 @@ int ah__task_suspend(lua_State *L, ah_task *t, const ah_op *op, void *opdata) {
     /* A cancel arrived while the task was running or already woken:
      * abandon what was just started and raise at this await point. */
     t->cur->pending = 0;
-    if (op->cancel) op->cancel(S, t);
+    if (op->cancel) op->cancel(ah__sched_get(L), t);
     t->op = NULL;
     t->opdata = NULL;
     ah__error_push(L, "cancelled", 0, "task cancelled");
@@ -329,7 +328,18 @@ ah_task *ah__task_new(lua_State *L, ah_sched *S, int fidx, ah_task *parent,
   if (flags & F_DETACHED) S->detached++;
   if (++S->live > S->hwm) S->hwm = S->live;
   S->spawned++;
-  enqueue(S, t);
+  if (S->next_ok) {
+    /* Started by a running task: it runs right after that task waits
+     * (drain), ahead of the ready queue, so that a child a task waits for
+     * starts its own wait at once, not after every task woken before it.
+     * Only once in a row: a task that ran ahead puts its own children at
+     * the back, so that no chain of tasks can hold the queue. */
+    link_append(&S->next, &t->link);
+    t->flags |= F_NEXT;
+    ah__loop_pending(&S->loop, 1);
+  } else {
+    enqueue(S, t);
+  }
   return t;
 }
 
@@ -651,7 +661,19 @@ static void run_task(ah_sched *S, ah_task *t) {
   S->step_runs++;
   /* Setting the hook also restarts its count: the budget is per resume. */
   if (S->hook_count) lua_sethook(t->co, budget_hook, LUA_MASKCOUNT, S->hook_count);
+  S->next_ok = !(t->flags & F_NEXT);
+  t->flags &= ~F_NEXT;
   status = lua_resume(t->co, S->from, t->nargs, &nres);
+  S->next_ok = 0;
+  if (!link_empty(&S->next)) {
+    /* The tasks it started go to the front of the ready queue. */
+    ah_link *first = S->next.next, *last = S->next.prev;
+    last->next = S->ready.next;
+    S->ready.next->prev = last;
+    S->ready.next = first;
+    first->prev = &S->ready;
+    link_init(&S->next);
+  }
   if (status == LUA_YIELD) {
     if (t->state == T_READY) return;  /* woken before it even yielded */
     if (t->op == NULL || t->op == &yield_op) {
@@ -714,7 +736,8 @@ void ah__sched_drain(ah_evloop *lp) {
     d->queued = 0;
     d->fn(d);
   }
-  ah__loop_pending(lp, ah__sched_has_work(S));
+  if (ah__sched_has_work(S)) ah__loop_pending(lp, 1);
+  else ah__loop_pending(lp, ah__sched_idle(S));
   S->draining = 0;
   if (S->running && S->root && S->root->state >= T_DONE && S->detached == 0)
     uv_stop(lp->uv);
@@ -932,6 +955,7 @@ static int task_stats(lua_State *L) {
   ah_link *l;
   for (l = S->ready.next; l != &S->ready; l = l->next) ready++;
   for (l = S->yielded.next; l != &S->yielded; l = l->next) ready++;
+  for (l = S->next.next; l != &S->next; l = l->next) ready++;
   lua_createtable(L, 0, 6);
   lua_pushinteger(L, (lua_Integer)S->live);
   lua_setfield(L, -2, "live");
@@ -1024,6 +1048,7 @@ static ah_sched *sched_create(lua_State *L) {
   link_init(&S->orphans);
   link_init(&S->drainers);
   link_init(&S->yielded);
+  link_init(&S->next);
   lua_createtable(L, 4, 0);
   S->reports = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_createtable(L, 64, 0);
@@ -1040,6 +1065,7 @@ static ah_sched *sched_create(lua_State *L) {
   if (ah__loop_init(&S->loop, borrow, ah__sched_drain, on_timer) != 0)
     ah__error_raise(L, "resource", 0, "agenthost: cannot create the event loop");
   S->loop.data = S;
+  ah__sched_gc_init(L, S);
   S->closed = 0;
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &SCHED_KEY);
