@@ -186,7 +186,7 @@ void ah__sched_housekeeping(ah_sched *S) {
   keep = cap > S->live ? cap - S->live : 0;
   if ((size_t)S->npool > keep) {
     ah__task_pool_trim(S, (int)keep);
-    if (before - S->npool >= AH_BURST_THREADS) {
+    if (before - S->npool >= AH_BURST_THREADS && lua_gc(S->L, LUA_GCISRUNNING)) {
       lua_gc(S->L, LUA_GCCOLLECT);
       if (lua_getallocf(S->L, &ud) == ah__arena_alloc) ah__arena_trim(ud);
     }
@@ -211,22 +211,37 @@ void ah__sched_housekeeping(ah_sched *S) {
  * done; the loop polls for I/O between slices.  Allocation keeps pacing
  * the collector as before when the loop is never idle.
  *
- * A cycle that allocation finished is noticed by a sentinel: an
- * unreachable userdata with a finalizer, run at the end of each cycle,
- * which makes the next one.
+ * The end of a cycle is noticed by a sentinel: an unreachable userdata
+ * with a finalizer, run at the end of each cycle (or each collection of
+ * the generational mode), which makes the next one.  A collector that Lua
+ * code stopped (collectgarbage "stop") is left alone.
  */
 #define AH_IDLE_GC_GROWTH 25
 #define AH_IDLE_GC_SLICE_NS 1000000u
 
 static char SENTINEL_MT;
 
-static int sentinel_gc(lua_State *L) {
+/* Makes a sentinel (may raise: memory). */
+static int sentinel_new(lua_State *L) {
   ah_sched *S = lua_touserdata(L, lua_upvalueindex(1));
-  S->gc_ended = 1;
   lua_newuserdatauv(L, 1, 0);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &SENTINEL_MT);
   lua_setmetatable(L, -2);
-  lua_pop(L, 1);
+  S->gc_sentinel = 1;
+  return 0;
+}
+
+static int sentinel_gc(lua_State *L) {
+  ah_sched *S = lua_touserdata(L, lua_upvalueindex(1));
+  S->gc_ended = 1;
+  S->gc_sentinel = 0;
+  return sentinel_new(L); /* when this fails, idle time makes one */
+}
+
+/* [S]: makes a sentinel. */
+static int sentinel_make_p(lua_State *L) {
+  lua_pushcclosure(L, sentinel_new, 1);
+  lua_call(L, 0, 0);
   return 0;
 }
 
@@ -236,11 +251,18 @@ void ah__sched_gc_init(lua_State *L, ah_sched *S) {
   lua_pushcclosure(L, sentinel_gc, 1);
   lua_setfield(L, -2, "__gc");
   lua_rawsetp(L, LUA_REGISTRYINDEX, &SENTINEL_MT);
-  lua_newuserdatauv(L, 1, 0);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &SENTINEL_MT);
-  lua_setmetatable(L, -2);
-  lua_pop(L, 1);
+  lua_pushlightuserdata(L, S);
+  sentinel_make_p(L);
   S->gc_base = (size_t)lua_gc(L, LUA_GCCOUNT);
+}
+
+/* What a cycle left is read as soon as the task that ended it waits (a
+ * finalizer cannot ask the collector), so that little of what that task
+ * allocated after the cycle counts as left. */
+void ah__sched_gc_ended(ah_sched *S) {
+  S->gc_ended = 0;
+  S->gc_active = 0;
+  S->gc_base = (size_t)lua_gc(S->L, LUA_GCCOUNT);
 }
 
 int ah__sched_idle(ah_sched *S) {
@@ -248,12 +270,9 @@ int ah__sched_idle(ah_sched *S) {
   size_t kb;
   int64_t next;
   uint64_t now, end;
-  if (S->closed) return 0;
-  if (S->gc_ended) {
-    S->gc_ended = 0;
-    S->gc_active = 0;
-    S->gc_base = (size_t)lua_gc(L, LUA_GCCOUNT);
-  }
+  if (S->closed || !lua_gc(L, LUA_GCISRUNNING)) return 0;
+  if (!S->gc_sentinel) ah__protect(L, sentinel_make_p, S, 0);
+  if (S->gc_ended) ah__sched_gc_ended(S);
   if (!S->gc_active) {
     kb = (size_t)lua_gc(L, LUA_GCCOUNT);
     if (kb < S->gc_base + S->gc_base / 100 * AH_IDLE_GC_GROWTH + 1024) return 0;
@@ -267,9 +286,8 @@ int ah__sched_idle(ah_sched *S) {
     end = now + (uint64_t)next * 1000000u;
   if (S->deadline && end > S->deadline) end = S->deadline;
   do {
-    if (lua_gc(L, LUA_GCSTEP, 0)) { /* the cycle is done */
-      S->gc_active = S->gc_ended = 0;
-      S->gc_base = (size_t)lua_gc(L, LUA_GCCOUNT);
+    if (lua_gc(L, LUA_GCSTEP, 0) || S->gc_ended) { /* the cycle is done */
+      ah__sched_gc_ended(S);
       return 0;
     }
   } while (uv_hrtime() < end);

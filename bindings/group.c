@@ -418,6 +418,10 @@ static int inline_k(lua_State *L, int status, lua_KContext ctx) {
   return ah__task_suspend(L, me, &group_op, g);
 }
 
+/* Combinators nested inline deeper than this run every function in a
+ * child: each level is a C call, and Lua allows about 200 of those. */
+#define AH_INLINE_DEPTH 64
+
 /* gather and race: the first function runs in the caller, the others in
  * children. */
 static int group_run(lua_State *L, int kind, const char *fn) {
@@ -431,10 +435,15 @@ static int group_run(lua_State *L, int kind, const char *fn) {
     ah__error_push(L, "cancelled", 0, "task cancelled");
     return lua_error(L);
   }
+  if (me->cur->depth >= AH_INLINE_DEPTH) {
+    g = group_start(L, S, me, kind, 1, fn); /* [group, handles] */
+    return ah__task_suspend(L, me, &group_op, g);
+  }
   g = group_start(L, S, me, kind, 2, fn); /* [group, handles, f1] */
   g->pending++;
   g->inl = IN_RUNNING;
   g->scope.up = me->cur;
+  g->scope.depth = (unsigned short)(me->cur->depth + 1);
   lua_pushcfunction(L, inline_msgh);
   lua_insert(L, -2);
   me->cur = &g->scope;

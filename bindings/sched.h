@@ -76,6 +76,7 @@ typedef struct ah_scope {
   struct ah_scope *up;  /* the scope it was opened in; NULL for a body */
   unsigned char pending;   /* a cancel waits for the next await point in it */
   unsigned char cancelled; /* it was cancelled (once) */
+  unsigned short depth;    /* scopes up to the body (0 for a body) */
 } ah_scope;
 
 /* Owned by Lua (it is the handle userdata); anchored by `ref` until it
@@ -141,6 +142,7 @@ struct ah_sched {
   size_t gc_base;    /* KB in use after the collector's last cycle */
   int gc_ended;      /* a cycle ended since gc_base was read */
   int gc_active;     /* idle time is spent on a cycle */
+  int gc_sentinel;   /* the collector's sentinel exists (drive.c) */
   int signal;        /* last SIGINT/SIGTERM seen (ah_handle_signals) */
   ah_loop_hup hup;   /* ah_handle_signals' SIGHUP listener, while added */
   int closed;
@@ -249,6 +251,8 @@ void ah__sched_housekeeping(ah_sched *S);
 /* Nothing is ready: uses the idle time (drive.c).  Returns whether it
  * has more to do, so that the loop should not block. */
 int ah__sched_idle(ah_sched *S);
+/* Notes the end of a collection cycle (drive.c). */
+void ah__sched_gc_ended(ah_sched *S);
 /* Makes the collector's sentinel (drive.c), once per scheduler. */
 void ah__sched_gc_init(lua_State *L, ah_sched *S);
 

@@ -665,6 +665,7 @@ static void run_task(ah_sched *S, ah_task *t) {
   t->flags &= ~F_NEXT;
   status = lua_resume(t->co, S->from, t->nargs, &nres);
   S->next_ok = 0;
+  if (S->gc_ended) ah__sched_gc_ended(S);
   if (!link_empty(&S->next)) {
     /* The tasks it started go to the front of the ready queue. */
     ah_link *first = S->next.next, *last = S->next.prev;
@@ -956,7 +957,7 @@ static int task_stats(lua_State *L) {
   for (l = S->ready.next; l != &S->ready; l = l->next) ready++;
   for (l = S->yielded.next; l != &S->yielded; l = l->next) ready++;
   for (l = S->next.next; l != &S->next; l = l->next) ready++;
-  lua_createtable(L, 0, 6);
+  lua_createtable(L, 0, 7);
   lua_pushinteger(L, (lua_Integer)S->live);
   lua_setfield(L, -2, "live");
   lua_pushinteger(L, (lua_Integer)ready);
@@ -969,6 +970,8 @@ static int task_stats(lua_State *L) {
   lua_setfield(L, -2, "spawned");
   lua_pushinteger(L, (lua_Integer)S->resumes);
   lua_setfield(L, -2, "resumes");
+  lua_pushinteger(L, (lua_Integer)S->npool);
+  lua_setfield(L, -2, "pooled");
   return 1;
 }
 

@@ -671,6 +671,20 @@ describe("combinators: every function keeps the contract of a child", function()
     assert.equal(got[2].traceback, got[1].traceback)
   end)
 
+  it("combinators nest deeper than Lua nests C calls", function()
+    local function tree(d)
+      if d == 0 then task.sleep(0.001) return 1 end
+      local a, b = task.gather(function() return tree(d - 1) end, function() return 1 end)
+      return a + b
+    end
+    local function failing(d)
+      if d == 0 then task.sleep(0.001) error("deep failure", 0) end
+      return (task.gather(function() return failing(d - 1) end, function() task.sleep(1) end))
+    end
+    assert.equal(251, task.run(tree, 250))
+    assert.same({ false, "deep failure" }, { task.run(pcall, failing, 250) })
+  end)
+
   it("race: a later winner cancels the first function at its await point, and the tasks it started", function()
     local log, flags = {}, {}
     local r = { task.run(function()
