@@ -154,6 +154,21 @@ static int group_race(lua_State *L);
 static const ah_op group_op = {"gather", group_cancel, group_timeout,
                                group_after};
 
+/* A group of me for nchild children, inserted at stack position 1. */
+static ah_group *group_new(lua_State *L, ah_sched *S, ah_task *me, int kind,
+                           int nchild) {
+  ah_group *g = lua_newuserdatauv(L, sizeof *g + (size_t)nchild * sizeof(ah_task *), 0);
+  memset(g, 0, sizeof *g);
+  g->S = S;
+  g->waiter = me;
+  g->kind = (unsigned char)kind;
+  g->nchild = nchild;
+  g->pending = nchild;
+  link_init(&g->scope.children);
+  lua_insert(L, 1);
+  return g;
+}
+
 /* Stack on entry: the n functions.  Checks them, makes the group (at 1)
  * and spawns functions first..n as children of me reporting to it:
  * leaves [group, handles..., the functions before `first`]. */
@@ -169,15 +184,7 @@ static ah_group *group_start(lua_State *L, ah_sched *S, ah_task *me, int kind,
     }
   }
   luaL_checkstack(L, n + 8, "too many tasks");
-  g = lua_newuserdatauv(L, sizeof *g + (size_t)nchild * sizeof(ah_task *), 0);
-  memset(g, 0, sizeof *g);
-  g->S = S;
-  g->waiter = me;
-  g->kind = (unsigned char)kind;
-  g->nchild = nchild;
-  g->pending = nchild;
-  link_init(&g->scope.children);
-  lua_insert(L, 1);
+  g = group_new(L, S, me, kind, nchild);
   /* The children join the group only once all of them exist: spawning one
    * may raise (memory), and then the others must not report to a group
    * that goes away with the failed call (they are cancelled with it). */
@@ -478,16 +485,8 @@ static int group_timeout_fn(lua_State *L) {
   ah__arg_type(L, 2, LUA_TFUNCTION, "task.timeout", "fn");
   /* The child takes fn and its arguments; [group, handle] stay here. */
   luaL_checkstack(L, 4, "too many arguments");
-  g = lua_newuserdatauv(L, sizeof *g + sizeof(ah_task *), 0);
-  memset(g, 0, sizeof *g);
-  g->S = S;
-  g->waiter = me;
-  g->kind = G_TIMEOUT;
-  g->nchild = 1;
-  g->pending = 1;
+  g = group_new(L, S, me, G_TIMEOUT, 1);
   g->seconds = s;
-  link_init(&g->scope.children);
-  lua_insert(L, 1);
   lua_remove(L, 2);
   c = ah__task_new(L, S, 2, me, F_INTERNAL);
   if (ah__task_timer(S, me, s))

@@ -1062,13 +1062,13 @@ static ah_sched *sched_create(lua_State *L) {
   lua_rawsetp(L, LUA_REGISTRYINDEX, &OOM_KEY);
   ah__error_push(L, "cancelled", 0, "task cancelled");
   lua_rawsetp(L, LUA_REGISTRYINDEX, &CANCEL_KEY);
+  ah__sched_gc_init(L, S);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &BORROW_KEY);
   borrow = lua_touserdata(L, -1);
   lua_pop(L, 1);
   if (ah__loop_init(&S->loop, borrow, ah__sched_drain, on_timer) != 0)
     ah__error_raise(L, "resource", 0, "agenthost: cannot create the event loop");
   S->loop.data = S;
-  ah__sched_gc_init(L, S);
   S->closed = 0;
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &SCHED_KEY);

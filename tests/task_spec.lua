@@ -1098,13 +1098,12 @@ describe("scheduling order", function()
 end)
 
 describe("memory", function()
-  -- Waits up to about 10 s (in 50 ms sleeps, the loop idle) for cond().
+  -- Waits up to about 10 s (the loop idle in between) for cond().
   local function within_seconds(cond)
-    for _ = 1, 200 do
-      if cond() then return true end
-      task.sleep(0.05)
+    for _ = 1, 5 do
+      if eventually(cond) then return true end
     end
-    return cond()
+    return false
   end
 
   it("the collector runs while the loop is idle, without waiting for more allocation", function()

@@ -543,7 +543,6 @@ static void test_burst_memory(void) {
   size_t peak = 0, now = 0;
   long steps;
   int rc;
-  struct timespec tick = {0, 10000000};
   if (!h) {
     CHECK(0, "a host opens");
     return;
@@ -570,6 +569,7 @@ static void test_burst_memory(void) {
 #else
   CHECK(peak > (size_t)16 << 20, "the burst took memory from the arena");
   for (steps = 0; steps < 1000; steps++) { /* about 10 s at most */
+    struct timespec tick = {0, 10000000};
     ah_step(h, 1000);
     if ((now = arena_resident(h)) < peak / 4) break;
     nanosleep(&tick, NULL);

@@ -20,6 +20,7 @@ typedef struct rec {
   uint64_t deadline; /* uv_now at start + timeout */
   int fired;
   int early; /* fired before its deadline */
+  unsigned started; /* when it was last started, in starts */
 } rec;
 
 static rec recs[MANY];
@@ -47,8 +48,10 @@ static void on_fire(ah_timers *ts, ah_timer *t) {
   nfired++;
 }
 
+static unsigned starts;
 static int start(ah_timers *ts, int id, uint64_t ms) {
   int rc = ah__timers_start(ts, &recs[id].tm, ms);
+  recs[id].started = ++starts;
   /* start reads the clock itself; uv_now now returns what it read */
   recs[id].deadline = uv_now(ts->handle.loop) + ms;
   return rc;
@@ -282,7 +285,7 @@ static void test_lanes(void) {
   for (i = 1; i < 600 && i < nfired; i++) {
     rec *a = &recs[order[i - 1]], *b = &recs[order[i]];
     if (a->deadline > b->deadline) ok_order = 0;
-    if (a->deadline == b->deadline && a->id > b->id) ok_order = 0;
+    if (a->deadline == b->deadline && a->started > b->started) ok_order = 0;
   }
   CHECK(ok_order, "lanes fire in deadline order, ties in start order");
   CHECK(recs[0].fired == 0 && recs[300].fired == 0 && recs[599].fired == 0,
