@@ -209,7 +209,13 @@ void ah__sched_housekeeping(ah_sched *S) {
  * collector in slices of at most AH_IDLE_GC_SLICE_NS, each ending before
  * the next timer is due and inside a step's budget, until the cycle is
  * done; the loop polls for I/O between slices.  Allocation keeps pacing
- * the collector as before when the loop is never idle.
+ * the collector when the loop is never idle; after a cycle that idle time
+ * ran, it starts the next one only at AH_IDLE_GC_PAUSE percent of what
+ * that cycle left rather than at Lua's pause, since idle time is expected
+ * to run it before: a burst that comes first, all of it new and live
+ * memory (a step of a hundred thousand agents that each start a child),
+ * is then spared a cycle that would find little to free.  A cycle that
+ * allocation ends puts Lua's pause back.
  *
  * The end of a cycle is noticed by a sentinel: an unreachable userdata
  * with a finalizer, run at the end of each cycle (or each collection of
@@ -218,6 +224,7 @@ void ah__sched_housekeeping(ah_sched *S) {
  */
 #define AH_IDLE_GC_GROWTH 25
 #define AH_IDLE_GC_SLICE_NS 1000000u
+#define AH_IDLE_GC_PAUSE 300
 
 static char SENTINEL_MT;
 
@@ -260,6 +267,13 @@ void ah__sched_gc_init(lua_State *L, ah_sched *S) {
  * finalizer cannot ask the collector), so that little of what that task
  * allocated after the cycle counts as left. */
 void ah__sched_gc_ended(ah_sched *S) {
+  if (!S->gc_active && S->gc_pause) {
+    /* Allocation ended it: Lua's own pause again (unless Lua code changed
+     * it meanwhile). */
+    int was = lua_gc(S->L, LUA_GCSETPAUSE, S->gc_pause);
+    if (was != AH_IDLE_GC_PAUSE) lua_gc(S->L, LUA_GCSETPAUSE, was);
+    S->gc_pause = 0;
+  }
   S->gc_ended = 0;
   S->gc_active = 0;
   S->gc_base = (size_t)lua_gc(S->L, LUA_GCCOUNT);
@@ -277,6 +291,11 @@ int ah__sched_idle(ah_sched *S) {
     kb = (size_t)lua_gc(L, LUA_GCCOUNT);
     if (kb < S->gc_base + S->gc_base / 100 * AH_IDLE_GC_GROWTH + 1024) return 0;
     S->gc_active = 1;
+    if (!S->gc_pause) { /* the pause this cycle will set, when idle time ends it */
+      int pause = lua_gc(L, LUA_GCSETPAUSE, AH_IDLE_GC_PAUSE);
+      if (pause < AH_IDLE_GC_PAUSE) S->gc_pause = pause;
+      else lua_gc(L, LUA_GCSETPAUSE, pause); /* Lua code chose more: keep it */
+    }
   }
   next = ah__timers_next(&S->loop.timers);
   if (next == 0) return 1; /* a timer is due: its task first */
