@@ -284,12 +284,17 @@ int ah__sched_idle(ah_sched *S) {
   size_t kb;
   int64_t next;
   uint64_t now, end;
-  if (S->closed || !lua_gc(L, LUA_GCISRUNNING)) return 0;
-  if (!S->gc_sentinel) ah__protect(L, sentinel_make_p, S, 0);
-  if (S->gc_ended) ah__sched_gc_ended(S);
+  if (S->closed) return 0;
   if (!S->gc_active) {
+    /* At most once per millisecond of the loop's clock: a host that steps
+     * a thousand times a millisecond pays a comparison. */
+    if (S->gc_checked == uv_now(S->loop.uv) + 1) return 0;
+    S->gc_checked = uv_now(S->loop.uv) + 1;
+    if (S->gc_ended) ah__sched_gc_ended(S);
     kb = (size_t)lua_gc(L, LUA_GCCOUNT);
     if (kb < S->gc_base + S->gc_base / 100 * AH_IDLE_GC_GROWTH + 1024) return 0;
+    if (!lua_gc(L, LUA_GCISRUNNING)) return 0;
+    if (!S->gc_sentinel) ah__protect(L, sentinel_make_p, S, 0);
     S->gc_active = 1;
     if (!S->gc_pause) { /* the pause this cycle will set, when idle time ends it */
       int pause = lua_gc(L, LUA_GCSETPAUSE, AH_IDLE_GC_PAUSE);
