@@ -34,6 +34,7 @@ int ah__sched_drive(ah_sched *S, lua_State *from, int mode, uint64_t budget_ns) 
   S->from = from;
   if (mode == AH_DRIVE_STEP) {
     S->step_runs = 0;
+    S->gc_slice = budget_ns / 4;
     S->deadline = uv_hrtime() + budget_ns;
     if (S->deadline < budget_ns) S->deadline = UINT64_MAX; /* no wrap-around */
     if (S->deadline == 0) S->deadline = 1;
@@ -207,8 +208,9 @@ void ah__sched_housekeeping(ah_sched *S) {
  * nothing.  So once the heap has grown AH_IDLE_GC_GROWTH percent over what
  * the last cycle left (and by at least a megabyte), idle time runs the
  * collector in slices of at most AH_IDLE_GC_SLICE_NS, each ending before
- * the next timer is due and inside a step's budget, until the cycle is
- * done; the loop polls for I/O between slices.  Allocation keeps pacing
+ * the next timer is due and, in ah_step, within a quarter of the step's
+ * budget and before its end, until the cycle is done; the loop polls for
+ * I/O between slices.  Allocation keeps pacing
  * the collector when the loop is never idle; after a cycle that idle time
  * ran, it starts the next one only at AH_IDLE_GC_PAUSE percent of what
  * that cycle left rather than at Lua's pause, since idle time is expected
@@ -308,7 +310,10 @@ int ah__sched_idle(ah_sched *S) {
   end = now + AH_IDLE_GC_SLICE_NS;
   if (next > 0 && end > now + (uint64_t)next * 1000000u)
     end = now + (uint64_t)next * 1000000u;
-  if (S->deadline && end > S->deadline) end = S->deadline;
+  if (S->deadline) { /* a step: a quarter of its budget at most */
+    if (end > now + S->gc_slice) end = now + S->gc_slice;
+    if (end > S->deadline) end = S->deadline;
+  }
   do {
     if (lua_gc(L, LUA_GCSTEP, 0) || S->gc_ended) { /* the cycle is done */
       ah__sched_gc_ended(S);

@@ -145,6 +145,7 @@ struct ah_sched {
   int gc_sentinel;   /* the collector's sentinel exists (drive.c) */
   int gc_pause;      /* Lua's pause while idle time sets AH_IDLE_GC_PAUSE, or 0 */
   uint64_t gc_checked; /* loop time (ms) + 1 of the last look at the heap */
+  uint64_t gc_slice; /* AH_DRIVE_STEP: ns of collecting a step may spend */
   int signal;        /* last SIGINT/SIGTERM seen (ah_handle_signals) */
   ah_loop_hup hup;   /* ah_handle_signals' SIGHUP listener, while added */
   int closed;
