@@ -203,10 +203,13 @@ void ah__sched_housekeeping(ah_sched *S) {
  * every allocation, so its work falls where allocation is, in the bursts
  * of work that a loop of many agents runs when a thousand timers are due
  * at once, and the heap reaches twice what is live.  The loop knows
- * better when work is due: when nothing is ready and no timer is due, the
- * time until the next one is idle, and a cycle run then costs the bursts
- * nothing.  So once the heap has grown AH_IDLE_GC_GROWTH percent over what
- * the last cycle left (and by at least a megabyte), idle time runs the
+ * better when work is due: when no task has run for AH_IDLE_GC_QUIET_MS,
+ * nothing is ready and no timer is due, the time until the next one is
+ * idle, and a cycle run then costs the bursts nothing.  (A loop that
+ * serves I/O all the time is never quiet that long: the collector stays
+ * paced by allocation there, and runs no more often.)  So once the heap
+ * has grown AH_IDLE_GC_GROWTH percent over what the last cycle left (and
+ * by at least a megabyte), quiet time runs the
  * collector in slices of at most AH_IDLE_GC_SLICE_NS, each ending before
  * the next timer is due and, in ah_step, within a quarter of the step's
  * budget and before its end, until the cycle is done; the loop polls for
@@ -225,6 +228,7 @@ void ah__sched_housekeeping(ah_sched *S) {
  * code stopped (collectgarbage "stop") is left alone.
  */
 #define AH_IDLE_GC_GROWTH 25
+#define AH_IDLE_GC_QUIET_MS 4
 #define AH_IDLE_GC_SLICE_NS 1000000u
 #define AH_IDLE_GC_PAUSE 300
 
@@ -281,11 +285,13 @@ void ah__sched_gc_ended(ah_sched *S) {
   S->gc_base = (size_t)lua_gc(S->L, LUA_GCCOUNT);
 }
 
+void ah__sched_gc_timer(ah_sched *S) { S->gc_checked = 0; }
+
 int ah__sched_idle(ah_sched *S) {
   lua_State *L = S->L;
   size_t kb;
   int64_t next;
-  uint64_t now, end;
+  uint64_t now, end, ms = uv_now(S->loop.uv);
   if (S->closed) return 0;
   if (!S->gc_active) {
     /* At most once per millisecond of the loop's clock: a host that steps
@@ -296,6 +302,12 @@ int ah__sched_idle(ah_sched *S) {
     kb = (size_t)lua_gc(L, LUA_GCCOUNT);
     if (kb < S->gc_base + S->gc_base / 100 * AH_IDLE_GC_GROWTH + 1024) return 0;
     if (!lua_gc(L, LUA_GCISRUNNING)) return 0;
+    if (ms < S->gc_busy + AH_IDLE_GC_QUIET_MS) {
+      /* Tasks ran a moment ago: look again when the loop has been quiet
+       * long enough (a weak timer: it keeps nothing alive). */
+      ah__timers_start(&S->loop.timers, &S->gc_timer, S->gc_busy + AH_IDLE_GC_QUIET_MS - ms);
+      return 0;
+    }
     if (!S->gc_sentinel) ah__protect(L, sentinel_make_p, S, 0);
     S->gc_active = 1;
     if (!S->gc_pause) { /* the pause this cycle will set, when idle time ends it */
@@ -303,6 +315,10 @@ int ah__sched_idle(ah_sched *S) {
       if (pause < AH_IDLE_GC_PAUSE) S->gc_pause = pause;
       else lua_gc(L, LUA_GCSETPAUSE, pause); /* Lua code chose more: keep it */
     }
+  }
+  if (ms < S->gc_busy + AH_IDLE_GC_QUIET_MS) { /* busy again: wait */
+    ah__timers_start(&S->loop.timers, &S->gc_timer, S->gc_busy + AH_IDLE_GC_QUIET_MS - ms);
+    return 0;
   }
   next = ah__timers_next(&S->loop.timers);
   if (next == 0) return 1; /* a timer is due: its task first */

@@ -146,6 +146,8 @@ struct ah_sched {
   int gc_pause;      /* Lua's pause while idle time sets AH_IDLE_GC_PAUSE, or 0 */
   uint64_t gc_checked; /* loop time (ms) + 1 of the last look at the heap */
   uint64_t gc_slice; /* AH_DRIVE_STEP: ns of collecting a step may spend */
+  uint64_t gc_busy;  /* loop time (ms) of the last drain that ran a task */
+  ah_timer gc_timer; /* weak: when the loop has been quiet long enough */
   int signal;        /* last SIGINT/SIGTERM seen (ah_handle_signals) */
   ah_loop_hup hup;   /* ah_handle_signals' SIGHUP listener, while added */
   int closed;
@@ -254,6 +256,8 @@ void ah__sched_housekeeping(ah_sched *S);
 /* Nothing is ready: uses the idle time (drive.c).  Returns whether it
  * has more to do, so that the loop should not block. */
 int ah__sched_idle(ah_sched *S);
+/* The timer of the collector's quiet wait fired (drive.c). */
+void ah__sched_gc_timer(ah_sched *S);
 /* Notes the end of a collection cycle (drive.c). */
 void ah__sched_gc_ended(ah_sched *S);
 /* Makes the collector's sentinel (drive.c), once per scheduler. */

@@ -224,6 +224,10 @@ static void on_timer(ah_timers *ts, ah_timer *tm) {
     ah__sched_housekeeping(S);
     return;
   }
+  if (tm == &S->gc_timer) {
+    ah__sched_gc_timer(S);
+    return;
+  }
   if (t->op && t->op->timeout) t->op->timeout(S, t);
 }
 
@@ -730,6 +734,7 @@ void ah__sched_drain(ah_evloop *lp) {
     if (S->nreports == 0) break;
     ah__reports_deliver(S);
   }
+  if (budget < DRAIN_BUDGET) S->gc_busy = uv_now(lp->uv); /* tasks ran */
   while (S->deferred) {
     ah_defer *d = S->deferred;
     S->deferred = d->next;
@@ -1058,6 +1063,7 @@ static ah_sched *sched_create(lua_State *L) {
   S->pool = luaL_ref(L, LUA_REGISTRYINDEX);
   S->poolcap = 64;
   S->housekeeping.weak = 1;
+  S->gc_timer.weak = 1;
   ah__error_push(L, "resource", 0, "out of memory");
   lua_rawsetp(L, LUA_REGISTRYINDEX, &OOM_KEY);
   ah__error_push(L, "cancelled", 0, "task cancelled");
