@@ -17,11 +17,17 @@
  * task on the ready queue; drain alone calls lua_resume, from the loop's
  * prepare and check hooks, never from inside another coroutine).
  *
- * Cancellation abandons the pending operation and resumes the task with a
- * `cancelled` error at its await point.  A task that is already woken (its
- * result waits in the ready queue) keeps that result and gets the error at
- * its next await, so no value handed to it (a queue item, a semaphore
- * permit) is ever lost.
+ * Cancellation is of a scope (sched.h): a task's body, or a function a
+ * combinator runs in it.  It abandons the pending operation and resumes
+ * the task with a `cancelled` error at its await point.  A task that is
+ * already woken (its result waits in the ready queue) keeps that result
+ * and gets the error at its next await, so no value handed to it (a queue
+ * item, a semaphore permit) is ever lost.
+ *
+ * The threads of finished internal tasks, which no Lua code can reach, go
+ * to a pool for the next ones, within the recent high-water mark of live
+ * tasks (drive.c's housekeeping lowers it after a burst).  Tasks that a
+ * running task starts run as soon as it waits, ahead of the ready queue.
  *
  * Relies on host/ (loop, timers) and Lua 5.4.
  */
