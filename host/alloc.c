@@ -17,7 +17,7 @@
  * range is used up, small blocks go to malloc too.
  *
  * Memory goes back to the system: a slab whose last block is freed is kept
- * for reuse only while the empty slabs are a small part of what is in use;
+ * for reuse only while the empty slabs are at most half of what is in use;
  * beyond that, and on ah__arena_trim, its pages are released
  * (MADV_DONTNEED), so the resident size falls back after a burst once the
  * collector has freed the burst's objects.
@@ -59,8 +59,10 @@
 #define HUGE_SIZE ((size_t)2 << 20)        /* a transparent huge page */
 #define DEFAULT_RESERVE ((size_t)64 << 30) /* 64 GiB of address space */
 #define MIN_RESERVE ((size_t)64 << 20)
-/* Empty slabs kept for reuse: at least this many, and up to 1/8 of the
- * slabs in use; the rest are released. */
+/* Empty slabs kept for reuse: at least this many, and up to half as many
+ * as are in use (the garbage of a collection cycle comes back as the next
+ * allocations: releasing it would only fault it in again); beyond that they
+ * are released, down to half of what may be kept. */
 #define KEEP_EMPTY_MIN 32
 
 /* The size classes: 8-byte steps to 128, 16-byte steps to 1024, 32-byte
@@ -217,7 +219,7 @@ static void release_empty(ah_arena *a, size_t keep) {
 
 static size_t keep_empty(const ah_arena *a) {
   size_t in_use = a->nslabs - a->nempty - a->nreleased;
-  return in_use / 8 > KEEP_EMPTY_MIN ? in_use / 8 : KEEP_EMPTY_MIN;
+  return in_use / 2 > KEEP_EMPTY_MIN ? in_use / 2 : KEEP_EMPTY_MIN;
 }
 
 void ah__arena_trim(ah_arena *a) {
