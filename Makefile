@@ -355,12 +355,13 @@ rock-install: rock
 	install -d $(INST_LIBDIR)
 	install -m 755 $(BUILD)/agenthost.so $(INST_LIBDIR)/agenthost.so
 
-# The C tests under valgrind (fewer open/close rounds: valgrind is slow).
+# The C tests under valgrind (fewer open/close rounds: valgrind is slow),
+# hosts on realloc/free so that valgrind sees every block.
 valgrind: all
 	$(call install_missing,valgrind)
 	@for t in $(CTESTS); do \
 	  echo "# valgrind $$t"; \
-	  AH_TEST_OPENS=50 AH_TEST_ALLOC_STRIDE=401 valgrind -q --error-exitcode=99 --leak-check=full \
+	  AGENTHOST_ALLOC=system AH_TEST_OPENS=50 AH_TEST_ALLOC_STRIDE=401 valgrind -q --error-exitcode=99 --leak-check=full \
 	    --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect \
 	    $$t > $(BUILD)/valgrind.out 2>&1; rc=$$?; \
 	  grep -v '^ok ' $(BUILD)/valgrind.out; \
