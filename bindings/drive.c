@@ -203,24 +203,25 @@ void ah__sched_housekeeping(ah_sched *S) {
  * every allocation, so its work falls where allocation is, in the bursts
  * of work that a loop of many agents runs when a thousand timers are due
  * at once, and the heap reaches twice what is live.  The loop knows
- * better when work is due: when no task has run for AH_IDLE_GC_QUIET_MS,
- * nothing is ready and no timer is due, the time until the next one is
- * idle, and a cycle run then costs the bursts nothing.  (A loop that
- * serves I/O all the time is never quiet that long: the collector stays
- * paced by allocation there, and runs no more often.)  So once the heap
- * has grown AH_IDLE_GC_GROWTH percent over what the last cycle left (and
- * by at least a megabyte), quiet time runs the
+ * better when work is due.  After every spell of activity a weak timer
+ * (it keeps nothing alive) fires once no task has run for
+ * AH_IDLE_GC_QUIET_MS; if the heap has grown AH_IDLE_GC_GROWTH percent
+ * over what the last cycle left (and by at least a megabyte), a cycle
+ * starts in idle time: the drains that find nothing ready run the
  * collector in slices of at most AH_IDLE_GC_SLICE_NS, each ending before
  * the next timer is due and, in ah_step, within a quarter of the step's
  * budget and before its end, until the cycle is done; the loop polls for
- * I/O between slices.  Allocation keeps pacing
- * the collector when the loop is never idle; after a cycle that idle time
- * ran, it starts the next one only at AH_IDLE_GC_PAUSE percent of what
- * that cycle left rather than at Lua's pause, since idle time is expected
- * to run it before: a burst that comes first, all of it new and live
- * memory (a step of a hundred thousand agents that each start a child),
- * is then spared a cycle that would find little to free.  A cycle that
- * allocation ends puts Lua's pause back.
+ * I/O between slices, and tasks that run put the slices off until the loop
+ * is quiet again.  A loop that serves I/O without pause is never quiet
+ * that long: the collector stays paced by allocation there, and runs no
+ * more often; an idle loop, or one that steps in a tight loop, pays
+ * nothing.  After a cycle that idle time ran, allocation starts the next
+ * one only at AH_IDLE_GC_PAUSE percent of what that cycle left rather than
+ * at Lua's pause, since idle time is expected to run it before: a burst
+ * that comes first, all of it new and live memory (a step of a hundred
+ * thousand agents that each start a child), is then spared a cycle that
+ * would find little to free.  A cycle that allocation ends puts Lua's
+ * pause back.
  *
  * The end of a cycle is noticed by a sentinel: an unreachable userdata
  * with a finalizer, run at the end of each cycle (or each collection of
@@ -285,39 +286,53 @@ void ah__sched_gc_ended(ah_sched *S) {
   S->gc_base = (size_t)lua_gc(S->L, LUA_GCCOUNT);
 }
 
-void ah__sched_gc_timer(ah_sched *S) { S->gc_checked = 0; }
+/* Arms the quiet wait: the timer fires AH_IDLE_GC_QUIET_MS after the last
+ * drain that ran a task. */
+static void gc_wait_quiet(ah_sched *S, uint64_t ms) {
+  ah__timers_start(&S->loop.timers, &S->gc_timer, S->gc_busy + AH_IDLE_GC_QUIET_MS - ms);
+}
+
+void ah__sched_gc_busy(ah_sched *S) {
+  S->gc_busy = uv_now(S->loop.uv);
+  if (!ah__timers_armed(&S->gc_timer)) gc_wait_quiet(S, S->gc_busy);
+}
+
+/* The loop has been quiet since the timer was armed, or tasks ran
+ * meanwhile (then it waits again): a cycle starts in idle time when the
+ * heap has grown enough.  The heap is looked at here only, once after each
+ * spell of activity, so that a loop that is idle, or steps in a tight
+ * loop, pays nothing for it. */
+void ah__sched_gc_timer(ah_sched *S) {
+  lua_State *L = S->L;
+  uint64_t ms = uv_now(S->loop.uv);
+  size_t kb;
+  if (S->closed || S->gc_active) return;
+  if (ms < S->gc_busy + AH_IDLE_GC_QUIET_MS) {
+    gc_wait_quiet(S, ms);
+    return;
+  }
+  if (S->gc_ended) ah__sched_gc_ended(S);
+  kb = (size_t)lua_gc(L, LUA_GCCOUNT);
+  if (kb < S->gc_base + S->gc_base / 100 * AH_IDLE_GC_GROWTH + 1024) return;
+  if (!lua_gc(L, LUA_GCISRUNNING)) return;
+  if (!S->gc_sentinel) ah__protect(L, sentinel_make_p, S, 0);
+  S->gc_active = 1;
+  if (!S->gc_pause) { /* the pause this cycle will set, when idle time ends it */
+    int pause = lua_gc(L, LUA_GCSETPAUSE, AH_IDLE_GC_PAUSE);
+    if (pause < AH_IDLE_GC_PAUSE) S->gc_pause = pause;
+    else lua_gc(L, LUA_GCSETPAUSE, pause); /* Lua code chose more: keep it */
+  }
+  ah__loop_pending(&S->loop, 1); /* the drains after this timer collect */
+}
 
 int ah__sched_idle(ah_sched *S) {
   lua_State *L = S->L;
-  size_t kb;
   int64_t next;
-  uint64_t now, end, ms = uv_now(S->loop.uv);
-  if (S->closed) return 0;
-  if (!S->gc_active) {
-    /* At most once per millisecond of the loop's clock: a host that steps
-     * a thousand times a millisecond pays a comparison. */
-    if (S->gc_checked == uv_now(S->loop.uv) + 1) return 0;
-    S->gc_checked = uv_now(S->loop.uv) + 1;
-    if (S->gc_ended) ah__sched_gc_ended(S);
-    kb = (size_t)lua_gc(L, LUA_GCCOUNT);
-    if (kb < S->gc_base + S->gc_base / 100 * AH_IDLE_GC_GROWTH + 1024) return 0;
-    if (!lua_gc(L, LUA_GCISRUNNING)) return 0;
-    if (ms < S->gc_busy + AH_IDLE_GC_QUIET_MS) {
-      /* Tasks ran a moment ago: look again when the loop has been quiet
-       * long enough (a weak timer: it keeps nothing alive). */
-      ah__timers_start(&S->loop.timers, &S->gc_timer, S->gc_busy + AH_IDLE_GC_QUIET_MS - ms);
-      return 0;
-    }
-    if (!S->gc_sentinel) ah__protect(L, sentinel_make_p, S, 0);
-    S->gc_active = 1;
-    if (!S->gc_pause) { /* the pause this cycle will set, when idle time ends it */
-      int pause = lua_gc(L, LUA_GCSETPAUSE, AH_IDLE_GC_PAUSE);
-      if (pause < AH_IDLE_GC_PAUSE) S->gc_pause = pause;
-      else lua_gc(L, LUA_GCSETPAUSE, pause); /* Lua code chose more: keep it */
-    }
-  }
+  uint64_t now, end, ms;
+  if (!S->gc_active || S->closed) return 0;
+  ms = uv_now(S->loop.uv);
   if (ms < S->gc_busy + AH_IDLE_GC_QUIET_MS) { /* busy again: wait */
-    ah__timers_start(&S->loop.timers, &S->gc_timer, S->gc_busy + AH_IDLE_GC_QUIET_MS - ms);
+    gc_wait_quiet(S, ms);
     return 0;
   }
   next = ah__timers_next(&S->loop.timers);

@@ -144,7 +144,6 @@ struct ah_sched {
   int gc_active;     /* idle time is spent on a cycle */
   int gc_sentinel;   /* the collector's sentinel exists (drive.c) */
   int gc_pause;      /* Lua's pause while idle time sets AH_IDLE_GC_PAUSE, or 0 */
-  uint64_t gc_checked; /* loop time (ms) + 1 of the last look at the heap */
   uint64_t gc_slice; /* AH_DRIVE_STEP: ns of collecting a step may spend */
   uint64_t gc_busy;  /* loop time (ms) of the last drain that ran a task */
   ah_timer gc_timer; /* weak: when the loop has been quiet long enough */
@@ -253,11 +252,14 @@ extern const luaL_Reg ah__drive_fns[]; /* task.run */
 void ah__sched_housekeeping_arm(ah_sched *S);
 /* The housekeeping timer fired. */
 void ah__sched_housekeeping(ah_sched *S);
-/* Nothing is ready: uses the idle time (drive.c).  Returns whether it
- * has more to do, so that the loop should not block. */
+/* Nothing is ready: while a cycle runs in idle time, collects a slice
+ * (drive.c).  Returns whether it has more to do, so that the loop should
+ * not block. */
 int ah__sched_idle(ah_sched *S);
 /* The timer of the collector's quiet wait fired (drive.c). */
 void ah__sched_gc_timer(ah_sched *S);
+/* A drain ran tasks: the quiet wait starts again (drive.c). */
+void ah__sched_gc_busy(ah_sched *S);
 /* Notes the end of a collection cycle (drive.c). */
 void ah__sched_gc_ended(ah_sched *S);
 /* Makes the collector's sentinel (drive.c), once per scheduler. */

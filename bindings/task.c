@@ -740,7 +740,7 @@ void ah__sched_drain(ah_evloop *lp) {
     if (S->nreports == 0) break;
     ah__reports_deliver(S);
   }
-  if (budget < DRAIN_BUDGET) S->gc_busy = uv_now(lp->uv); /* tasks ran */
+  if (budget < DRAIN_BUDGET) ah__sched_gc_busy(S); /* tasks ran */
   while (S->deferred) {
     ah_defer *d = S->deferred;
     S->deferred = d->next;
