@@ -188,6 +188,9 @@ void ah__sched_housekeeping(ah_sched *S) {
   if ((size_t)S->npool > keep) {
     ah__task_pool_trim(S, (int)keep);
     if (before - S->npool >= AH_BURST_THREADS && lua_gc(S->L, LUA_GCISRUNNING)) {
+      /* Twice: the first runs the finalizers of the burst's handles, the
+       * second frees what they kept. */
+      lua_gc(S->L, LUA_GCCOLLECT);
       lua_gc(S->L, LUA_GCCOLLECT);
       if (lua_getallocf(S->L, &ud) == ah__arena_alloc) ah__arena_trim(ud);
     }

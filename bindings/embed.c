@@ -26,6 +26,9 @@
 #include <string.h>
 
 #define NAME_MAX_LEN 64
+/* Bytes a state has before its small blocks come from the arena's slabs
+ * (host/alloc.c: below that, malloc's locality serves a small heap better). */
+#define AH_ARENA_START ((size_t)16 << 20)
 #define CHANNEL_MAX_LEN 256
 
 /* Owned by the embedder: made by ah_open, freed by ah_close. */
@@ -225,7 +228,7 @@ static lua_State *open_state(const ah_config *cfg, ah_arena **arena) {
     L = lua_newstate(cfg->alloc, cfg->alloc_ud);
   } else {
 #ifndef AH_ALLOC_SYSTEM
-    if (!(env && strcmp(env, "system") == 0)) *arena = ah__arena_new(0);
+    if (!(env && strcmp(env, "system") == 0)) *arena = ah__arena_new(0, AH_ARENA_START);
 #else
     (void)env;
 #endif

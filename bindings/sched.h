@@ -55,6 +55,8 @@ enum {
   F_DETACHED = 1,   /* owned by the host; drained before exit */
   F_ROOT = 2,       /* the main task of task.run */
   F_NEXT = 4,       /* started by a running task, it runs ahead of the queue */
+  F_GC = 8,         /* its handle has the finalizer that reports an error
+                       nobody took (every task Lua code may hold) */
   F_OBSERVED = 16,  /* its error was handed to somebody */
   F_WAKE_ERR = 32,  /* the value for the next resume is an error */
   F_BODY_ERR = 64,  /* the body failed (the task may still wait for children) */

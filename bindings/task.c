@@ -299,10 +299,11 @@ ah_task *ah__task_new(lua_State *L, ah_sched *S, int fidx, ah_task *parent,
   if (n > 0xfffe)
     ah__error_raise(L, "invalid_argument", 0,
                     "a task takes at most 65533 arguments");
-  if (S->npool > 0) {
+  if (S->npool > 0 && (flags & F_INTERNAL)) {
     /* The record and thread of a finished internal task: the thread's
      * stack has already grown to what a task needs, and reuse spares the
-     * collector two objects per task. */
+     * collector two objects per task.  (Only for internal tasks: giving
+     * an old object a finalizer costs a walk over every newer object.) */
     lua_rawgeti(L, LUA_REGISTRYINDEX, S->pool);
     lua_rawgeti(L, -1, S->npool);
     lua_pushnil(L);
@@ -314,7 +315,8 @@ ah_task *ah__task_new(lua_State *L, ah_sched *S, int fidx, ah_task *parent,
   } else {
     t = lua_newuserdatauv(L, sizeof *t, 1);
     memset(t, 0, sizeof *t);
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &TASK_IMT);
+    if (!(flags & F_INTERNAL)) flags |= F_GC;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, (flags & F_GC) ? &TASK_MT : &TASK_IMT);
     lua_setmetatable(L, -2);
     co = lua_newthread(L);
     lua_setiuservalue(L, -2, 1);
@@ -497,12 +499,6 @@ static void complete(ah_sched *S, ah_task *t) {
     link_remove(&t->sibling);
     t->parent = NULL;
     if (failed) link_append(&S->unobserved, &t->link);
-    if (failed && !(t->flags & F_INTERNAL) && lua_checkstack(S->L, 2)) {
-      lua_rawgeti(S->L, LUA_REGISTRYINDEX, t->ref);
-      lua_rawgetp(S->L, LUA_REGISTRYINDEX, &TASK_MT);
-      lua_setmetatable(S->L, -2); /* allocates nothing */
-      lua_pop(S->L, 1);
-    }
     while (!link_empty(&t->waiters)) {
       ah_task *w = container_of(t->waiters.next, ah_task, link);
       int n;
@@ -519,10 +515,11 @@ static void complete(ah_sched *S, ah_task *t) {
     }
     if (t->group) {
       ah__group_child_done(S, t);
-    } else if (t->flags & F_INTERNAL) {
+    } else if (!(t->flags & F_GC)) {
       /* Nobody can take its outcome (a detached task, or a combinator's
-       * child whose caller was cancelled): its error is reported now and
-       * its thread goes back to the pool. */
+       * child whose caller was cancelled) and its handle has no finalizer
+       * to report it: its error is reported now, and the thread of an
+       * internal task goes back to the pool. */
       if (failed) ah__report_task(S, t);
       lua_rawgeti(S->L, LUA_REGISTRYINDEX, t->ref);
       ah__task_recycle(S, t, S->L, -1);
@@ -1019,10 +1016,9 @@ static ah_sched *sched_create(lua_State *L) {
   lua_pop(L, 1);
 
   ah__metatable(L, "agenthost.task", task_methods, task_meta, NULL, &TASK_MT);
-  /* Handles start without a finalizer, which only a task that failed
-   * with nobody taking its error needs (complete() gives it one): an
-   * object with a finalizer outlives a collection, and at a hundred
-   * thousand tasks that is the memory of all of them. */
+  /* The handles of internal tasks, which no Lua code holds, need no
+   * finalizer (complete() reports their errors): without one a dropped
+   * handle goes in one collection instead of two. */
   lua_createtable(L, 0, 3);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &TASK_MT);
   lua_getfield(L, -1, "__index");

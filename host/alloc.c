@@ -22,6 +22,15 @@
  * (MADV_DONTNEED), so the resident size falls back after a burst once the
  * collector has freed the burst's objects.
  *
+ * A small heap is better off with malloc, which keeps the blocks of
+ * every size in one run of pages, so a few cache lines and pages hold a
+ * little program's working set; the arena spreads them over a slab per
+ * class.  So the arena hands every block to malloc until `start` bytes are
+ * in use (ah__arena_new), and only then takes small blocks from its slabs:
+ * a host of a few megabytes runs on malloc as before, a host of a hundred
+ * thousand agents on the arena.  Blocks of malloc are told from the
+ * arena's by their address, so both kinds live together.
+ *
  * Shrinking never fails (Lua relies on it): a block that cannot move to a
  * smaller class stays where it is, which is safe because a slab, not the
  * size Lua passes, says which class a block is in.
@@ -105,6 +114,9 @@ typedef struct slab_list {
 /* Owned by the host that made it (ah__arena_new); freed by
  * ah__arena_destroy after its Lua state is closed. */
 struct ah_arena {
+  size_t in_use;       /* bytes Lua has (the sizes it passes) */
+  size_t start;        /* in_use from which small blocks come from slabs */
+  int active;          /* in_use has reached start */
   char *base;          /* the reserved range */
   size_t size;         /* its length */
   size_t top;          /* how much of it has been made slabs */
@@ -151,12 +163,14 @@ static void *map(size_t size) {
   return p == MAP_FAILED ? NULL : p;
 }
 
-ah_arena *ah__arena_new(size_t reserve) {
+ah_arena *ah__arena_new(size_t reserve, size_t start) {
   ah_arena *a;
   size_t size;
   int c;
   if (!classes_ready) classes_init();
   if (!(a = calloc(1, sizeof *a))) return NULL;
+  a->start = start;
+  a->active = start == 0;
   /* The largest range the system allows, down to a useful minimum. */
   size = reserve ? (reserve + SLAB_SIZE - 1) & ~(SLAB_SIZE - 1) : DEFAULT_RESERVE;
   for (; size >= SLAB_SIZE; size = size > MIN_RESERVE ? size / 4 : 0) {
@@ -312,16 +326,35 @@ static void small_free(ah_arena *a, void *p) {
 
 static int class_for(size_t size) { return class_of8[(size + 7) >> 3]; }
 
+static void *arena_alloc(ah_arena *a, void *ptr, size_t osize, size_t nsize);
+
 void *ah__arena_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   ah_arena *a = ud;
   void *p;
   if (nsize == 0) {
     if (ptr) {
+      a->in_use -= osize;
       if (is_ours(a, ptr)) small_free(a, ptr);
       else free(ptr);
     }
     return NULL;
   }
+  if (!a->active) {
+    /* malloc's, until the heap is big enough for the arena to pay */
+    p = realloc(ptr, nsize);
+    if (!p) return ptr && nsize <= osize ? ptr : NULL; /* a shrink keeps its block */
+    a->in_use += nsize - (ptr ? osize : 0);
+    if (a->in_use >= a->start) a->active = 1;
+    return p;
+  }
+  p = arena_alloc(a, ptr, osize, nsize);
+  if (p) a->in_use += nsize - (ptr ? osize : 0);
+  return p;
+}
+
+/* ah__arena_alloc once the arena is active (nsize > 0). */
+static void *arena_alloc(ah_arena *a, void *ptr, size_t osize, size_t nsize) {
+  void *p;
   if (!ptr) {
     /* osize is the type of the object; userdata (7, LUA_TUSERDATA) get
      * blocks aligned to 16 bytes, as malloc gives, for any C struct. */

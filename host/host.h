@@ -98,8 +98,9 @@ void ah__timers_close(ah_timers *ts, uv_close_cb close_cb);
  * (host/ does not include Lua; the signature is plain C).  Used by one
  * thread at a time.  Blocks of up to AH_ARENA_MAX_SMALL bytes come from
  * 64 KiB slabs of one class in a reserved range of address space, larger
- * ones from malloc; empty slabs are returned to the system beyond a small
- * reserve, and all of them by ah__arena_trim.
+ * ones (and all of them while the heap is small) from malloc; empty slabs
+ * are returned to the system beyond a reserve, and all of them by
+ * ah__arena_trim.
  */
 #define AH_ARENA_MAX_SMALL 4096
 typedef struct ah_arena ah_arena;
@@ -115,8 +116,9 @@ typedef struct ah_arena_stats {
 
 /* Reserves `reserve` bytes of address space (0: 64 GiB, or less when the
  * system refuses); NULL when not even a little can be had (use
- * ah__sysalloc then). */
-ah_arena *ah__arena_new(size_t reserve);
+ * ah__sysalloc then).  Until `start` bytes are in use every block comes
+ * from malloc (0: from the start on, small blocks come from slabs). */
+ah_arena *ah__arena_new(size_t reserve, size_t start);
 /* Frees the arena and every slab; the blocks of malloc must have been
  * freed (lua_close does). */
 void ah__arena_destroy(ah_arena *a);

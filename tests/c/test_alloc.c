@@ -240,7 +240,7 @@ static int intact(const void *p, size_t n, size_t block) {
 static void test_arena_blocks(void) {
   static void *p[NBLOCKS];
   static size_t sz[NBLOCKS];
-  ah_arena *a = ah__arena_new((size_t)64 << 20);
+  ah_arena *a = ah__arena_new((size_t)64 << 20, 0);
   ah_arena_stats st;
   int i, aligned = 1, ud_aligned = 1, kept = 1, resized = 1, none_null = 1;
   CHECK(a != NULL, "an arena reserves its range");
@@ -291,7 +291,7 @@ static void test_arena_blocks(void) {
 static void test_arena_full(void) {
   enum { N = 80 };
   void *big[N], *small;
-  ah_arena *a = ah__arena_new((size_t)4 << 16);
+  ah_arena *a = ah__arena_new((size_t)4 << 16, 0);
   int i, ok = 1;
   CHECK(a != NULL, "a small arena");
   if (!a) return;
@@ -318,6 +318,37 @@ static void test_arena_full(void) {
   ah__arena_destroy(a); /* LeakSanitizer: malloc's blocks went back */
 }
 
+/* Until `start` bytes are in use every block is malloc's; then small ones
+ * come from slabs, and blocks of both kinds resize and free alike. */
+static void test_arena_start(void) {
+  enum { N = 4000 };
+  static void *p[N];
+  ah_arena *a = ah__arena_new((size_t)64 << 20, (size_t)1 << 20);
+  ah_arena_stats st;
+  int i, below = -1, ok = 1;
+  CHECK(a != NULL, "an arena that starts at 1 MiB");
+  if (!a) return;
+  for (i = 0; i < N; i++) {
+    p[i] = ah__arena_alloc(a, NULL, 4, 500);
+    if (!p[i]) ok = 0;
+    else fill(p[i], 500, (size_t)i);
+    ah__arena_stats(a, &st);
+    if (below < 0 && st.small > 0) below = i; /* the first block of a slab */
+  }
+  CHECK(ok, "every allocation succeeds");
+  CHECK(below > 1900 && below < 2200, "blocks come from slabs once about 1 MiB is in use");
+  for (i = 0; i < N; i++) {
+    void *q = ah__arena_alloc(a, p[i], 500, i % 2 ? 700 : 300);
+    if (!q || !intact(q, 300, (size_t)i)) ok = 0;
+    if (q) p[i] = q;
+  }
+  CHECK(ok, "blocks of malloc and of slabs resize keeping their contents");
+  for (i = 0; i < N; i++) ah__arena_alloc(a, p[i], i % 2 ? 700 : 300, 0);
+  ah__arena_stats(a, &st);
+  CHECK(st.small == 0, "and free alike");
+  ah__arena_destroy(a);
+}
+
 /* Pages of p's block that are resident. */
 static int resident(void *p) {
   long page = sysconf(_SC_PAGESIZE);
@@ -332,7 +363,7 @@ static int resident(void *p) {
 static void test_arena_returns_memory(void) {
   enum { N = 32 << 14 }; /* 64-byte blocks */
   static void *p[N];
-  ah_arena *a = ah__arena_new(0);
+  ah_arena *a = ah__arena_new(0, 0);
   ah_arena_stats st;
   int i, in = 0, out = 0;
   CHECK(a != NULL, "an arena with the default range");
@@ -506,11 +537,12 @@ int main(void) {
 
   test_arena_blocks();
   test_arena_full();
+  test_arena_start();
   test_arena_returns_memory();
   test_host_allocator();
   test_task_exhausts_memory();
 #ifndef AH_ALLOC_SYSTEM
-  sweep_arena = ah__arena_new((size_t)256 << 20);
+  sweep_arena = ah__arena_new((size_t)256 << 20, 0);
 #endif
 
   memset(&c, 0, sizeof c);
