@@ -53,6 +53,7 @@ HOST_SRC += host/pg.c host/pgtype.c host/pgaddr.c
 BIND_SRC := bindings/task.c bindings/errors.c bindings/group.c bindings/sync.c
 BIND_SRC += bindings/drive.c bindings/args.c bindings/reload.c bindings/http.c bindings/store.c bindings/agenthost.c
 BIND_SRC += bindings/embed.c
+BIND_SRC += bindings/json.c
 HOST_SRC += host/proc.c
 BIND_SRC += bindings/proc.c
 BIND_SRC += bindings/pg.c bindings/pglisten.c
