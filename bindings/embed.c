@@ -8,8 +8,13 @@
  * full channel's posts in a backlog.  Until a post is in its channel it
  * counts against post_capacity.
  *
+ * The state's memory comes from host/alloc.c's arena unless the embedder
+ * gives an allocator (ah_config.alloc), the build uses the system's
+ * (AH_ALLOC_SYSTEM, as the sanitizer builds do, so that they see every
+ * block) or AGENTHOST_ALLOC=system asks for it at run time (valgrind).
+ *
  * Relies on the scheduler (bindings/task.c), the agenthost module,
- * host/post.c and host/json.c (the check of a post's text).
+ * host/post.c, host/json.c (the check of a post's text) and host/alloc.c.
  */
 #include "bindings.h"
 #include "agenthost.h"
@@ -21,11 +26,15 @@
 #include <string.h>
 
 #define NAME_MAX_LEN 64
+/* Bytes a state has before its small blocks come from the arena's slabs
+ * (host/alloc.c: below that, malloc's locality serves a small heap better). */
+#define AH_ARENA_START ((size_t)16 << 20)
 #define CHANNEL_MAX_LEN 256
 
 /* Owned by the embedder: made by ah_open, freed by ah_close. */
 struct ah_host {
   lua_State *L;          /* owned; closed in ah_close */
+  ah_arena *arena;       /* L's memory, or NULL; destroyed after L is closed */
   ah_sched *S;           /* lives in L */
   uv_loop_t *uv;         /* owned by S (or borrowed from the embedder) */
   ah_posts posts;        /* its handle is closed in ah_close */
@@ -201,6 +210,34 @@ static int setup(lua_State *L) {
 
 static void deliver(ah_posts *p);
 
+static int panic(lua_State *L) {
+  const char *msg = lua_tostring(L, -1);
+  fprintf(stderr, "agenthost: PANIC: unprotected error in call to Lua API (%s)\n",
+          msg ? msg : "error object is not a string");
+  fflush(stderr);
+  return 0; /* Lua aborts */
+}
+
+/* The Lua state of a new host, on the allocator its configuration asks
+ * for (see the top of this file). */
+static lua_State *open_state(const ah_config *cfg, ah_arena **arena) {
+  lua_State *L;
+  const char *env = getenv("AGENTHOST_ALLOC");
+  *arena = NULL;
+  if (cfg->alloc) {
+    L = lua_newstate(cfg->alloc, cfg->alloc_ud);
+  } else {
+#ifndef AH_ALLOC_SYSTEM
+    if (!(env && strcmp(env, "system") == 0)) *arena = ah__arena_new(0, AH_ARENA_START);
+#else
+    (void)env;
+#endif
+    L = lua_newstate(*arena ? ah__arena_alloc : ah__sysalloc, *arena);
+  }
+  if (L) lua_atpanic(L, panic);
+  return L;
+}
+
 int ah_open(const ah_config *cfg, ah_host **out) {
   ah_config defaults;
   ah_host *h;
@@ -222,8 +259,9 @@ int ah_open(const ah_config *cfg, ah_host **out) {
   h->on_error = cfg->on_error;
   h->ud = cfg->ud;
   h->module_ref = h->post_ref = h->done_ref = LUA_NOREF;
-  L = cfg->alloc ? lua_newstate(cfg->alloc, cfg->alloc_ud) : luaL_newstate();
+  L = open_state(cfg, &h->arena);
   if (!L) {
+    ah__arena_destroy(h->arena);
     free(h);
     return AH_ENOMEM;
   }
@@ -241,6 +279,7 @@ int ah_open(const ah_config *cfg, ah_host **out) {
              rc == LUA_ERRMEM ? "out of memory" : lua_tostring(L, -1));
     host_log(h, AH_LOG_ERROR, msg);
     lua_close(L);
+    ah__arena_destroy(h->arena);
     free(h);
     return rc == LUA_ERRMEM ? AH_ENOMEM : AH_ESCRIPT;
   }
@@ -278,6 +317,7 @@ int ah_close(ah_host *h) {
       ah__sched_drive(h->S, h->L, AH_DRIVE_STEP, UINT64_MAX / 2);
   }
   lua_close(h->L); /* closes databases (committing queued writes) and the loop */
+  ah__arena_destroy(h->arena);
   ah__posts_free(&h->posts);
   free(h);
   return AH_OK;

@@ -54,8 +54,9 @@ enum {
 enum {
   F_DETACHED = 1,   /* owned by the host; drained before exit */
   F_ROOT = 2,       /* the main task of task.run */
-  F_CANCEL = 4,     /* a cancel waits for the next await point */
-  F_CANCELLED = 8,  /* cancel() was called on it */
+  F_NEXT = 4,       /* started by a running task, it runs ahead of the queue */
+  F_GC = 8,         /* its handle has the finalizer that reports an error
+                       nobody took (every task Lua code may hold) */
   F_OBSERVED = 16,  /* its error was handed to somebody */
   F_WAKE_ERR = 32,  /* the value for the next resume is an error */
   F_BODY_ERR = 64,  /* the body failed (the task may still wait for children) */
@@ -64,16 +65,35 @@ enum {
 
 typedef struct ah_group ah_group;
 
+/* A scope: the tasks started by one body.  Every task has one, its body;
+ * a function that task.gather or task.race runs in the calling task
+ * itself (group.c) gets its own, in the group record, for as long as it
+ * runs.  The tasks started in a scope are its children: they are
+ * cancelled when it is cancelled or its function fails, and waited for
+ * before it counts as finished, so that a function run in the caller
+ * owns its tasks exactly as a task of its own would.  The scopes a task
+ * is in form a chain from its innermost (ah_task.cur) out to its body. */
+typedef struct ah_scope {
+  ah_link children;     /* the tasks started in it (their `sibling`) */
+  struct ah_scope *up;  /* the scope it was opened in; NULL for a body */
+  unsigned char pending;   /* a cancel waits for the next await point in it */
+  unsigned char cancelled; /* it was cancelled (once) */
+  unsigned short depth;    /* scopes up to the body (0 for a body) */
+} ah_scope;
+
 /* Owned by Lua (it is the handle userdata); anchored by `ref` until it
- * completes (released in ah__task_complete, its one release point).
- * 48 + 64 bytes on 64-bit platforms. */
+ * completes (released in complete(), its one release point).
+ * 144 bytes on 64-bit platforms. */
 struct ah_task {
   ah_link link;        /* ready queue, a wait list, or the unobserved list */
-  ah_link children;    /* head of the list of children */
-  ah_link sibling;     /* in the parent's list of children */
+  ah_link sibling;     /* in its scope's list of children */
+  ah_scope body;       /* the tasks its body started */
+  ah_scope *cur;       /* the innermost scope it runs in (&body, or a
+                          combinator's function running in it) */
+  ah_scope *parent;    /* the scope it was started in; NULL when detached,
+                          a main task, or completed */
   ah_timer timer;      /* sleep, or the deadline of a timed wait */
   lua_State *co;       /* the coroutine; the handle's user value keeps it */
-  ah_task *parent;
   ah_group *group;     /* the combinator this task reports to, if any */
   const ah_op *op;     /* pending operation while suspended */
   void *opdata;
@@ -82,6 +102,11 @@ struct ah_task {
   unsigned short nargs;
   unsigned char state, flags;
 };
+
+/* The task that runs in scope sc. */
+static inline ah_task *scope_owner_body(ah_scope *sc) {
+  return container_of(sc, ah_task, body);
+}
 
 /* Owned by Lua: a userdata kept in the registry under the scheduler key,
  * finalised (loop closed) when the state closes. */
@@ -94,6 +119,8 @@ struct ah_sched {
   ah_link orphans;   /* tasks without a parent: main and detached tasks */
   ah_link drainers;  /* tasks waiting in task.drain */
   ah_link yielded;   /* tasks that yielded: they run in the next pass */
+  ah_link next;      /* tasks the running task started: they run next */
+  int next_ok;       /* tasks started now go to `next` */
   size_t live, detached, sleeping;
   unsigned long long spawned, resumes;
   ah_task *root;     /* the main task of task.run, while it drives */
@@ -110,6 +137,18 @@ struct ah_sched {
   int pool;          /* registry ref of the array of reusable threads */
   int npool;
   int poolcap;       /* slots of the pool's array part known to exist */
+  size_t hwm, hwm_prev; /* most tasks live at once in this housekeeping
+                           period and the one before */
+  ah_timer housekeeping; /* weak: every AH_HOUSEKEEPING_MS while the pool
+                            holds threads (drive.c) */
+  size_t gc_base;    /* KB in use after the collector's last cycle */
+  int gc_ended;      /* a cycle ended since gc_base was read */
+  int gc_active;     /* idle time is spent on a cycle */
+  int gc_sentinel;   /* the collector's sentinel exists (drive.c) */
+  int gc_pause;      /* Lua's pause while idle time sets AH_IDLE_GC_PAUSE, or 0 */
+  uint64_t gc_slice; /* AH_DRIVE_STEP: ns of collecting a step may spend */
+  uint64_t gc_busy;  /* loop time (ms) of the last drain that ran a task */
+  ah_timer gc_timer; /* weak: when the loop has been quiet long enough */
   int signal;        /* last SIGINT/SIGTERM seen (ah_handle_signals) */
   ah_loop_hup hup;   /* ah_handle_signals' SIGHUP listener, while added */
   int closed;
@@ -146,14 +185,27 @@ ah_task *ah__task_new(lua_State *L, ah_sched *S, int fidx, ah_task *parent,
                       int flags);
 /* Cancels t and its children, once (see task.c). */
 void ah__task_cancel(ah_sched *S, ah_task *t);
+/* Cancels scope sc of t, the scopes opened inside it and the tasks started
+ * in them, each once; t gets the cancellation at its next await point in
+ * its innermost scope (see task.c). */
+void ah__scope_cancel(ah_sched *S, ah_task *t, ah_scope *sc);
+/* Cancels the tasks started in sc (each once). */
+void ah__scope_cancel_children(ah_sched *S, ah_scope *sc);
+/* Moves the tasks started in sc to the scope `to` (sc is going away). */
+void ah__scope_move(ah_scope *sc, ah_scope *to);
 /* Pushes on L the outcome of a completed task: its values, or its error
  * (pcall_shape: a boolean first).  Returns how many values it pushed. */
 int ah__task_outcome(lua_State *L, ah_task *t, int pcall_shape);
+/* Sets the traceback at tbidx (a string) as field `traceback` of the
+ * structured error at erridx, when it has none. */
+void ah__error_keep_traceback(lua_State *L, int erridx, int tbidx);
 /* Marks the error of a failed t as taken: it will not be reported. */
 void ah__task_observe(ah_task *t);
 /* Returns the thread of a finished internal task (its handle at idx) to
  * the pool. */
 void ah__task_recycle(ah_sched *S, ah_task *t, lua_State *L, int idx);
+/* Lets the pool keep at most `keep` threads. */
+void ah__task_pool_trim(ah_sched *S, int keep);
 /* The cancel hook of every operation that waits on a list: unlinks t. */
 void ah__task_unwait(ah_sched *S, ah_task *t);
 /* Suspends the running task (a misuse error naming `what` outside a task)
@@ -161,6 +213,8 @@ void ah__task_unwait(ah_sched *S, ah_task *t);
  * L's stack; op->cancel must be ah__task_unwait.  Use as a return value. */
 int ah__task_wait(lua_State *L, const char *what, ah_link *list, int keep,
                   const ah_op *op, void *opdata);
+/* Threads the pool may hold beyond the high-water mark of live tasks. */
+#define AH_POOL_SLACK 64
 /* Runs ready tasks (the loop's drain hook). */
 void ah__sched_drain(ah_evloop *lp);
 /* Is any task ready, or waiting to run again after a yield? */
@@ -183,6 +237,8 @@ extern const luaL_Reg ah__errors_fns[]; /* task.on_error */
 
 /* A child of a group completed (called by completion). */
 void ah__group_child_done(ah_sched *S, ah_task *child);
+/* The last task started in the inline scope sc of a group completed. */
+void ah__group_scope_empty(ah_sched *S, ah_scope *sc);
 extern const luaL_Reg ah__group_fns[]; /* task.gather, race, timeout */
 
 /* ---- sync.c ----------------------------------------------------------------- */
@@ -194,5 +250,21 @@ extern const luaL_Reg ah__sync_fns[]; /* task.event, semaphore, queue */
 /* ---- drive.c ---------------------------------------------------------------- */
 
 extern const luaL_Reg ah__drive_fns[]; /* task.run */
+/* Arms the housekeeping timer, unless it is armed. */
+void ah__sched_housekeeping_arm(ah_sched *S);
+/* The housekeeping timer fired. */
+void ah__sched_housekeeping(ah_sched *S);
+/* Nothing is ready: while a cycle runs in idle time, collects a slice
+ * (drive.c).  Returns whether it has more to do, so that the loop should
+ * not block. */
+int ah__sched_idle(ah_sched *S);
+/* The timer of the collector's quiet wait fired (drive.c). */
+void ah__sched_gc_timer(ah_sched *S);
+/* A drain ran tasks: the quiet wait starts again (drive.c). */
+void ah__sched_gc_busy(ah_sched *S);
+/* Notes the end of a collection cycle (drive.c). */
+void ah__sched_gc_ended(ah_sched *S);
+/* Makes the collector's sentinel (drive.c), once per scheduler. */
+void ah__sched_gc_init(lua_State *L, ah_sched *S);
 
 #endif

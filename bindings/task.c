@@ -17,11 +17,17 @@
  * task on the ready queue; drain alone calls lua_resume, from the loop's
  * prepare and check hooks, never from inside another coroutine).
  *
- * Cancellation abandons the pending operation and resumes the task with a
- * `cancelled` error at its await point.  A task that is already woken (its
- * result waits in the ready queue) keeps that result and gets the error at
- * its next await, so no value handed to it (a queue item, a semaphore
- * permit) is ever lost.
+ * Cancellation is of a scope (sched.h): a task's body, or a function a
+ * combinator runs in it.  It abandons the pending operation and resumes
+ * the task with a `cancelled` error at its await point.  A task that is
+ * already woken (its result waits in the ready queue) keeps that result
+ * and gets the error at its next await, so no value handed to it (a queue
+ * item, a semaphore permit) is ever lost.
+ *
+ * The threads of finished internal tasks, which no Lua code can reach, go
+ * to a pool for the next ones, within the recent high-water mark of live
+ * tasks (drive.c's housekeeping lowers it after a burst).  Tasks that a
+ * running task starts run as soon as it waits, ahead of the ready queue.
  *
  * Relies on host/ (loop, timers) and Lua 5.4.
  */
@@ -32,7 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static char SCHED_KEY, BORROW_KEY, TASK_MT, OOM_KEY, CANCEL_KEY;
+static char SCHED_KEY, BORROW_KEY, TASK_MT, TASK_IMT, OOM_KEY, CANCEL_KEY;
 
 ah_sched *ah__sched_get(lua_State *L) {
   ah_sched *S;
@@ -172,16 +178,15 @@ void ah__task_wake_with(ah_sched *S, ah_task *t, lua_CFunction push, void *ud,
 static int resume_k(lua_State *L, int status, lua_KContext ctx);
 
 int ah__task_suspend(lua_State *L, ah_task *t, const ah_op *op, void *opdata) {
-  ah_sched *S = ah__sched_get(L);
   ah_check(t->co == L && (t->state == T_RUNNING || t->state == T_READY),
            "ah__task_suspend: the task is not the one running");
   t->op = op;
   t->opdata = opdata;
-  if (t->flags & F_CANCEL) {
+  if (t->cur->pending) {
     /* A cancel arrived while the task was running or already woken:
      * abandon what was just started and raise at this await point. */
-    t->flags &= ~F_CANCEL;
-    if (op->cancel) op->cancel(S, t);
+    t->cur->pending = 0;
+    if (op->cancel) op->cancel(ah__sched_get(L), t);
     t->op = NULL;
     t->opdata = NULL;
     ah__error_push(L, "cancelled", 0, "task cancelled");
@@ -221,6 +226,14 @@ static int resume_k(lua_State *L, int status, lua_KContext ctx) {
 static void on_timer(ah_timers *ts, ah_timer *tm) {
   ah_task *t = container_of(tm, ah_task, timer);
   ah_sched *S = ((ah_evloop *)ts->data)->data;
+  if (tm == &S->housekeeping) {
+    ah__sched_housekeeping(S);
+    return;
+  }
+  if (tm == &S->gc_timer) {
+    ah__sched_gc_timer(S);
+    return;
+  }
   if (t->op && t->op->timeout) t->op->timeout(S, t);
 }
 
@@ -286,10 +299,11 @@ ah_task *ah__task_new(lua_State *L, ah_sched *S, int fidx, ah_task *parent,
   if (n > 0xfffe)
     ah__error_raise(L, "invalid_argument", 0,
                     "a task takes at most 65533 arguments");
-  if (S->npool > 0) {
+  if (S->npool > 0 && (flags & F_INTERNAL)) {
     /* The record and thread of a finished internal task: the thread's
      * stack has already grown to what a task needs, and reuse spares the
-     * collector two objects per task. */
+     * collector two objects per task.  (Only for internal tasks: giving
+     * an old object a finalizer costs a walk over every newer object.) */
     lua_rawgeti(L, LUA_REGISTRYINDEX, S->pool);
     lua_rawgeti(L, -1, S->npool);
     lua_pushnil(L);
@@ -301,7 +315,8 @@ ah_task *ah__task_new(lua_State *L, ah_sched *S, int fidx, ah_task *parent,
   } else {
     t = lua_newuserdatauv(L, sizeof *t, 1);
     memset(t, 0, sizeof *t);
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &TASK_MT);
+    if (!(flags & F_INTERNAL)) flags |= F_GC;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, (flags & F_GC) ? &TASK_MT : &TASK_IMT);
     lua_setmetatable(L, -2);
     co = lua_newthread(L);
     lua_setiuservalue(L, -2, 1);
@@ -313,18 +328,30 @@ ah_task *ah__task_new(lua_State *L, ah_sched *S, int fidx, ah_task *parent,
   lua_pushvalue(L, -1);
   t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   link_init(&t->link);
-  link_init(&t->children);
+  link_init(&t->body.children);
   link_init(&t->sibling);
   link_init(&t->waiters);
+  t->cur = &t->body;
   t->nargs = (unsigned short)(n - 1);
   t->flags = (unsigned char)flags;
   t->state = T_NEW;
-  t->parent = parent;
-  link_append(parent ? &parent->children : &S->orphans, &t->sibling);
+  t->parent = parent ? parent->cur : NULL;
+  link_append(parent ? &parent->cur->children : &S->orphans, &t->sibling);
   if (flags & F_DETACHED) S->detached++;
-  S->live++;
+  if (++S->live > S->hwm) S->hwm = S->live;
   S->spawned++;
-  enqueue(S, t);
+  if (S->next_ok) {
+    /* Started by a running task: it runs right after that task waits
+     * (drain), ahead of the ready queue, so that a child a task waits for
+     * starts its own wait at once, not after every task woken before it.
+     * Only once in a row: a task that ran ahead puts its own children at
+     * the back, so that no chain of tasks can hold the queue. */
+    link_append(&S->next, &t->link);
+    t->flags |= F_NEXT;
+    ah__loop_pending(&S->loop, 1);
+  } else {
+    enqueue(S, t);
+  }
   return t;
 }
 
@@ -390,24 +417,31 @@ void ah__task_observe(ah_task *t) {
   }
 }
 
-/* Makes room for one more thread in the pool. */
+/* Doubles the room of the pool's array part (filling it with false), so
+ * that storing a thread in it never allocates. */
 static int pool_grow_p(lua_State *L) {
   ah_sched *S = lua_touserdata(L, 1);
+  int i, cap = S->poolcap * 2;
   lua_rawgeti(L, LUA_REGISTRYINDEX, S->pool);
-  lua_pushboolean(L, 1);
-  lua_rawseti(L, -2, S->npool + 1);
-  S->poolcap = S->npool + 1;
+  for (i = S->poolcap + 1; i <= cap; i++) {
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, -2, i);
+  }
+  S->poolcap = cap;
   return 0;
 }
 
 /* Returns the thread of a completed task that no Lua code can reach to the
- * pool.  The pool holds at most as many threads as there are live tasks
- * (plus a few), so a burst does not pin its memory. */
+ * pool.  The pool and the live tasks together stay within the high-water
+ * mark of live tasks of the last few seconds (drive.c's housekeeping
+ * lowers it after a burst), so a load that comes and goes in waves reuses
+ * every thread, and a burst that is over does not pin its memory. */
 void ah__task_recycle(ah_sched *S, ah_task *t, lua_State *L, int idx) {
+  size_t cap = S->hwm > S->hwm_prev ? S->hwm : S->hwm_prev;
   if (!(t->flags & F_INTERNAL) || t->state < T_DONE) return;
   ah__task_observe(t);
   t->flags &= ~F_INTERNAL; /* recycled once */
-  if ((size_t)S->npool >= S->live + 256) return;
+  if ((size_t)S->npool + S->live >= cap + AH_POOL_SLACK) return;
   /* Slots up to poolcap are in the table's array part, so storing there
    * cannot fail; the pool grows past it only in protected mode. */
   if (S->npool >= S->poolcap &&
@@ -420,11 +454,46 @@ void ah__task_recycle(ah_sched *S, ah_task *t, lua_State *L, int idx) {
   lua_pushvalue(L, idx);
   lua_rawseti(L, -2, ++S->npool);
   lua_pop(L, 1);
+  ah__sched_housekeeping_arm(S);
+}
+
+/* [S, keep]: a smaller array for a pool that shrank to keep threads. */
+static int pool_shrink_p(lua_State *L) {
+  ah_sched *S = lua_touserdata(L, 1);
+  int i, cap = (int)lua_tointeger(L, 2) * 2;
+  if (cap < 64) cap = 64;
+  lua_createtable(L, cap, 0);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->pool);
+  for (i = 1; i <= S->npool; i++) {
+    lua_rawgeti(L, -1, i);
+    lua_rawseti(L, -3, i);
+  }
+  lua_pop(L, 1);
+  lua_rawseti(L, LUA_REGISTRYINDEX, S->pool);
+  S->poolcap = cap;
+  return 0;
+}
+
+void ah__task_pool_trim(ah_sched *S, int keep) {
+  lua_State *L = S->L;
+  if (S->npool <= keep || !lua_checkstack(L, 4)) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->pool);
+  while (S->npool > keep) { /* storing nil never allocates */
+    lua_pushnil(L);
+    lua_rawseti(L, -2, S->npool--);
+  }
+  lua_pop(L, 1);
+  if (keep < S->poolcap / 4) {
+    lua_pushcfunction(L, pool_shrink_p);
+    lua_pushlightuserdata(L, S);
+    lua_pushinteger(L, keep);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1); /* keeps the big one */
+  }
 }
 
 static void complete(ah_sched *S, ah_task *t) {
   while (t) {
-    ah_task *parent = t->parent;
+    ah_scope *parent = t->parent;
     int failed = (t->flags & F_BODY_ERR) != 0;
     t->state = failed ? T_FAILED : T_DONE;
     link_remove(&t->sibling);
@@ -444,9 +513,14 @@ static void complete(ah_sched *S, ah_task *t) {
         ah__task_wake(S, w, 1, 1);
       }
     }
-    if (t->group) ah__group_child_done(S, t);
-    if (failed && (t->flags & F_DETACHED)) ah__report_task(S, t);
-    if (t->flags & F_DETACHED) {
+    if (t->group) {
+      ah__group_child_done(S, t);
+    } else if (!(t->flags & F_GC)) {
+      /* Nobody can take its outcome (a detached task, or a combinator's
+       * child whose caller was cancelled) and its handle has no finalizer
+       * to report it: its error is reported now, and the thread of an
+       * internal task goes back to the pool. */
+      if (failed) ah__report_task(S, t);
       lua_rawgeti(S->L, LUA_REGISTRYINDEX, t->ref);
       ah__task_recycle(S, t, S->L, -1);
       lua_pop(S->L, 1);
@@ -461,10 +535,15 @@ static void complete(ah_sched *S, ah_task *t) {
     S->live--;
     luaL_unref(S->L, LUA_REGISTRYINDEX, t->ref);
     t->ref = LUA_NOREF;
-    /* A parent whose body already finished completes with its last child. */
-    t = (parent && parent->state == T_CHILDREN && link_empty(&parent->children))
-            ? parent
-            : NULL;
+    /* A parent whose body already finished completes with its last child;
+     * a function run inline by a combinator is finished with its last. */
+    t = NULL;
+    if (parent && link_empty(&parent->children)) {
+      if (parent->up)
+        ah__group_scope_empty(S, parent);
+      else if (scope_owner_body(parent)->state == T_CHILDREN)
+        t = scope_owner_body(parent);
+    }
   }
 }
 
@@ -492,15 +571,22 @@ static int body_fail_p(lua_State *L) {
     ah__error_push(L, "resource", 0, "out of memory");
     lua_replace(L, 2);
   }
-  if (ah__error_is(L, 2, NULL) && !is_standin(L, 2)) {
-    lua_getfield(L, 2, "traceback");
-    if (lua_isnil(L, -1)) {
-      lua_pushvalue(L, 3);
-      lua_setfield(L, 2, "traceback");
-    }
-    lua_pop(L, 1);
-  }
+  ah__error_keep_traceback(L, 2, 3);
   return 2;
+}
+
+void ah__error_keep_traceback(lua_State *L, int erridx, int tbidx) {
+  if (!lua_isstring(L, tbidx) || !ah__error_is(L, erridx, NULL) ||
+      is_standin(L, erridx))
+    return;
+  erridx = lua_absindex(L, erridx);
+  tbidx = lua_absindex(L, tbidx);
+  lua_getfield(L, erridx, "traceback");
+  if (lua_isnil(L, -1)) {
+    lua_pushvalue(L, tbidx);
+    lua_setfield(L, erridx, "traceback");
+  }
+  lua_pop(L, 1);
 }
 
 /* The body of t returned (nres results on its stack) or raised (status). */
@@ -545,15 +631,12 @@ static void body_done(ah_sched *S, ah_task *t, int status, int nres) {
     }
     t->flags |= F_BODY_ERR;
   }
-  if (!link_empty(&t->children)) {
+  ah_check(t->cur == &t->body, "body_done: a combinator's scope is still open");
+  if (!link_empty(&t->body.children)) {
     /* The task completes with its last child; a failed body takes its
      * children down with it. */
     t->state = T_CHILDREN;
-    if (status != LUA_OK) {
-      ah_link *l;
-      for (l = t->children.next; l != &t->children; l = l->next)
-        ah__task_cancel(S, container_of(l, ah_task, sibling));
-    }
+    if (status != LUA_OK) ah__scope_cancel_children(S, &t->body);
     return;
   }
   complete(S, t);
@@ -571,7 +654,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
 
 static void run_task(ah_sched *S, ah_task *t) {
   int nres = 0, status;
-  if (t->state == T_NEW && (t->flags & F_CANCEL)) {
+  if (t->state == T_NEW && t->body.pending) {
     /* Cancelled before it started: it completes without running. */
     lua_settop(t->co, 0);
     push_error_on(S, t->co, "cancelled", "task cancelled before it started", 1,
@@ -585,7 +668,20 @@ static void run_task(ah_sched *S, ah_task *t) {
   S->step_runs++;
   /* Setting the hook also restarts its count: the budget is per resume. */
   if (S->hook_count) lua_sethook(t->co, budget_hook, LUA_MASKCOUNT, S->hook_count);
+  S->next_ok = !(t->flags & F_NEXT);
+  t->flags &= ~F_NEXT;
   status = lua_resume(t->co, S->from, t->nargs, &nres);
+  S->next_ok = 0;
+  if (S->gc_ended) ah__sched_gc_ended(S);
+  if (!link_empty(&S->next)) {
+    /* The tasks it started go to the front of the ready queue. */
+    ah_link *first = S->next.next, *last = S->next.prev;
+    last->next = S->ready.next;
+    S->ready.next->prev = last;
+    S->ready.next = first;
+    first->prev = &S->ready;
+    link_init(&S->next);
+  }
   if (status == LUA_YIELD) {
     if (t->state == T_READY) return;  /* woken before it even yielded */
     if (t->op == NULL || t->op == &yield_op) {
@@ -641,6 +737,7 @@ void ah__sched_drain(ah_evloop *lp) {
     if (S->nreports == 0) break;
     ah__reports_deliver(S);
   }
+  if (budget < DRAIN_BUDGET) ah__sched_gc_busy(S); /* tasks ran */
   while (S->deferred) {
     ah_defer *d = S->deferred;
     S->deferred = d->next;
@@ -648,7 +745,8 @@ void ah__sched_drain(ah_evloop *lp) {
     d->queued = 0;
     d->fn(d);
   }
-  ah__loop_pending(lp, ah__sched_has_work(S));
+  if (ah__sched_has_work(S)) ah__loop_pending(lp, 1);
+  else ah__loop_pending(lp, ah__sched_idle(S));
   S->draining = 0;
   if (S->running && S->root && S->root->state >= T_DONE && S->detached == 0)
     uv_stop(lp->uv);
@@ -677,37 +775,70 @@ void ah__sched_undefer(ah_sched *S, ah_defer *d) {
 
 /* ---- cancellation ---------------------------------------------------------- */
 
-/* Cancels t and its children, once.  Nothing completes in here: a task
- * not started yet completes (without running) when the scheduler reaches
- * it, so lists being walked here never change under the walk. */
-void ah__task_cancel(ah_sched *S, ah_task *t) {
+/* Cancelling never completes anything: a task not started yet completes
+ * (without running) when the scheduler reaches it, so lists being walked
+ * here never change under the walk. */
+
+void ah__scope_cancel_children(ah_sched *S, ah_scope *sc) {
   ah_link *l;
-  if (t->state >= T_DONE || (t->flags & F_CANCELLED)) return;
-  t->flags |= F_CANCELLED;
-  for (l = t->children.next; l != &t->children; l = l->next)
+  for (l = sc->children.next; l != &sc->children; l = l->next)
     ah__task_cancel(S, container_of(l, ah_task, sibling));
-  switch (t->state) {
-  case T_NEW:
-    t->flags |= F_CANCEL;
-    break;
-  case T_SUSPENDED:
+}
+
+void ah__scope_cancel(ah_sched *S, ah_task *t, ah_scope *sc) {
+  ah_scope *x;
+  for (x = t->cur;; x = x->up) {
+    if (!x->cancelled) {
+      x->cancelled = 1;
+      x->pending = 1;
+      ah__scope_cancel_children(S, x);
+    }
+    if (x == sc) break;
+  }
+  /* A waiting task gets it now, where it waits; a running or woken one at
+   * its next await point (a value already handed to it stays its own). */
+  if (t->state == T_SUSPENDED && t->cur->pending) {
+    t->cur->pending = 0;
     if (t->op->cancel) t->op->cancel(S, t);
     push_error_on(S, t->co, "cancelled", "task cancelled", 0, &CANCEL_KEY);
     ah__task_wake(S, t, 1, 1);
-    break;
-  case T_READY:
-  case T_RUNNING:
-    t->flags |= F_CANCEL;
-    break;
-  default: /* T_CHILDREN: its children were cancelled above */
-    break;
+  }
+}
+
+/* Cancels t and its children, once. */
+void ah__task_cancel(ah_sched *S, ah_task *t) {
+  if (t->state >= T_DONE || t->body.cancelled) return;
+  ah__scope_cancel(S, t, &t->body);
+}
+
+void ah__scope_move(ah_scope *sc, ah_scope *to) {
+  while (!link_empty(&sc->children)) {
+    ah_task *c = container_of(sc->children.next, ah_task, sibling);
+    link_remove(&c->sibling);
+    link_append(&to->children, &c->sibling);
+    c->parent = to;
   }
 }
 
 /* ---- handles: join, result, cancel ------------------------------------------ */
 
 static ah_task *check_task(lua_State *L, const char *fn) {
-  return ah__arg_udata(L, 1, "agenthost.task", fn, "a task");
+  void *p = lua_touserdata(L, 1);
+  if (p && lua_getmetatable(L, 1)) {
+    int ok;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &TASK_IMT);
+    ok = lua_rawequal(L, -1, -2);
+    lua_pop(L, 1);
+    if (!ok) {
+      lua_rawgetp(L, LUA_REGISTRYINDEX, &TASK_MT);
+      ok = lua_rawequal(L, -1, -2);
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (ok) return p;
+  }
+  ah__arg_error(L, fn, "self", "a task (call it with ':')");
+  return NULL;
 }
 
 int ah__task_wait(lua_State *L, const char *what, ah_link *list, int keep,
@@ -764,9 +895,16 @@ static int th_status(lua_State *L) {
   return 1;
 }
 
-/* t:cancelled(): whether t has been cancelled (it may still be unwinding). */
+/* t:cancelled(): whether t has been cancelled (it may still be unwinding).
+ * Asked by t itself inside a function that a combinator runs in it, it is
+ * whether that function was cancelled, as a task of its own would see. */
 static int th_cancelled(lua_State *L) {
-  lua_pushboolean(L, (check_task(L, "task:cancelled")->flags & F_CANCELLED) != 0);
+  ah_task *t = check_task(L, "task:cancelled");
+  ah_scope *x;
+  int c = t->body.cancelled;
+  if (ah__task_current(L) == t)
+    for (x = t->cur; x && !c; x = x->up) c = x->cancelled;
+  lua_pushboolean(L, c);
   return 1;
 }
 
@@ -826,7 +964,8 @@ static int task_stats(lua_State *L) {
   ah_link *l;
   for (l = S->ready.next; l != &S->ready; l = l->next) ready++;
   for (l = S->yielded.next; l != &S->yielded; l = l->next) ready++;
-  lua_createtable(L, 0, 6);
+  for (l = S->next.next; l != &S->next; l = l->next) ready++;
+  lua_createtable(L, 0, 7);
   lua_pushinteger(L, (lua_Integer)S->live);
   lua_setfield(L, -2, "live");
   lua_pushinteger(L, (lua_Integer)ready);
@@ -839,6 +978,8 @@ static int task_stats(lua_State *L) {
   lua_setfield(L, -2, "spawned");
   lua_pushinteger(L, (lua_Integer)S->resumes);
   lua_setfield(L, -2, "resumes");
+  lua_pushinteger(L, (lua_Integer)S->npool);
+  lua_setfield(L, -2, "pooled");
   return 1;
 }
 
@@ -875,6 +1016,19 @@ static ah_sched *sched_create(lua_State *L) {
   lua_pop(L, 1);
 
   ah__metatable(L, "agenthost.task", task_methods, task_meta, NULL, &TASK_MT);
+  /* The handles of internal tasks, which no Lua code holds, need no
+   * finalizer (complete() reports their errors): without one a dropped
+   * handle goes in one collection instead of two. */
+  lua_createtable(L, 0, 3);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &TASK_MT);
+  lua_getfield(L, -1, "__index");
+  lua_setfield(L, -3, "__index");
+  lua_getfield(L, -1, "__tostring");
+  lua_setfield(L, -3, "__tostring");
+  lua_getfield(L, -1, "__name");
+  lua_setfield(L, -3, "__name");
+  lua_pop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &TASK_IMT);
   ah__errors_init(L);
   ah__sync_init(L);
 
@@ -904,15 +1058,19 @@ static ah_sched *sched_create(lua_State *L) {
   link_init(&S->orphans);
   link_init(&S->drainers);
   link_init(&S->yielded);
+  link_init(&S->next);
   lua_createtable(L, 4, 0);
   S->reports = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_createtable(L, 64, 0);
   S->pool = luaL_ref(L, LUA_REGISTRYINDEX);
   S->poolcap = 64;
+  S->housekeeping.weak = 1;
+  S->gc_timer.weak = 1;
   ah__error_push(L, "resource", 0, "out of memory");
   lua_rawsetp(L, LUA_REGISTRYINDEX, &OOM_KEY);
   ah__error_push(L, "cancelled", 0, "task cancelled");
   lua_rawsetp(L, LUA_REGISTRYINDEX, &CANCEL_KEY);
+  ah__sched_gc_init(L, S);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &BORROW_KEY);
   borrow = lua_touserdata(L, -1);
   lua_pop(L, 1);

@@ -26,18 +26,37 @@
  * A timer is a node embedded in the caller's own record: starting it
  * allocates nothing (the heap array grows geometrically and is reused).
  * All timers of one heap share a single uv_timer_t armed for the earliest
- * deadline, so a record carries 16 bytes instead of a whole uv handle.
+ * deadline, so a record carries 32 bytes instead of a whole uv handle.
  * Equal deadlines fire in the order they were started.
+ *
+ * Timeouts that recur (every agent sleeping the same 1.2 s) go into a
+ * lane: a FIFO list of the timers started with one timeout, whose
+ * deadlines are therefore in order, so that starting, stopping and firing
+ * one costs O(1) and only each lane's first timer is in the heap.  The
+ * first AH_TIMER_LANES distinct timeouts armed at once get a lane; the
+ * others are heap entries of their own.
  */
 typedef struct ah_timer {
   uint64_t key;   /* deadline in ms (high bits) and start sequence (low bits) */
-  uint32_t pos;   /* index in the heap + 1; 0 when not armed */
+  struct ah_timer *next, *prev; /* in its lane, while it has one */
+  uint32_t pos;   /* index in the heap + 1; 0 when not in the heap */
+  uint8_t lane;   /* its lane + 1; 0 when in none */
+  uint8_t weak;   /* set by the owner: an armed weak timer does not keep
+                     the loop alive (for housekeeping) */
+  uint8_t head;   /* a lane's own node (timer.c) */
 } ah_timer;
 
 typedef struct ah_timer_slot {
   uint64_t key;
   ah_timer *t;
 } ah_timer_slot;
+
+#define AH_TIMER_LANES 16
+typedef struct ah_timer_lane {
+  ah_timer node;     /* list head, and the lane's heap entry while not empty */
+  uint64_t timeout;  /* ms */
+  uint32_t n;        /* timers in the lane */
+} ah_timer_lane;
 
 typedef struct ah_timers ah_timers;
 typedef void (*ah_timer_fire_cb)(ah_timers *ts, ah_timer *t);
@@ -46,11 +65,14 @@ typedef void (*ah_timer_fire_cb)(ah_timers *ts, ah_timer *t);
 struct ah_timers {
   uv_timer_t handle;       /* armed for heap[0]; freed only in close cb */
   ah_timer_slot *heap;     /* min-heap on key; owned, malloc'd */
-  uint32_t n, cap;
+  uint32_t hn, cap;        /* heap entries, slots */
+  uint32_t n;              /* armed timers */
+  uint32_t strong;         /* armed timers that are not weak */
   uint32_t seq;
   uint64_t armed_for;      /* deadline the uv timer is armed for, or 0 */
   ah_timer_fire_cb fire;
   void *data;              /* for the owner */
+  ah_timer_lane lanes[AH_TIMER_LANES];
 };
 
 int ah__timers_init(ah_timers *ts, uv_loop_t *loop, ah_timer_fire_cb fire);
@@ -58,6 +80,8 @@ int ah__timers_init(ah_timers *ts, uv_loop_t *loop, ah_timer_fire_cb fire);
  * Restarting an armed timer moves it.  Returns 0 or UV_ENOMEM. */
 int ah__timers_start(ah_timers *ts, ah_timer *t, uint64_t timeout_ms);
 void ah__timers_stop(ah_timers *ts, ah_timer *t);
+/* Is t armed? */
+int ah__timers_armed(const ah_timer *t);
 /* Fires every due timer now; called by the uv timer and usable by hosts
  * that step the loop themselves. */
 void ah__timers_run(ah_timers *ts);
@@ -67,6 +91,45 @@ int64_t ah__timers_next(const ah_timers *ts);
  * runs from the loop once the handle is closed, and only then may the
  * memory holding ts be freed. */
 void ah__timers_close(ah_timers *ts, uv_close_cb close_cb);
+
+/* ---- the arena (alloc.c) ----------------------------------------------- */
+
+/*
+ * A size-class allocator for one Lua state, with lua_Alloc's signature
+ * (host/ does not include Lua; the signature is plain C).  Used by one
+ * thread at a time.  Blocks of up to AH_ARENA_MAX_SMALL bytes come from
+ * 64 KiB slabs of one class in a reserved range of address space, larger
+ * ones (and all of them while the heap is small) from malloc; empty slabs
+ * are returned to the system beyond a reserve, and all of them by
+ * ah__arena_trim.
+ */
+#define AH_ARENA_MAX_SMALL 4096
+typedef struct ah_arena ah_arena;
+typedef struct ah_arena_stats {
+  size_t small;       /* bytes of small blocks handed out */
+  size_t resident;    /* bytes of slabs made and not released (an upper
+                         bound on what the arena holds resident) */
+  size_t slabs;       /* slabs made so far */
+  size_t empty;       /* empty slabs kept for reuse */
+  size_t released;    /* empty slabs whose pages went back */
+  unsigned long long releases; /* slab releases so far */
+} ah_arena_stats;
+
+/* Reserves `reserve` bytes of address space (0: 64 GiB, or less when the
+ * system refuses); NULL when not even a little can be had (use
+ * ah__sysalloc then).  Until `start` bytes are in use every block comes
+ * from malloc (0: from the start on, small blocks come from slabs). */
+ah_arena *ah__arena_new(size_t reserve, size_t start);
+/* Frees the arena and every slab; the blocks of malloc must have been
+ * freed (lua_close does). */
+void ah__arena_destroy(ah_arena *a);
+/* lua_Alloc with ud the arena. */
+void *ah__arena_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+/* Returns the pages of every empty slab to the system. */
+void ah__arena_trim(ah_arena *a);
+void ah__arena_stats(const ah_arena *a, ah_arena_stats *st);
+/* lua_Alloc on realloc and free (what luaL_newstate uses). */
+void *ah__sysalloc(void *ud, void *ptr, size_t osize, size_t nsize);
 
 /* ---- loop ------------------------------------------------------------ */
 

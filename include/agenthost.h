@@ -78,7 +78,11 @@ typedef struct ah_config {
   ah_log_fn log;             /* NULL: "agenthost: LEVEL: msg" on stderr */
   ah_error_fn on_error;      /* NULL: message and traceback on stderr */
   void *ud;                  /* passed to log and on_error */
-  lua_Alloc alloc;           /* Lua's allocator; NULL: realloc/free */
+  /* Lua's allocator.  NULL: agenthost's own, a size-class allocator that
+   * returns memory to the system after a burst; realloc/free instead in
+   * sanitizer builds or with the environment variable
+   * AGENTHOST_ALLOC=system (for valgrind). */
+  lua_Alloc alloc;
   void *alloc_ud;
   /* A task that runs this many Lua VM instructions without waiting is
    * made to yield and continues at the next step, so one script cannot

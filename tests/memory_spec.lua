@@ -20,6 +20,21 @@ end
 local function run(fn) return task.run(fn) end
 
 describe("agenthost.memory", function()
+  it("flush waits until every posted message is stored", function()
+    run(function()
+      local mem = memory.open(path())
+      local id = mem:start_run("alice")
+      for i = 1, 500 do mem:post(id, { role = "user", content = "m" .. i }) end
+      mem:post_finish_run(id, "failed", nil, "cancelled")
+      mem:flush()
+      local h = mem:history(id)
+      assert.equal(500, #h)
+      assert.equal("m500", h[500].content)
+      assert.equal("failed", mem:run(id).status)
+      mem:close()
+    end)
+  end)
+
   it("round-trips a run's history in order, with events, data and tool calls", function()
     local p = path()
     local run_id

@@ -117,16 +117,21 @@ describe("task.gather", function()
     assert.equal("result\tfalse\tearly\tfalse", line)
   end)
 
-  it("cancelling the waiting task cancels the functions", function()
+  it("cancelling the waiting task cancels the functions and the tasks they started", function()
     task.run(function()
       local flags, started = {}, 0
       local h = task.spawn(function()
         task.gather(
-          function() started = started + 1 task.sleep(0.2) flags.a = true end,
+          function()
+            task.spawn(function() started = started + 1 task.sleep(0.2) flags.grandchild = true end)
+            started = started + 1
+            task.sleep(0.2)
+            flags.a = true
+          end,
           function() started = started + 1 task.sleep(0.2) flags.b = true end)
         flags.after = true
       end)
-      settle(function() return started == 2 end)
+      settle(function() return started == 3 end)
       h:cancel()
       local ok, err = h:result()
       assert.is_false(ok)
@@ -473,6 +478,248 @@ describe("combinators used over and over", function()
     end)
     assert.equal(200, stored)
     assert.equal(0, #got)
+  end)
+end)
+
+-- gather, race and map may run one of their functions in the calling task
+-- itself rather than in a child (docs/tasks.md).  Whichever runs where, the
+-- contract is the same: these cases hold for every position of a function.
+describe("combinators: every function keeps the contract of a child", function()
+  local function idle() task.sleep(0.3) end
+
+  it("a function cancelled by a failing sibling sees the cancellation at its await point, as its own", function()
+    local boom = ah.error.new("tool", "boom")
+    local seen = {}
+    local ok, err = task.run(function()
+      return pcall(task.gather,
+        function()
+          local ok, e = pcall(task.sleep, 0.3)
+          seen.kind = not ok and e.kind
+          seen.own = task.current():cancelled()
+          error(e, 0)
+        end,
+        function() task.sleep(0.01) error(boom) end)
+    end)
+    assert.is_false(ok)
+    assert.equal(boom, err)
+    assert.same({ kind = "cancelled", own = true }, seen)
+  end)
+
+  it("the tasks a cancelled function started are cancelled with it", function()
+    local log, flags = {}, {}
+    local ok, err = task.run(function()
+      local ok, err = pcall(task.gather,
+        function()
+          task.spawn(function()
+            local _ <close> = closer(function() log[#log + 1] = "grandchild unwound" end)
+            task.sleep(0.3)
+            flags.grandchild = true
+          end)
+          task.sleep(0.3)
+          flags.first = true
+        end,
+        function() task.sleep(0.01) error("second failed", 0) end)
+      log[#log + 1] = "gather raised"
+      return ok, err
+    end)
+    assert.is_false(ok)
+    assert.equal("second failed", err)
+    assert.same({}, flags)
+    assert.same({ "grandchild unwound", "gather raised" }, log)
+  end)
+
+  it("a gather returns only once the tasks its functions started have finished", function()
+    local log = task.run(function()
+      local log = {}
+      task.gather(
+        function() task.spawn(function() task.sleep(0.05) log[#log + 1] = "started by the first" end) end,
+        function() task.spawn(function() task.sleep(0.02) log[#log + 1] = "started by the second" end) end)
+      log[#log + 1] = "gathered"
+      return log
+    end)
+    assert.same({ "started by the second", "started by the first", "gathered" }, log)
+  end)
+
+  it("a function that fails takes the tasks it started down with it", function()
+    local log, flag = {}, false
+    local ok, err = task.run(function()
+      local ok, err = pcall(task.gather,
+        function()
+          task.spawn(function()
+            local _ <close> = closer(function() log[#log + 1] = "its task unwound" end)
+            task.sleep(0.3)
+            flag = true
+          end)
+          task.sleep(0.01)
+          error("first failed", 0)
+        end,
+        function() task.sleep(0.05) end)
+      log[#log + 1] = "gather raised"
+      return ok, err
+    end)
+    assert.is_false(ok)
+    assert.equal("first failed", err)
+    assert.is_false(flag)
+    assert.same({ "its task unwound", "gather raised" }, log)
+  end)
+
+  it("a cancelled function that catches the cancellation and waits again holds the gather until it ends", function()
+    local log = {}
+    task.run(function()
+      local ok = pcall(task.gather,
+        function()
+          local slept = pcall(task.sleep, 0.3)
+          task.sleep(0.02)
+          log[#log + 1] = "first cleaned up after " .. (slept and "sleeping" or "its cancellation")
+        end,
+        function() task.sleep(0.01) error("second failed", 0) end)
+      log[#log + 1] = "gather raised: " .. tostring(not ok)
+    end)
+    assert.same({ "first cleaned up after its cancellation", "gather raised: true" }, log)
+  end)
+
+  it("a gather nested in a cancelled function is cancelled with it, all of its functions", function()
+    local log = {}
+    task.run(function()
+      pcall(task.gather,
+        function()
+          task.gather(
+            function() local ok = pcall(task.sleep, 0.3) log[#log + 1] = "inner first: " .. tostring(ok) end,
+            function() local ok = pcall(task.sleep, 0.3) log[#log + 1] = "inner second: " .. tostring(ok) end)
+        end,
+        function() task.sleep(0.01) error("outer failed", 0) end)
+    end)
+    table.sort(log)
+    assert.same({ "inner first: false", "inner second: false" }, log)
+  end)
+
+  -- The traceback of a function's error is the one it would have in a
+  -- task of its own: from where it failed down to the function itself.
+  local function tracebacks(combinator, failing)
+    return task.run(function()
+      local _, first = pcall(combinator, failing, idle)
+      local _, second = pcall(combinator, idle, failing)
+      return first, second
+    end)
+  end
+
+  it("an error keeps its traceback whichever position the failing function has", function()
+    local function failing()
+      task.sleep(0.001)
+      error(ah.error.new("tool", "after a wait"))
+    end
+    local function at_once() error(ah.error.new("tool", "before any wait")) end
+    for _, combinator in ipairs { task.gather, task.race } do
+      for _, fn in ipairs { failing, at_once } do
+        local first, second = tracebacks(combinator, fn)
+        assert.is_string(first.traceback)
+        assert.matches("in function <[^>]*sync_spec.lua", first.traceback)
+        assert.equal(second.traceback, first.traceback)
+        assert.not_matches("task.run", first.traceback, 1, true)
+      end
+    end
+  end)
+
+  it("a deep error keeps the traceback it would have in a task of its own", function()
+    local function deep(n)
+      if n == 0 then
+        task.sleep(0.001)
+        error(ah.error.new("tool", "deep"))
+      end
+      return (deep(n - 1)) -- not a tail call: every level is a frame
+    end
+    for _, depth in ipairs { 5, 19, 20, 21, 40 } do
+      local first, second = tracebacks(task.gather, function() deep(depth) end)
+      assert.equal(second.traceback, first.traceback)
+      if depth >= 21 then assert.matches("skipping", first.traceback) end
+    end
+  end)
+
+  it("a second error goes to the error handler with the same traceback from any position", function()
+    local got = capture_reports()
+    local function cleanup_fails()
+      local ok = pcall(task.sleep, 0.3)
+      if not ok then error("cleanup failed", 0) end
+    end
+    local function fails_first() task.sleep(0.01) error("first", 0) end
+    task.run(function()
+      assert.is_false(pcall(task.gather, cleanup_fails, fails_first))
+      assert.is_false(pcall(task.gather, fails_first, cleanup_fails))
+    end)
+    assert.equal(2, #got)
+    assert.equal("cleanup failed", got[1].err)
+    assert.equal("cleanup failed", got[2].err)
+    assert.matches("stack traceback", got[1].traceback)
+    assert.equal(got[2].traceback, got[1].traceback)
+  end)
+
+  it("combinators nest deeper than Lua nests C calls", function()
+    local function tree(d)
+      if d == 0 then task.sleep(0.001) return 1 end
+      local a, b = task.gather(function() return tree(d - 1) end, function() return 1 end)
+      return a + b
+    end
+    local function failing(d)
+      if d == 0 then task.sleep(0.001) error("deep failure", 0) end
+      return (task.gather(function() return failing(d - 1) end, function() task.sleep(1) end))
+    end
+    assert.equal(251, task.run(tree, 250))
+    assert.same({ false, "deep failure" }, { task.run(pcall, failing, 250) })
+  end)
+
+  it("race: a later winner cancels the first function at its await point, and the tasks it started", function()
+    local log, flags = {}, {}
+    local r = { task.run(function()
+      return task.race(
+        function()
+          task.spawn(function()
+            local _ <close> = closer(function() log[#log + 1] = "its task unwound" end)
+            task.sleep(0.3)
+            flags.grandchild = true
+          end)
+          local ok, e = pcall(task.sleep, 0.3)
+          log[#log + 1] = "first: " .. (ok and "slept" or e.kind)
+          flags.first = ok
+        end,
+        function() task.sleep(0.01) return "second", "won" end)
+    end) }
+    assert.same({ 2, "second", "won" }, r)
+    assert.same({ first = false }, flags)
+    table.sort(log)
+    assert.same({ "first: cancelled", "its task unwound" }, log)
+  end)
+
+  it("race: a first function that wins cancels the others and returns every value", function()
+    local flag = false
+    local r = { task.run(function()
+      return task.race(
+        function() task.sleep(0.01) return "first", nil, "three" end,
+        function() task.sleep(0.3) flag = true end)
+    end) }
+    assert.equal(1, r[1])
+    assert.equal("first", r[2])
+    assert.is_nil(r[3])
+    assert.equal("three", r[4])
+    assert.is_false(flag)
+  end)
+
+  it("map: an error cancels every call still running, wherever it runs, at its await point", function()
+    local cancelled = {}
+    local ok, err = task.run(function()
+      return pcall(task.map, { 1, 2, 3 }, function(item)
+        if item == 3 then
+          task.sleep(0.01)
+          error("item 3 failed", 0)
+        end
+        local ok, e = pcall(task.sleep, 0.3)
+        if not ok then cancelled[#cancelled + 1] = item .. " " .. e.kind end
+        error(e, 0)
+      end, { limit = 3 })
+    end)
+    assert.is_false(ok)
+    assert.equal("item 3 failed", err)
+    table.sort(cancelled)
+    assert.same({ "1 cancelled", "2 cancelled" }, cancelled)
   end)
 end)
 

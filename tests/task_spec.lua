@@ -1063,11 +1063,109 @@ describe("deadlock detection", function()
   end)
 end)
 
+describe("scheduling order", function()
+  it("a task started by a running task runs as soon as that task waits, ahead of tasks woken before", function()
+    local log = task.run(function()
+      local log, ev = {}, task.event()
+      local waiter = task.spawn(function() ev:wait() log[#log + 1] = "woken" end)
+      task.yield() -- the waiter waits
+      ev:set()     -- and is ready
+      task.spawn(function() log[#log + 1] = "started" end)
+      task.yield()
+      waiter:join()
+      return log
+    end)
+    assert.same({ "started", "woken" }, log)
+  end)
+
+  it("the tasks a task started ahead starts go to the back, so that no chain holds the queue", function()
+    local log = task.run(function()
+      local log, ev = {}, task.event()
+      local waiter = task.spawn(function() ev:wait() log[#log + 1] = "woken" end)
+      task.yield()
+      ev:set()
+      local function chain(n)
+        log[#log + 1] = "chain " .. n
+        if n < 3 then task.spawn(chain, n + 1) end
+      end
+      task.spawn(chain, 1)
+      task.yield()
+      waiter:join()
+      return log
+    end)
+    assert.same({ "chain 1", "woken", "chain 2", "chain 3" }, log)
+  end)
+end)
+
+describe("memory", function()
+  -- Waits up to about 10 s (the loop idle in between) for cond().
+  local function within_seconds(cond)
+    for _ = 1, 5 do
+      if eventually(cond) then return true end
+    end
+    return false
+  end
+
+  it("the collector runs while the loop is idle, without waiting for more allocation", function()
+    task.run(function()
+      local keep = {}
+      for i = 1, 200000 do keep[i] = { i } end
+      collectgarbage()
+      task.yield() -- the scheduler notes what the cycle left when the task waits
+      local base = collectgarbage("count")
+      do
+        -- Half as much again: below the collector's own threshold (twice
+        -- what its last cycle left), so only idle time can collect it.
+        local junk = {}
+        for i = 1, 100000 do junk[i] = { i } end
+      end
+      assert.is_true(collectgarbage("count") > base * 1.4)
+      assert.is_true(within_seconds(function() return collectgarbage("count") < base * 1.1 end),
+        "the garbage was not collected while idle")
+      assert.equal(200000, #keep)
+    end)
+  end)
+
+  it("leaves a collector that Lua code stopped alone", function()
+    task.run(function()
+      collectgarbage()
+      task.yield()
+      local base = collectgarbage("count")
+      collectgarbage("stop")
+      do
+        local junk = {}
+        for i = 1, 100000 do junk[i] = { i } end
+      end
+      local grown = collectgarbage("count")
+      for _ = 1, 10 do task.sleep(0.01) end
+      local after = collectgarbage("count")
+      collectgarbage("restart")
+      assert.is_true(grown > base + 2048)
+      assert.is_true(after >= grown, "a stopped collector ran")
+    end)
+  end)
+
+  it("threads kept for reuse after a burst go back once it is over, and their memory with them", function()
+    task.run(function()
+      local items = {}
+      for i = 1, 3000 do items[i] = i end
+      local before = collectgarbage("count")
+      task.map(items, function() task.sleep(0.001) end) -- 2,999 tasks at once
+      local s = task.stats()
+      assert.is_true(s.pooled >= 2000, "pooled " .. s.pooled)
+      local peak = collectgarbage("count")
+      assert.is_true(within_seconds(function() return task.stats().pooled <= 64 end),
+        "the pool kept " .. task.stats().pooled .. " threads")
+      assert.is_true(collectgarbage("count") < before + (peak - before) / 4)
+    end)
+  end)
+end)
+
 describe("task.stats", function()
   it("counts live, ready, sleeping, detached, spawned tasks and resumes", function()
     task.run(function()
       local s0 = task.stats()
-      for _, k in ipairs { "live", "ready", "sleeping", "detached", "spawned", "resumes" } do
+      for _, k in ipairs { "live", "ready", "sleeping", "detached", "spawned", "resumes", "pooled" } do
         assert.equal("integer", math.type(s0[k]), k)
       end
       local hs = {}

@@ -9,6 +9,11 @@ agent_loop("Analyze system performance anomalies") K times in sequence, waits
 for every fire-and-forget memory write, then prints one line:
 
     agents=N steps=K wall=S ideal=S cpu=S maxrss_mb=M
+
+With --idle-after S it then lets the event loop idle S seconds and prints
+the resident size at that point:
+
+    rss_after_idle_mb=M
 """
 import asyncio
 from typing import Dict, Any
@@ -73,6 +78,7 @@ async def main():
 
 # --- N-agent driver (benchmark mode) ---
 import argparse
+import os
 import resource
 import time
 
@@ -111,6 +117,8 @@ def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, help="concurrent agents (default 1)")
     parser.add_argument("--steps", type=int, help="agent_loop calls per agent (default 1)")
+    parser.add_argument("--idle-after", type=float, default=0,
+                        help="then idle this many seconds and print the resident size")
     args = parser.parse_args()
     if args.agents is None and args.steps is None:
         asyncio.run(main())
@@ -125,7 +133,12 @@ def cli() -> None:
     cpu = ru.ru_utime + ru.ru_stime
     maxrss_mb = ru.ru_maxrss / 1024  # Linux reports KB
     print(f"agents={agents} steps={steps} wall={wall:.3f} ideal={ideal:.3f} "
-          f"cpu={cpu:.3f} maxrss_mb={maxrss_mb:.1f}")
+          f"cpu={cpu:.3f} maxrss_mb={maxrss_mb:.1f}", flush=True)
+    if args.idle_after > 0:
+        asyncio.run(asyncio.sleep(args.idle_after))
+        with open("/proc/self/statm") as f:
+            resident = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        print(f"rss_after_idle_mb={resident / 1048576:.1f}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@
 // for every fire-and-forget memory write, then prints one line:
 //
 //   agents=N steps=K wall=S ideal=S cpu=S maxrss_mb=M
+//
+// With --idle-after S it then lets the event loop idle S seconds and prints
+// the resident size at that point:
+//
+//   rss_after_idle_mb=M
 'use strict';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -81,7 +86,7 @@ async function runAgent(steps) {
   }
 }
 
-async function bench(agents, steps) {
+async function bench(agents, steps, idleAfter) {
   const t0 = performance.now();
   const runs = [];
   for (let i = 0; i < agents; i++) runs.push(runAgent(steps));
@@ -97,30 +102,40 @@ async function bench(agents, steps) {
     `agents=${agents} steps=${steps} wall=${wall.toFixed(3)} ideal=${ideal.toFixed(3)} ` +
       `cpu=${cpuSec.toFixed(3)} maxrss_mb=${maxrssMb.toFixed(1)}`
   );
+  if (idleAfter > 0) {
+    await sleep(idleAfter * 1000);
+    console.log(`rss_after_idle_mb=${(process.memoryUsage().rss / 1048576).toFixed(1)}`);
+  }
 }
 
 function usage(msg) {
   if (msg) console.error(`seed_node.js: ${msg}`);
-  console.error('usage: node seed_node.js [--agents N] [--steps K]');
+  console.error('usage: node seed_node.js [--agents N] [--steps K] [--idle-after S]');
   process.exit(2);
 }
 
 function cli(argv) {
   let agents = null;
   let steps = null;
+  let idleAfter = 0;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === '-h' || arg === '--help') usage();
-    const m = /^--(agents|steps)(?:=(.*))?$/.exec(arg);
+    const m = /^--(agents|steps|idle-after)(?:=(.*))?$/.exec(arg);
     if (!m) usage(`unknown argument: ${arg}`);
     const value = m[2] !== undefined ? m[2] : argv[++i];
     const n = Number(value);
+    if (m[1] === 'idle-after') {
+      if (!(n >= 0)) usage('--idle-after needs a number of seconds >= 0');
+      idleAfter = n;
+      continue;
+    }
     if (!Number.isInteger(n) || n < 1) usage(`--${m[1]} needs an integer >= 1`);
     if (m[1] === 'agents') agents = n;
     else steps = n;
   }
   if (agents === null && steps === null) return main();
-  return bench(agents ?? 1, steps ?? 1);
+  return bench(agents ?? 1, steps ?? 1, idleAfter);
 }
 
 cli(process.argv.slice(2)).catch((err) => {

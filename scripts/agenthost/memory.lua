@@ -308,6 +308,12 @@ function Memory:close()
   if self.owned then self.db:close() end
 end
 
+-- mem:flush(): waits until every write posted so far (mem:post, a
+-- cancelled run's mark) is committed, on SQLite and PostgreSQL alike.
+function Memory:flush()
+  self.db:flush()
+end
+
 -- ---- agents and conversations ----------------------------------------------------
 
 -- The id of the agent called name, created on first use.

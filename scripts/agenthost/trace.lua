@@ -15,10 +15,11 @@
 -- task's current span, so that the spans of concurrent tool calls nest
 -- under the turn that started them.  This is done here, in Lua: the task
 -- functions are wrapped while tracing is on and restored by disable(), and
--- the current span is kept per coroutine in a weak table; a child clears
--- its entry when it ends (a to-be-closed value, so an error or a
--- cancellation clears it too), since the scheduler reuses the threads of
--- finished tasks.
+-- the current span is kept per coroutine in a weak table; a child puts its
+-- entry back when it ends (a to-be-closed value, so an error or a
+-- cancellation does it too), since the scheduler reuses the threads of
+-- finished tasks and gather and race run their first function in the
+-- calling task.
 --
 -- Cost when off: every function here returns at once, and start() and the
 -- GenAI helpers return one shared inert span whose methods do nothing, so
@@ -609,12 +610,15 @@ end
 
 -- ---- following the task ------------------------------------------------------------------
 
--- Clears the running coroutine's current span when a traced child ends.
-local CLEAR = setmetatable({}, { __close = function() current[running()] = nil end })
+-- Puts back the running coroutine's current span when a traced child
+-- ends: nil on a thread of its own (which the scheduler may reuse), the
+-- caller's span when gather or race ran the function in the calling task.
+local Restore = { __close = function(r) current[r.co] = r.prev end }
 
 local function in_span(sp, fn, ...)
-  current[running()] = sp
-  local _ <close> = CLEAR
+  local co = running()
+  local _ <close> = setmetatable({ co = co, prev = current[co] }, Restore)
+  current[co] = sp
   return fn(...)
 end
 

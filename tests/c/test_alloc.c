@@ -15,14 +15,26 @@
  * emergency collection succeeds.  AH_TEST_ALLOC_STRIDE=K sets one stride
  * for all modes, AH_TEST_ALLOC_FROM=N and AH_TEST_ALLOC_MODE=0|1|2 start
  * later, AH_TEST_ALLOC_VERBOSE=1 prints each N on stderr.
+ *
+ * The counting allocator takes its blocks from host/alloc.c's arena, the
+ * default allocator of a host, so that the sweep covers it too; in
+ * sanitizer builds (AH_ALLOC_SYSTEM) from realloc/free, so that LeakSanitizer
+ * sees every block.  The arena is also tested on its own first: blocks of
+ * every size apart and aligned, contents kept through realloc, a shrink that
+ * cannot fail, a full range falling back to malloc, empty slabs returned to
+ * the system, and which allocator a host gets.
  */
+#define _DEFAULT_SOURCE /* mincore */
 #include "agenthost.h"
 #include "ctest.h"
+#include "../../host/host.h"
 
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -40,6 +52,7 @@ const char *__lsan_default_suppressions(void) {
 }
 
 typedef struct counter {
+  ah_arena *arena; /* where the blocks come from; NULL: realloc/free */
   long count;     /* allocations so far */
   long fail_at;   /* the allocation that fails; 0: none */
   int mode;       /* FAIL_NTH, FAIL_FROM_N, COLLECT_AT_N */
@@ -52,12 +65,18 @@ typedef struct counter {
   size_t last_osize, last_nsize;
 } counter;
 
-static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-  counter *c = ud;
+static void *backing(counter *c, void *ptr, size_t osize, size_t nsize) {
+  if (c->arena) return ah__arena_alloc(c->arena, ptr, osize, nsize);
   if (nsize == 0) {
     free(ptr);
     return NULL;
   }
+  return realloc(ptr, nsize);
+}
+
+static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  counter *c = ud;
+  if (nsize == 0) return backing(c, ptr, osize, 0);
   if (c->retry_pending) {
     c->retry_pending = 0;
     if (ptr == c->last_ptr && osize == c->last_osize && nsize == c->last_nsize) {
@@ -77,7 +96,7 @@ static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     }
     return NULL;
   }
-  return realloc(ptr, nsize);
+  return backing(c, ptr, osize, nsize);
 }
 
 /* Set when the host says a post could not be delivered: the script then
@@ -201,6 +220,246 @@ static int one_run(counter *c, int *ran) {
   return good;
 }
 
+/* The sweep's arena: one for every run (each run frees all it took). */
+static ah_arena *sweep_arena;
+
+/* one_run on the sweep's arena (in the builds that have one). */
+static int one_run_arena(counter *c, int *ran) {
+  ah_arena_stats st;
+  int good;
+  c->arena = sweep_arena;
+  good = one_run(c, ran);
+  if (sweep_arena) {
+    ah__arena_stats(sweep_arena, &st);
+    if (st.small != 0) good = 0; /* a run that left a block behind */
+  }
+  return good;
+}
+
+/* ---- the arena on its own ---------------------------------------------- */
+
+static unsigned char pattern(size_t block, size_t i) {
+  return (unsigned char)(block * 131u + i * 7u + 1u);
+}
+
+static void fill(void *p, size_t n, size_t block) {
+  size_t i;
+  for (i = 0; i < n; i++) ((unsigned char *)p)[i] = pattern(block, i);
+}
+
+static int intact(const void *p, size_t n, size_t block) {
+  size_t i;
+  for (i = 0; i < n; i++)
+    if (((const unsigned char *)p)[i] != pattern(block, i)) return 0;
+  return 1;
+}
+
+#define NBLOCKS 6000
+
+/* Blocks of every size up to past the largest class, userdata among them;
+ * some freed and allocated again, some resized both ways. */
+static void test_arena_blocks(void) {
+  static void *p[NBLOCKS];
+  static size_t sz[NBLOCKS];
+  ah_arena *a = ah__arena_new((size_t)64 << 20, 0);
+  ah_arena_stats st;
+  int i, aligned = 1, ud_aligned = 1, kept = 1, resized = 1, none_null = 1;
+  CHECK(a != NULL, "an arena reserves its range");
+  if (!a) return;
+  for (i = 0; i < NBLOCKS; i++) {
+    int ud = i % 5 == 0;
+    sz[i] = (size_t)(i % 4700) + 1;
+    p[i] = ah__arena_alloc(a, NULL, ud ? 7 : 4, sz[i]);
+    if (!p[i]) { none_null = 0; continue; }
+    if ((uintptr_t)p[i] % 8) aligned = 0;
+    if (ud && (uintptr_t)p[i] % 16) ud_aligned = 0;
+    fill(p[i], sz[i], (size_t)i);
+  }
+  CHECK(none_null, "every allocation succeeds");
+  CHECK(aligned, "every block is aligned to 8 bytes");
+  CHECK(ud_aligned, "userdata blocks are aligned to 16 bytes");
+  for (i = 0; i < NBLOCKS; i++)
+    if (p[i] && !intact(p[i], sz[i], (size_t)i)) kept = 0;
+  CHECK(kept, "no two blocks overlap: every one keeps what was written");
+  for (i = 0; i < NBLOCKS; i += 2) {
+    ah__arena_alloc(a, p[i], sz[i], 0);
+    p[i] = ah__arena_alloc(a, NULL, 4, sz[i]);
+    if (p[i]) fill(p[i], sz[i], (size_t)i);
+  }
+  for (i = 1; i < NBLOCKS; i += 2) {
+    size_t n = i % 3 ? sz[i] * 3 + 5 : sz[i] / 3 + 1;
+    void *q = ah__arena_alloc(a, p[i], sz[i], n);
+    if (!q || !intact(q, n < sz[i] ? n : sz[i], (size_t)i)) resized = 0;
+    if (q) {
+      p[i] = q;
+      sz[i] = n;
+      fill(q, n, (size_t)i);
+    }
+  }
+  CHECK(resized, "growing and shrinking keeps the contents");
+  kept = 1;
+  for (i = 0; i < NBLOCKS; i++)
+    if (p[i] && !intact(p[i], sz[i], (size_t)i)) kept = 0;
+  CHECK(kept, "after frees, reuse and resizes every block is intact");
+  for (i = 0; i < NBLOCKS; i++) ah__arena_alloc(a, p[i], sz[i], 0);
+  ah__arena_stats(a, &st);
+  CHECK(st.small == 0, "after every free no small block is in use");
+  ah__arena_destroy(a);
+}
+
+/* A range of four slabs: once it is full blocks come from malloc, and a
+ * shrink that has no room to move keeps its block. */
+static void test_arena_full(void) {
+  enum { N = 80 };
+  void *big[N], *small;
+  ah_arena *a = ah__arena_new((size_t)4 << 16, 0);
+  int i, ok = 1;
+  CHECK(a != NULL, "a small arena");
+  if (!a) return;
+  for (i = 0; i < N; i++) {
+    big[i] = ah__arena_alloc(a, NULL, 4, 4000);
+    if (!big[i]) ok = 0;
+    else fill(big[i], 4000, (size_t)i);
+  }
+  CHECK(ok, "allocations beyond the range succeed (from malloc)");
+  small = ah__arena_alloc(a, big[0], 4000, 10);
+  CHECK(small == big[0] && intact(small, 10, 0),
+        "a shrink with no room for a smaller block keeps the block and its contents");
+  big[0] = small;
+  small = ah__arena_alloc(a, big[N - 1], 4000, 10);
+  CHECK(small != NULL && intact(small, 10, N - 1), "a block of malloc shrinks too");
+  big[N - 1] = small;
+  ok = 1;
+  for (i = 1; i < N - 1; i++)
+    if (!intact(big[i], 4000, (size_t)i)) ok = 0;
+  CHECK(ok, "blocks of the range and of malloc keep their contents");
+  ah__arena_alloc(a, big[0], 10, 0);
+  ah__arena_alloc(a, big[N - 1], 10, 0);
+  for (i = 1; i < N - 1; i++) ah__arena_alloc(a, big[i], 4000, 0);
+  ah__arena_destroy(a); /* LeakSanitizer: malloc's blocks went back */
+}
+
+/* Until `start` bytes are in use every block is malloc's; then small ones
+ * come from slabs, and blocks of both kinds resize and free alike. */
+static void test_arena_start(void) {
+  enum { N = 4000 };
+  static void *p[N];
+  ah_arena *a = ah__arena_new((size_t)64 << 20, (size_t)1 << 20);
+  ah_arena_stats st;
+  int i, below = -1, ok = 1;
+  CHECK(a != NULL, "an arena that starts at 1 MiB");
+  if (!a) return;
+  for (i = 0; i < N; i++) {
+    p[i] = ah__arena_alloc(a, NULL, 4, 500);
+    if (!p[i]) ok = 0;
+    else fill(p[i], 500, (size_t)i);
+    ah__arena_stats(a, &st);
+    if (below < 0 && st.small > 0) below = i; /* the first block of a slab */
+  }
+  CHECK(ok, "every allocation succeeds");
+  CHECK(below > 1900 && below < 2200, "blocks come from slabs once about 1 MiB is in use");
+  for (i = 0; i < N; i++) {
+    void *q = ah__arena_alloc(a, p[i], 500, i % 2 ? 700 : 300);
+    if (!q || !intact(q, 300, (size_t)i)) ok = 0;
+    if (q) p[i] = q;
+  }
+  CHECK(ok, "blocks of malloc and of slabs resize keeping their contents");
+  for (i = 0; i < N; i++) ah__arena_alloc(a, p[i], i % 2 ? 700 : 300, 0);
+  ah__arena_stats(a, &st);
+  CHECK(st.small == 0, "and free alike");
+  ah__arena_destroy(a);
+}
+
+/* Pages of p's block that are resident. */
+static int resident(void *p) {
+  long page = sysconf(_SC_PAGESIZE);
+  unsigned char v = 0;
+  void *at = (void *)((uintptr_t)p & ~(uintptr_t)(page - 1));
+  if (mincore(at, (size_t)page, &v) != 0) return -1;
+  return v & 1;
+}
+
+/* 32 MiB of small blocks, then all freed: the empty slabs beyond a small
+ * reserve go back to the system at once, the rest on a trim. */
+static void test_arena_returns_memory(void) {
+  enum { N = 32 << 14 }; /* 64-byte blocks */
+  static void *p[N];
+  ah_arena *a = ah__arena_new(0, 0);
+  ah_arena_stats st;
+  int i, in = 0, out = 0;
+  CHECK(a != NULL, "an arena with the default range");
+  if (!a) return;
+  for (i = 0; i < N; i++) {
+    p[i] = ah__arena_alloc(a, NULL, 4, 64);
+    memset(p[i], 1, 64);
+  }
+  for (i = 0; i < N; i += 1024) in += resident(p[i]) == 1;
+  CHECK(in == N / 1024, "the blocks' pages are resident while used");
+  for (i = 0; i < N; i++) ah__arena_alloc(a, p[i], 64, 0);
+  ah__arena_stats(a, &st);
+  CHECK(st.small == 0 && st.resident <= (size_t)4 << 20,
+        "freeing them all returns all but a few slabs");
+  ah__arena_trim(a);
+  ah__arena_stats(a, &st);
+  CHECK(st.resident == 0 && st.releases > 0, "a trim returns the rest");
+  for (i = 0; i < N; i += 1024) out += resident(p[i]) == 0;
+  CHECK(out == N / 1024, "the system sees those pages as not resident");
+  p[0] = ah__arena_alloc(a, NULL, 4, 64);
+  if (p[0]) memset(p[0], 1, 64);
+  CHECK(p[0] != NULL && resident(p[0]) == 1, "a released slab serves again");
+  ah__arena_alloc(a, p[0], 64, 0);
+  ah__arena_destroy(a);
+}
+
+static void *given_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  (void)ud, (void)osize;
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  return realloc(ptr, nsize);
+}
+
+/* Which allocator a host's state gets. */
+static void test_host_allocator(void) {
+  ah_config cfg;
+  ah_host *h = NULL;
+  void *ud;
+  const char *env = getenv("AGENTHOST_ALLOC");
+  int system = env && strcmp(env, "system") == 0; /* make valgrind sets it */
+  ah_config_init(&cfg);
+  cfg.log = quiet_log;
+  CHECK(ah_open(&cfg, &h) == AH_OK, "a host opens with the default allocator");
+  if (h) {
+#ifdef AH_ALLOC_SYSTEM
+    (void)system;
+    CHECK(lua_getallocf(ah_lua(h), &ud) == ah__sysalloc,
+          "a sanitizer build gives hosts realloc/free");
+#else
+    if (system)
+      CHECK(lua_getallocf(ah_lua(h), &ud) == ah__sysalloc,
+            "AGENTHOST_ALLOC=system in the environment gives realloc/free");
+    else
+      CHECK(lua_getallocf(ah_lua(h), &ud) == ah__arena_alloc && ud != NULL,
+            "a host's state allocates from its arena");
+#endif
+    ah_close(h);
+  }
+  setenv("AGENTHOST_ALLOC", "system", 1);
+  h = NULL;
+  CHECK(ah_open(&cfg, &h) == AH_OK && lua_getallocf(ah_lua(h), &ud) == ah__sysalloc,
+        "AGENTHOST_ALLOC=system gives realloc/free");
+  if (h) ah_close(h);
+  if (!system) unsetenv("AGENTHOST_ALLOC");
+  cfg.alloc = given_alloc;
+  cfg.alloc_ud = &cfg;
+  h = NULL;
+  CHECK(ah_open(&cfg, &h) == AH_OK && lua_getallocf(ah_lua(h), &ud) == given_alloc &&
+            ud == &cfg,
+        "ah_config.alloc is used as given");
+  if (h) ah_close(h);
+}
+
 /* An allocator with a cap on the bytes in use (Lua passes the old size
  * on free and realloc, so no header is needed). */
 typedef struct capped {
@@ -297,7 +556,15 @@ int main(void) {
   snprintf(db_path, sizeof db_path, "%s/alloc.db", dir);
   snprintf(script, sizeof script, script_fmt, db_path);
 
+  test_arena_blocks();
+  test_arena_full();
+  test_arena_start();
+  test_arena_returns_memory();
+  test_host_allocator();
   test_task_exhausts_memory();
+#ifndef AH_ALLOC_SYSTEM
+  sweep_arena = ah__arena_new((size_t)256 << 20, 0);
+#endif
 
   /* A run's count can differ by a few allocations from one run to the
    * next, near its end (what the loop finds ready on each iteration
@@ -309,7 +576,7 @@ int main(void) {
   hi = 0;
   for (n = 0; n < 3; n++) {
     memset(&c, 0, sizeof c);
-    CHECK(one_run(&c, &ran) && ran, "the script runs with no failing allocation");
+    CHECK(one_run_arena(&c, &ran) && ran, "the script runs with no failing allocation");
     if (c.count < lo) lo = c.count;
     if (c.count > hi) hi = c.count;
   }
@@ -325,7 +592,7 @@ int main(void) {
       c.fail_at = n;
       c.mode = mode;
       if (getenv("AH_TEST_ALLOC_VERBOSE")) fprintf(stderr, "N=%ld\n", n);
-      if (!one_run(&c, &ran)) {
+      if (!one_run_arena(&c, &ran)) {
         if (!bad++) first_bad = n;
       }
       runs++;
@@ -346,6 +613,7 @@ int main(void) {
     CHECK(unrefused == 0, "every N within the range was refused");
     CHECK(past_end_done == past_end, "the runs past the last allocation completed the script");
   }
+  ah__arena_destroy(sweep_arena);
   remove_db();
   rmdir(dir);
   return ctest_done();

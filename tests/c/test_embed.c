@@ -3,12 +3,15 @@
  * closing (many times, for leak checkers), every misuse and its code,
  * stepping within a budget, posts from several threads at once, host
  * functions, the log and error callbacks, a borrowed loop, ah_run, and
- * what ah_close lets finish.  Counts and orders only: no assertion depends
+ * what ah_close lets finish, and the memory of a burst going back to the
+ * system once it is over.  Counts and orders only: no assertion depends
  * on how long anything took.  AH_TEST_OPENS sets the open/close count
  * (1000 by default; the valgrind target uses fewer).
  */
+#define _DEFAULT_SOURCE /* nanosleep */
 #include "agenthost.h"
 #include "ctest.h"
+#include "../../host/host.h"
 
 #include <uv.h>
 
@@ -16,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- helpers ----------------------------------------------------------- */
@@ -522,8 +526,73 @@ static void test_post_close_race(void) {
   free(b.json);
 }
 
+/* Do hosts allocate with realloc/free (a sanitizer build, or make
+ * valgrind's AGENTHOST_ALLOC=system)? */
+static int on_system_alloc(void) {
+#ifdef AH_ALLOC_SYSTEM
+  return 1;
+#else
+  const char *env = getenv("AGENTHOST_ALLOC");
+  return env && strcmp(env, "system") == 0;
+#endif
+}
+
+/* Bytes the host's arena may hold resident (0 without an arena). */
+static size_t arena_resident(ah_host *h) {
+  void *ud;
+  ah_arena_stats st;
+  if (lua_getallocf(ah_lua(h), &ud) != ah__arena_alloc) return 0;
+  ah__arena_stats(ud, &st);
+  return st.resident;
+}
+
+/* 20,000 tasks at once, each making garbage, then nothing: within a few
+ * seconds of idling (the scheduler's housekeeping) the pool gives back
+ * its threads, the collector runs, and the arena returns the pages. */
+static void test_burst_memory(void) {
+  ah_host *h = open_quiet(NULL);
+  size_t peak = 0, now = 0;
+  long steps;
+  int rc;
+  if (!h) {
+    CHECK(0, "a host opens");
+    return;
+  }
+  rc = ah_load_string(h,
+      "local task = require('agenthost').task\n"
+      "local items = {}\n"
+      "for i = 1, 20000 do items[i] = i end\n"
+      "task.map(items, function(i)\n"
+      "  local t = {}\n"
+      "  for k = 1, 20 do t[k] = tostring(i) .. ':' .. k end\n"
+      "  task.sleep(0.001)\n"
+      "  return #t\n"
+      "end)\n",
+      "=burst");
+  CHECK(rc == AH_OK, "the burst loads");
+  for (steps = 0; steps < 100000 && ah_step(h, 1000) == AH_AGAIN; steps++) {
+    now = arena_resident(h);
+    if (now > peak) peak = now;
+  }
+  if (arena_resident(h) > peak) peak = arena_resident(h);
+  if (on_system_alloc()) {
+    CHECK(peak == 0, "hosts on realloc/free have no arena to measure");
+  } else {
+    CHECK(peak > (size_t)16 << 20, "the burst took memory from the arena");
+    for (steps = 0; steps < 1000; steps++) { /* about 10 s at most */
+      struct timespec tick = {0, 10000000};
+      ah_step(h, 1000);
+      if ((now = arena_resident(h)) < peak / 4) break;
+      nanosleep(&tick, NULL);
+    }
+    CHECK(now < peak / 4, "once the burst is over its memory goes back to the system");
+  }
+  ah_close(h);
+}
+
 int main(void) {
   test_version();
+  test_burst_memory();
   test_misuse();
   test_step_budget();
   test_instruction_budget();

@@ -2,8 +2,9 @@
  * The timer heap of host/timer.c on a real libuv loop: deadline order for
  * many timers (enough to grow the heap several times), FIFO order for equal
  * deadlines, stop, restart, next, direct runs, callbacks that start and
- * stop timers, and close.  Orders and counts only: no assertion depends on
- * how long anything took.
+ * stop timers, lanes (timers of one timeout, in a list instead of the
+ * heap), weak timers, and close.  Orders and counts only: no assertion
+ * depends on how long anything took.
  */
 #include "../../host/host.h"
 #include "ctest.h"
@@ -19,6 +20,7 @@ typedef struct rec {
   uint64_t deadline; /* uv_now at start + timeout */
   int fired;
   int early; /* fired before its deadline */
+  unsigned started; /* when it was last started, in starts */
 } rec;
 
 static rec recs[MANY];
@@ -46,8 +48,10 @@ static void on_fire(ah_timers *ts, ah_timer *t) {
   nfired++;
 }
 
+static unsigned starts;
 static int start(ah_timers *ts, int id, uint64_t ms) {
   int rc = ah__timers_start(ts, &recs[id].tm, ms);
+  recs[id].started = ++starts;
   /* start reads the clock itself; uv_now now returns what it read */
   recs[id].deadline = uv_now(ts->handle.loop) + ms;
   return rc;
@@ -258,7 +262,68 @@ static void test_callbacks_start_and_stop(void) {
   CHECK(finish(&loop, &ts), "closed cleanly");
 }
 
+/* Many timers of a few timeouts each: one heap entry per timeout, and
+ * the order of deadlines (and of starts for equal ones) across lanes and
+ * with timers of their own. */
+static void test_lanes(void) {
+  uv_loop_t loop;
+  ah_timers ts;
+  int i, ok_order = 1;
+  reset();
+  uv_loop_init(&loop);
+  ah__timers_init(&ts, &loop, on_fire);
+  for (i = 0; i < 600; i++) start(&ts, i, (uint64_t)(i % 3) * 4 + 2);
+  CHECK(ts.n == 600 && ts.hn == 3, "600 timers of three timeouts take three heap entries");
+  ah__timers_stop(&ts, &recs[0].tm);   /* the first of its lane */
+  ah__timers_stop(&ts, &recs[300].tm); /* one in the middle */
+  ah__timers_stop(&ts, &recs[599].tm); /* the last of its lane */
+  CHECK(ts.n == 597 && !ah__timers_armed(&recs[300].tm), "stopping lane timers disarms them");
+  start(&ts, 301, 1); /* moves out of its lane, to a timeout of its own */
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(nfired == 597, "the others all fired once");
+  CHECK(recs[301].fired == 1, "the restarted timer fired once, at its new deadline");
+  for (i = 1; i < 600 && i < nfired; i++) {
+    rec *a = &recs[order[i - 1]], *b = &recs[order[i]];
+    if (a->deadline > b->deadline) ok_order = 0;
+    if (a->deadline == b->deadline && a->started > b->started) ok_order = 0;
+  }
+  CHECK(ok_order, "lanes fire in deadline order, ties in start order");
+  CHECK(recs[0].fired == 0 && recs[300].fired == 0 && recs[599].fired == 0,
+        "stopped lane timers never fired");
+  CHECK(ts.n == 0 && ts.hn == 0, "nothing is left in the heap");
+  /* More timeouts at once than there are lanes: the rest are heap entries. */
+  reset();
+  for (i = 0; i < 3 * AH_TIMER_LANES; i++)
+    start(&ts, i, (uint64_t)(i % (2 * AH_TIMER_LANES)) + 1);
+  CHECK(ts.hn > AH_TIMER_LANES, "timeouts without a lane go into the heap");
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(nfired == 3 * AH_TIMER_LANES, "lanes and heap entries all fired");
+  CHECK(finish(&loop, &ts), "closed cleanly");
+}
+
+/* A weak timer fires like any other but does not keep the loop alive. */
+static void test_weak(void) {
+  uv_loop_t loop;
+  ah_timers ts;
+  reset();
+  uv_loop_init(&loop);
+  ah__timers_init(&ts, &loop, on_fire);
+  recs[0].tm.weak = 1;
+  start(&ts, 0, 60000);
+  CHECK(uv_run(&loop, UV_RUN_DEFAULT) == 0 && nfired == 0,
+        "a loop with only a weak timer armed ends without waiting for it");
+  start(&ts, 1, 5);
+  start(&ts, 0, 1);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(recs[0].fired == 1 && recs[1].fired == 1,
+        "a weak timer due before a strong one fires while the loop runs for that one");
+  recs[0].tm.weak = 0;
+  CHECK(finish(&loop, &ts), "closed cleanly");
+}
+
 int main(void) {
+  test_lanes();
+  test_weak();
   test_deadline_order();
   test_equal_deadlines_fifo();
   test_stop();
