@@ -300,9 +300,12 @@ local function ensure_schema_table(pool)
     "id int PRIMARY KEY CHECK (id = 1), version int NOT NULL); " ..
     "INSERT INTO ah_memory_schema VALUES (1, 0) ON CONFLICT DO NOTHING"
   local ok, err = pcall(pool.exec, pool, sql)
-  -- Two first opens at once: the other one's CREATE won the race.
+  -- Two first opens at once: the other one's CREATE won the race, and
+  -- this one's failed on the table's row type (42710), its catalog row
+  -- (23505) or the table itself (42P07).
   if not ok then
-    if not (type(err) == "table" and (err.code == "23505" or err.code == "42P07")) then error(err, 0) end
+    local raced = { ["23505"] = true, ["42P07"] = true, ["42710"] = true }
+    if not (type(err) == "table" and raced[err.code]) then error(err, 0) end
     pool:exec(sql)
   end
 end
