@@ -56,6 +56,7 @@ HOST_SRC += host/alloc.c
 BIND_SRC := bindings/task.c bindings/errors.c bindings/group.c bindings/sync.c
 BIND_SRC += bindings/drive.c bindings/args.c bindings/reload.c bindings/http.c bindings/store.c bindings/agenthost.c
 BIND_SRC += bindings/embed.c
+BIND_SRC += bindings/json.c
 HOST_SRC += host/proc.c
 BIND_SRC += bindings/proc.c
 BIND_SRC += bindings/pg.c bindings/pglisten.c
@@ -71,8 +72,6 @@ CTESTS   := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c)
 
 DEB_PKGS := liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libsqlite3-dev \
             pkg-config lua-cjson lua-busted luarocks
-# agenthost.memory's JSON codec, which keeps integers integers.
-DEB_PKGS += lua-dkjson
 # The MCP fixture's Streamable HTTP mode (tests/support/mcp_server.lua).
 DEB_PKGS += lua-socket openssl
 # The fuzzers (tests/fuzz): clang's libFuzzer.
@@ -216,10 +215,12 @@ FUZZ_N       ?= 20000
 FUZZ_NAMES   := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/*.c))
 FUZZ_BINS    := $(addprefix $(BUILD)/fuzz/,$(FUZZ_NAMES))
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
-FUZZ_CFLAGS  := -O1 -g $(WARN) -fPIC -D_POSIX_C_SOURCE=200809L -Iinclude $(FUZZ_SAN) $(PKG_CFLAGS)
-# The host/ files the parsers live in, and what they call.
-FUZZ_HOST_SRC := host/buf.c host/sse.c host/json.c host/http.c
-FUZZ_HOST_OBJ := $(patsubst %.c,$(BUILD)/fuzz/obj/%.o,$(FUZZ_HOST_SRC))
+FUZZ_CFLAGS  := -O1 -g $(WARN) -Wno-gnu-variable-sized-type-not-at-end -fPIC -D_POSIX_C_SOURCE=200809L -DAH_ALLOC_SYSTEM -Iinclude $(FUZZ_SAN) $(PKG_CFLAGS)
+# The whole library, built by clang with the sanitizers and coverage (the
+# JSON harness runs ah.json, which needs the bindings; the others use
+# host/ only), on the system allocator so that ASan sees every block.
+FUZZ_HOST_SRC := $(HOST_SRC) $(BIND_SRC)
+FUZZ_HOST_OBJ := $(patsubst %.c,$(BUILD)/fuzz/obj/%.o,$(FUZZ_HOST_SRC)) $(BUILD)/fuzz/obj/gen/scripts_data.o
 
 .PHONY: fuzz fuzz-build
 fuzz-build: $(FUZZ_BINS)
@@ -227,6 +228,10 @@ fuzz-build: $(FUZZ_BINS)
 $(BUILD)/fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+$(BUILD)/fuzz/obj/gen/scripts_data.o: $(BUILD)/gen/scripts_data.c bindings/scripts.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -Ibindings -c $< -o $@
 
 $(BUILD)/fuzz/libhost.a: $(FUZZ_HOST_OBJ)
 	@rm -f $@
@@ -259,7 +264,9 @@ asan:
 BENCH_DEB_PKGS := wrk python3-aiohttp python3-aiosqlite
 # The charts of docs/benchmarks.md (bench/lib.sh: bench_chart).
 BENCH_DEB_PKGS += gnuplot-nox
-.PHONY: bench-deps bench-http bench-store bench-llm
+# bench/json compares ah.json with lua-dkjson (lua-cjson is in DEB_PKGS).
+BENCH_DEB_PKGS += lua-dkjson
+.PHONY: bench-deps bench-http bench-store bench-llm bench-json
 
 # The benchmark peers' packages.
 bench-deps:
@@ -280,6 +287,9 @@ bench-llm: all
 .PHONY: bench-trace
 bench-trace: all bench-deps
 	bench/trace
+
+bench-json: all bench-deps
+	bench/json
 
 # bench/pg's peers: asyncpg from Debian, node-postgres from npm
 # (bench/package.json; bench/node_modules is not committed).

@@ -7,7 +7,7 @@
 -- rock-install`); the Lua library and the bundled tools are built into it.
 -- The C libraries it links come from the system: liblua5.4-dev, libuv1-dev,
 -- libcurl4-openssl-dev, libsqlite3-dev and pkg-config on Debian (`make
--- deps`); lua-cjson and lua-dkjson are needed at run time.
+-- deps`); nothing else is needed at run time.
 rockspec_format = "3.0"
 package = "agenthost"
 version = "0.1.0-1"

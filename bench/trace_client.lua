@@ -44,7 +44,7 @@ assert(os.execute("mkdir -p " .. dir))
 
 local rules = dir .. "/rules.json"
 local f = assert(io.open(rules, "w"))
-f:write(require("cjson").encode { rules = {
+f:write(require("agenthost").json.encode { rules = {
   { system = "tool workload", when = "user", tool_calls = {
     { name = "probe", arguments = { host = "a" } }, { name = "probe", arguments = { host = "b" } },
     { name = "probe", arguments = { host = "c" } }, { name = "probe", arguments = { host = "d" } } } },

@@ -1,6 +1,6 @@
 /*
  * The Lua module entry points.  luaopen_agenthost_core builds the table of
- * C parts (task, error, clock, rusage); scripts/agenthost/init.lua adds the
+ * C parts (task, error, json, clock, rusage); scripts/agenthost/init.lua adds the
  * Lua parts on top of it and is what `require "agenthost"` returns.
  *
  * luaopen_agenthost serves a stock lua5.4 that finds agenthost.so on its
@@ -207,7 +207,10 @@ int luaopen_agenthost_core(lua_State *L) {
   lua_setfield(L, -2, "_proc");
   ah__open_pg(L);
   lua_setfield(L, -2, "_pg");
-  /* SQL NULL in ah.pg's rows: the light userdata NULL, which is cjson.null. */
+  ah__open_json(L);
+  lua_setfield(L, -2, "json");
+  /* JSON null and SQL NULL: the light userdata NULL (ah.json.null, and
+   * lua-cjson's null too). */
   lua_pushlightuserdata(L, NULL);
   lua_setfield(L, -2, "null");
   luaL_setfuncs(L, fns, 0);

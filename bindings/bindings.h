@@ -174,6 +174,7 @@ int ah__open_http(lua_State *L);
 int ah__open_store(lua_State *L);
 int ah__open_proc(lua_State *L);
 int ah__open_pg(lua_State *L);
+int ah__open_json(lua_State *L);
 
 /* The database ah.store.open() opens when given no path (NULL: none). */
 void ah__store_default_path(lua_State *L, const char *path);

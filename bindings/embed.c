@@ -436,8 +436,8 @@ static void deliver(ah_posts *p) {
     lua_pushlightuserdata(L, h);
     lua_pushlightuserdata(L, m);
     if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
-      /* Checked JSON that lua-cjson still refuses, or out of memory: it
-       * is reported, not dropped silently. */
+      /* Out of memory (the text was checked with the grammar ah.json
+       * decodes by, so it decodes): reported, not dropped silently. */
       if (ah__protect(L, deliver_failed, m, 0) != LUA_OK) {
         char msg[CHANNEL_MAX_LEN + 80];
         snprintf(msg, sizeof msg, "ah_post to channel '%s': out of memory; "

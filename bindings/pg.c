@@ -27,7 +27,7 @@
  *   _pg.type_info(oid) -> kind, element OID
  *
  * A timeout of 0 or nil is none.  Values come back typed (host/pgtype.c);
- * NULL is ah.null (a light userdata, which is cjson.null); json columns
+ * NULL is ah.null (a light userdata, ah.json.null); json columns
  * come back as their text, named in jsoncols ({name = 1, or 2 for an array
  * of json}), for pg.lua to decode.  Parameters are nil or ah.null (NULL),
  * booleans, numbers and strings; pg.lua turns tables into their text

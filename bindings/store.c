@@ -182,7 +182,7 @@ static const ah_op store_op = {"store", store_cancel, NULL, NULL};
 /* ---- building jobs ------------------------------------------------------------ */
 
 static const char *type_hint(int type) {
-  return type == LUA_TTABLE ? "; encode tables with cjson first" : "";
+  return type == LUA_TTABLE ? "; encode tables with ah.json.encode first" : "";
 }
 
 /* Size of the parameters from..to of L (strings' bytes), raising on a type

@@ -595,14 +595,116 @@ void ah__posts_leave(ah_posts *p);
 void ah__posts_close(ah_posts *p, uv_close_cb cb);
 void ah__posts_free(ah_posts *p);
 
-/* ---- JSON syntax (json.c) ----------------------------------------------- */
+/* ---- JSON (json.c) ----------------------------------------------------- */
 
-/* 0 when s[0..len) is one JSON value (RFC 8259: UTF-8, \u escapes of
- * surrogates only in pairs, nesting at most AH_JSON_MAX_DEPTH, which is
- * what lua-cjson decodes by default), else -1.  lua-cjson decodes every
- * text accepted here (tests/c/test_json.c).  Any thread may call it. */
+/*
+ * The one JSON grammar of the project (RFC 8259: UTF-8 checked, \u escapes
+ * of surrogates only in pairs, nothing before or after the value but
+ * whitespace), and the writers of JSON text.  ah__json_parse reads a text
+ * and reports what it holds to a sink; ah__json_check is the same parse
+ * with no sink.  ah_post checks posts with ah__json_check and ah.json.decode
+ * (bindings/json.c) builds Lua values from ah__json_parse, so a post that
+ * was accepted always decodes.  No allocation; any thread may call these.
+ */
 #define AH_JSON_MAX_DEPTH 1000
+
+/* Why a text was refused (ah__json_strerror gives the words). */
+enum {
+  AH_JSON_EEND = 1,  /* the text ends inside a value, or is empty */
+  AH_JSON_EVALUE,    /* a character that starts no value */
+  AH_JSON_ELITERAL,  /* t, f, n not starting true, false, null */
+  AH_JSON_ENUMBER,   /* a number RFC 8259 does not allow (01, 1., -, 1e) */
+  AH_JSON_ECONTROL,  /* a raw control character in a string */
+  AH_JSON_EESCAPE,   /* a backslash escape other than \" \\ \/ \b \f \n \r \t \u */
+  AH_JSON_EHEX,      /* \u without four hex digits */
+  AH_JSON_ESURROGATE,/* a \u escape of a surrogate that is not in a pair */
+  AH_JSON_EUTF8,     /* bytes that are not UTF-8 */
+  AH_JSON_EKEY,      /* an object member without a string key */
+  AH_JSON_ECOLON,    /* a key without ':' after it */
+  AH_JSON_EARRAY,    /* an array item followed by neither ',' nor ']' */
+  AH_JSON_EOBJECT,   /* a member followed by neither ',' nor '}' */
+  AH_JSON_EDEPTH,    /* arrays and objects nested deeper than allowed */
+  AH_JSON_ETRAILING, /* more than whitespace after the value */
+  AH_JSON_ESINK      /* the sink stopped the parse */
+};
+const char *ah__json_strerror(int code);
+
+/*
+ * What a parse reports, in text order.  Each callback returns 0 to go on;
+ * anything else stops the parse with AH_JSON_ESINK.  A callback may also
+ * leave by longjmp (a Lua error): the parser holds no resources.
+ *   open      '[' (array 1) or '{' (array 0)
+ *   string    a string or an object key: its bytes between the quotes,
+ *             valid; escaped when it holds a backslash escape (decode it
+ *             with ah__json_unescape)
+ *   number    a number's text; integral when it has neither a fraction
+ *             nor an exponent (convert with ah__json_number)
+ *   literal   't', 'f' or 'n'
+ *   item      the value just reported is item n (from 1) of the array, or
+ *             the value of the key reported before it in the object
+ *   close     the end of the innermost array or object
+ */
+typedef struct ah_json_sink {
+  int (*open)(struct ah_json_sink *k, int array);
+  int (*string)(struct ah_json_sink *k, const char *s, size_t len, int escaped);
+  int (*number)(struct ah_json_sink *k, const char *s, size_t len, int integral);
+  int (*literal)(struct ah_json_sink *k, int c);
+  int (*item)(struct ah_json_sink *k, int array, size_t n);
+  int (*close)(struct ah_json_sink *k, int array);
+} ah_json_sink;
+
+/* 0 when s[0..len) is one JSON value with arrays and objects nested at
+ * most max_depth deep (1..AH_JSON_MAX_DEPTH), reported to k when k is not
+ * NULL; else an AH_JSON_E code, with the byte offset where the text went
+ * wrong in *pos when pos is not NULL. */
+int ah__json_parse(const char *s, size_t len, int max_depth, ah_json_sink *k,
+                   size_t *pos);
+/* ah__json_parse(s, len, AH_JSON_MAX_DEPTH, NULL, NULL) == 0 ? 0 : -1:
+ * what ah_post accepts. */
 int ah__json_check(const char *s, size_t len);
+
+/* The bytes of an escaped string that ah__json_parse reported, written to
+ * out (which has room for len bytes: decoding never lengthens); returns
+ * how many were written. */
+size_t ah__json_unescape(const char *s, size_t len, char *out);
+/* The value of a number that ah__json_parse reported: 1 with *i when it
+ * is integral and fits in 64 bits, else 0 with *d, the double nearest to
+ * it (correctly rounded; +-HUGE_VAL past the range of doubles). */
+int ah__json_number(const char *s, size_t len, int integral, int64_t *i,
+                    double *d);
+
+/* The length of the UTF-8 sequence at s (s < end): 1 to 4 when it is one
+ * (shortest form, no surrogate, at most U+10FFFF), else minus the length
+ * of its maximal ill-formed part (Unicode's "maximal subpart", 1 to 3),
+ * which is what one U+FFFD replaces. */
+int ah__utf8_len(const unsigned char *s, const unsigned char *end);
+
+/*
+ * Where the writers put JSON text: p[0..len) is written, cap is the size
+ * of p, and grow makes room for n more bytes (returns 0, or -1 when it has
+ * no memory, leaving the buffer as it was).  The owner allocates p (with
+ * Lua's allocator, for the codec).
+ */
+typedef struct ah_json_out {
+  char *p;
+  size_t len, cap;
+  int (*grow)(struct ah_json_out *o, size_t n);
+} ah_json_out;
+
+/* A string, quoted and escaped: '"', '\\' and control characters as
+ * escapes (\n, \t ... \u001f), everything else as it is.  Invalid UTF-8
+ * is replaced, each maximal ill-formed part by U+FFFD, when replace is
+ * set, else refused: 0, -1 (no memory) or AH_JSON_EUTF8 with the offset
+ * of the bad byte in *bad. */
+int ah__json_put_string(ah_json_out *o, const char *s, size_t len, int replace,
+                        size_t *bad);
+/* An integer's decimal digits.  0 or -1 (no memory). */
+int ah__json_put_integer(ah_json_out *o, int64_t v);
+/* A float in the fewest significant digits (at most 17) that read back as
+ * the same double, always with a fraction or an exponent, so that it reads
+ * back as a float ("1.0", "-0.0", "0.1", "1e+300").  0, -1 (no memory) or
+ * AH_JSON_ENUMBER for NaN and infinities, which JSON cannot write. */
+int ah__json_put_float(ah_json_out *o, double v);
 
 /* ---- subprocesses ------------------------------------------------------ */
 

@@ -154,7 +154,7 @@ for _, kind in ipairs(mockllm.DIALECTS) do
         assert.equal(r.text, table.concat(streamed))
         assert.same({ "lookup" }, names)
         local call = r.messages[2].tool_calls[1]
-        assert.same(call.arguments, require("cjson").decode(args[1]))
+        assert.same(call.arguments, require("agenthost").json.decode(args[1]))
         assert.is_true(#args[1] > 4)
       end)
     end)

@@ -8,7 +8,7 @@
 local ah = require "agenthost"
 local mockllm = require "support.mockllm"
 local proc = require "support.proc"
-local cjson = require "cjson"
+local json = require("agenthost").json
 local task = ah.task
 
 local dir
@@ -68,7 +68,7 @@ for _, kind in ipairs(mockllm.DIALECTS) do
         assert.same({ "triage", "billing", "transfer_to_billing" },
           { handoffs[1].from, handoffs[1].to, handoffs[1].call.name })
         -- the billing agent's request: its own system prompt, the whole history
-        local body = cjson.decode(m:last().body)
+        local body = json.decode(m:last().body)
         local system = kind == "openai" and body.messages[1].content or body.system
         assert.equal("You are the billing specialist.", system)
         assert.matches("refund for my invoice", m:last().body)

@@ -8,7 +8,7 @@
 local ah = require "agenthost"
 local mockllm = require "support.mockllm"
 local proc = require "support.proc"
-local cjson = require "cjson"
+local json = require("agenthost").json
 local task = ah.task
 
 local dir
@@ -47,9 +47,9 @@ for _, kind in ipairs(mockllm.DIALECTS) do
         local r = a:run("weather in Lyon")
         assert.same({ city = "weather in Lyon", temp_c = 21, sky = "clear" }, r.output)
         assert.equal("integer", math.type(r.output.temp_c))
-        assert.same(r.output, cjson.decode(r.text))
+        assert.same(r.output, json.decode(r.text))
         assert.equal(1, r.turns)
-        local body = cjson.decode(m:last().body)
+        local body = json.decode(m:last().body)
         if kind == "openai" then
           assert.equal("json_schema", body.response_format.type)
           assert.equal("final_answer", body.response_format.json_schema.name)
@@ -93,7 +93,7 @@ for _, kind in ipairs(mockllm.DIALECTS) do
         local ok, err = pcall(a.run, a, "weather in Rome")
         assert.is_false(ok)
         assert.is_true(ah.error.is(err, "output_invalid"), tostring(err))
-        assert.same({ nope = 1 }, cjson.decode(err.text))
+        assert.same({ nope = 1 }, json.decode(err.text))
         assert.matches("after 2 tries", err.message)
         assert.equal(2, err.turn)
         assert.equal("failed", ah.memory.open(db):run(err.conversation).status)
@@ -110,7 +110,7 @@ for _, kind in ipairs(mockllm.DIALECTS) do
         assert.same({ city = "Oslo", temp_c = -3, sky = "snow" }, r.output)
         assert.equal(2, r.turns)
         if kind == "anthropic" then
-          assert.same({ type = "any" }, cjson.decode(m:last().body).tool_choice)
+          assert.same({ type = "any" }, json.decode(m:last().body).tool_choice)
         end
       end)
     end)

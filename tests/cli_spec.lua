@@ -4,7 +4,7 @@
 -- output and exit status, never on a sleep that hopes to be long enough.
 
 local ah = require "agenthost"
-local cjson = require "cjson"
+local json = require("agenthost").json
 local proc = require "support.proc"
 
 local SEED = "scripts/examples/seed_agent.lua"
@@ -474,7 +474,7 @@ describe("the seed agent", function()
     local lines = {}
     for l in seed.one:out():gmatch("[^\n]+") do lines[#lines + 1] = l end
     assert.equal(1, #lines)
-    local result = cjson.decode(lines[1])
+    local result = json.decode(lines[1])
     assert.matches("^LLM response to: ", result.final_response)
     assert.equal(120.5, result.tools_used.metrics.latency_ms)
     assert.matches("^Search results for: ", result.tools_used.search_result)
@@ -485,7 +485,7 @@ describe("the seed agent", function()
     assert.equal(0, code, seed.memory:err())
     local records = {}
     for l in (proc.read(memory_file) or ""):gmatch("[^\n]+") do
-      records[#records + 1] = cjson.decode(l)
+      records[#records + 1] = json.decode(l)
     end
     assert.equal(1, #records)
     assert.equal("Analyze system performance anomalies", records[1].observation)

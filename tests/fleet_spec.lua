@@ -158,6 +158,28 @@ describe("ah.fleet", function()
       end)
     end)
 
+    it("keeps every number's type and digits through inputs, steps and results", function()
+      run(function()
+        local f, name = new_fleet()
+        local v = { id = 1234567890123456789, big = 9007199254740993, tokens = 71, whole = 71.0,
+                    f = 0.1 + 0.2 }
+        local seen
+        local w, t = serve(name, { handlers = { job = function(r, input)
+          seen = input
+          return r:step("echo", function(x) return x end, input)
+        end } })
+        local res = f:wait(f:submit("job", v), { timeout = 30 })
+        for k, want in pairs(v) do
+          for what, got in pairs { input = seen, result = res } do
+            assert.equal(want, got[k], what .. "." .. k)
+            assert.equal(math.type(want), math.type(got[k]), what .. "." .. k)
+          end
+        end
+        stop(w, t)
+        f:close()
+      end)
+    end)
+
     it("retries a failed attempt with backoff, without re-running the steps it committed", function()
       run(function()
         local f, name = new_fleet()
@@ -520,7 +542,7 @@ describe("ah.fleet", function()
         r = ah.proc.run { cmd = BIN, args = { "fleet", "status", srv.url, "--name", name, "--json" },
                           timeout = 60 }
         assert.equal(0, r.code)
-        assert.equal(2, require("cjson").decode(r.stdout).states.queued)
+        assert.equal(2, require("agenthost").json.decode(r.stdout).states.queued)
         r = ah.proc.run { cmd = BIN, args = { "fleet", "status", srv.url, "--name", "nosuchfleet" },
                           timeout = 60 }
         assert.equal(1, r.code)

@@ -39,7 +39,7 @@ end)
 
 local function stats()
   return task.run(function()
-    return require("cjson").decode(ah.http.get(base .. "/stats", { ca_file = cert }).body)
+    return require("agenthost").json.decode(ah.http.get(base .. "/stats", { ca_file = cert }).body)
   end)
 end
 

@@ -45,6 +45,23 @@ describe("ah.http.request", function()
     assert.same({ a = 1, list = { 1, 2 } }, j.json)
   end)
 
+  it("sends and reads JSON numbers exactly: int8 ids, 2^53 + 1, floats to the last digit", function()
+    local sent = { id = 1234567890123456789, big = 9007199254740993, min = math.mininteger,
+                   f = 0.1 + 0.2, whole = 71.0, tokens = 71, empty = ah.json.array() }
+    local j = run(function() return http.post(srv.url("/json"), sent) end)
+    assert.truthy(j.body:find('"id":1234567890123456789', 1, true), j.body)
+    assert.truthy(j.body:find('"f":0.30000000000000004', 1, true), j.body)
+    assert.truthy(j.body:find('"empty":[]', 1, true), j.body)
+    for k, v in pairs(sent) do
+      if type(v) == "number" then
+        assert.equal(v, j.json[k], k)
+        assert.equal(math.type(v), math.type(j.json[k]), k)
+      end
+    end
+    assert.same({}, j.json.empty)
+    assert.equal(ah.json.array_mt, getmetatable(j.json.empty))
+  end)
+
   it("reads chunked bodies", function()
     local r = run(function() return http.get(srv.url("/chunked?n=10&size=100")) end)
     assert.equal(1000, #r.body)
@@ -145,7 +162,7 @@ describe("ah.http.request", function()
         for i = 1, 10 do
           local ok2, r = hs[i]:result()
           assert.is_true(ok2, tostring(r))
-          out[i] = require("cjson").decode(r.body)
+          out[i] = require("agenthost").json.decode(r.body)
         end
         return out
       end)

@@ -13,7 +13,7 @@
 -- stops the wait.
 
 local ah = require "agenthost"
-local cjson = require "cjson"
+local json = require("agenthost").json
 local httpd = require "support.httpd"
 local fx = require "support.llm_fixtures"
 local vclock = require "support.vclock"
@@ -89,13 +89,13 @@ describe("agenthost.llm requests", function()
     assert.is_nil(llm.provider { kind = "anthropic", api_key = "" }.headers["x-api-key"])
     local body = llm.dialects.openai.request(p, { system = "Top.", messages = history, tools = tools,
       tool_choice = { name = "metrics" }, temperature = 0.5, max_tokens = 99, stream = true })
-    local wire = cjson.decode(cjson.encode(body))
+    local wire = json.decode(json.encode(body))
     assert.equal("gpt-x", wire.model)
     assert.same({ role = "system", content = "Top." }, wire.messages[1])
     assert.same({ role = "system", content = "Be brief." }, wire.messages[2])
     local a = wire.messages[4]
     assert.equal("assistant", a.role)
-    assert.equal(cjson.null, a.content)
+    assert.equal(json.null, a.content)
     assert.same({ id = "c1", type = "function", ["function"] = { name = "metrics", arguments = '{"query":"p99"}' } },
       a.tool_calls[1])
     assert.equal("{}", a.tool_calls[2]["function"].arguments)
@@ -129,7 +129,7 @@ describe("agenthost.llm requests", function()
     assert.is_nil(p.headers.authorization)
     local body = llm.dialects.anthropic.request(p, { system = "Top.", messages = history, tools = tools,
       tool_choice = "required", stream = true })
-    local wire = cjson.decode(cjson.encode(body))
+    local wire = json.decode(json.encode(body))
     assert.equal("claude-x", wire.model)
     assert.equal(1024, wire.max_tokens)
     assert.equal("Top.\n\nBe brief.", wire.system)
@@ -159,8 +159,41 @@ describe("agenthost.llm requests", function()
     assert.is_nil(choice(nil))
     assert.equal(50, llm.dialects.anthropic.request(p, { messages = user, max_tokens = 50 }).max_tokens)
     -- the empty JSON object of a tool without arguments stays an object
-    assert.matches('"input":{}', cjson.encode(body), 1, true)
+    assert.matches('"input":{}', json.encode(body), 1, true)
   end)
+
+  for _, kind in ipairs { "openai", "anthropic" } do
+    it("carry the numbers of tool calls and results to the model exactly (" .. kind .. ")", function()
+      local common = require "agenthost.llm.common"
+      local p = llm.provider { kind = kind, model = "m", api_key = "k", base_url = "http://h" }
+      local args = { order = 1234567890123456789, ratio = 0.1 + 0.2, whole = 71.0, n = 71 }
+      local body = llm.dialects[kind].request(p, { messages = {
+        { role = "user", content = "go" },
+        { role = "assistant", content = "", tool_calls = { { id = "c1", name = "t", arguments = args } } },
+        { role = "tool", tool_call_id = "c1", content = args },
+      } })
+      -- what chat sends: common.encode of the dialect's body
+      local text = common.encode(body)
+      for _, digits in ipairs { "1234567890123456789", "0.30000000000000004", "71.0" } do
+        assert.truthy(text:find(digits, 1, true), digits .. " in " .. text)
+      end
+      local wire = ah.json.decode(text)
+      local sent_args, sent_result
+      if kind == "openai" then
+        sent_args = ah.json.decode(wire.messages[2].tool_calls[1]["function"].arguments)
+        sent_result = ah.json.decode(wire.messages[3].content)
+      else
+        sent_args = wire.messages[2].content[1].input
+        sent_result = ah.json.decode(wire.messages[3].content[1].content)
+      end
+      for k, want in pairs(args) do
+        for what, got in pairs { arguments = sent_args, result = sent_result } do
+          assert.equal(want, got[k], what .. "." .. k)
+          assert.equal(math.type(want), math.type(got[k]), what .. "." .. k)
+        end
+      end
+    end)
+  end
 
   it("are refused with invalid_argument when malformed, pointing at the caller", function()
     local p = llm.provider { kind = "openai", model = "m" }
@@ -193,7 +226,7 @@ end)
 
 describe("agenthost.llm replies", function()
   local function decode(kind, text)
-    return llm.dialects[kind].decode(cjson.decode(text), "POST x")
+    return llm.dialects[kind].decode(json.decode(text), "POST x")
   end
 
   local function feed(kind, text, deltas)
@@ -763,10 +796,10 @@ describe("agenthost.llm against the mock LLM server", function()
         assert.equal("Results: result 1 | result 2 | result 3", r.text)
         local last = m:last()
         assert.equal(kind == "openai" and "/v1/chat/completions" or "/v1/messages", last.path)
-        local body = cjson.decode(last.body)
+        local body = json.decode(last.body)
         if kind == "openai" then
           assert.equal("Bearer k", last.headers.authorization)
-          assert.equal(cjson.null, body.messages[2].content)
+          assert.equal(json.null, body.messages[2].content)
           assert.equal("function", body.messages[2].tool_calls[1].type)
           assert.equal("tool", body.messages[3].role)
           assert.equal(first.tool_calls[1].id, body.messages[3].tool_call_id)
@@ -875,13 +908,13 @@ describe("agenthost.llm against the mock LLM server", function()
       local p = provider(kind)
       chat(p, { messages = { { role = "user", content = "hello" } }, tool_choice = "auto",
                 extra = { seed = 7, metadata = { user_id = "u1" } } })
-      local body = cjson.decode(m:last().body)
+      local body = json.decode(m:last().body)
       assert.equal(7, body.seed)
       assert.same({ user_id = "u1" }, body.metadata)
       assert.is_nil(body.tool_choice)
       assert.is_nil(body.tools)
       chat(p, { messages = { { role = "user", content = "hello" } }, tools = ops_tools, tool_choice = "auto" })
-      local with = cjson.decode(m:last().body)
+      local with = json.decode(m:last().body)
       assert.same(kind == "openai" and "auto" or { type = "auto" }, with.tool_choice)
       local err = fails("invalid_argument", function() p:chat { messages = { { role = "user", content = "x" } }, extra = 1 } end)
       assert.matches("extra must be a table", err.message)
@@ -1132,7 +1165,7 @@ end)
 
 describe("llm structured output and tool-call deltas", function()
   local mockllm = require "support.mockllm"
-  local cjson = require "cjson"
+  local json = require("agenthost").json
   local m
   setup(function() m = mockllm.start { chunk = 3, rules = { rules = {
     { match = "look", tool_calls = { { name = "lookup", arguments = { query = "{{user}}" } } } },
@@ -1145,15 +1178,15 @@ describe("llm structured output and tool-call deltas", function()
         local p = m:provider(kind)
         local schema = { type = "object", required = { "n" }, properties = { n = { type = "integer" } } }
         local r = p:chat { messages = { { role = "user", content = "count" } }, output = { schema = schema } }
-        assert.same({ n = 1 }, cjson.decode(r.text))
+        assert.same({ n = 1 }, json.decode(r.text))
         assert.same({}, r.tool_calls)
         assert.equal("stop", r.finish)
         local pieces = {}
         r = p:chat { messages = { { role = "user", content = "count" } }, output = { schema = schema, name = "answer" },
                      stream = function(d) pieces[#pieces + 1] = d end }
-        assert.same({ n = 1 }, cjson.decode(r.text))
+        assert.same({ n = 1 }, json.decode(r.text))
         assert.equal(r.text, table.concat(pieces))
-        local body = cjson.decode(m:last().body)
+        local body = json.decode(m:last().body)
         if kind == "openai" then
           assert.equal("answer", body.response_format.json_schema.name)
         else
@@ -1162,9 +1195,9 @@ describe("llm structured output and tool-call deltas", function()
         -- a schema that is not an object (a tool input must be one in Anthropic's dialect)
         r = p:chat { messages = { { role = "user", content = "abc" } },
                      output = { schema = { type = "array", items = { type = "string" } } } }
-        assert.same({ "abc" }, cjson.decode(r.text))
+        assert.same({ "abc" }, json.decode(r.text))
         if kind == "anthropic" then
-          body = cjson.decode(m:last().body)
+          body = json.decode(m:last().body)
           assert.same({ "value" }, body.tools[1].input_schema.required)
         end
       end)

@@ -20,6 +20,23 @@ end
 local function run(fn) return task.run(fn) end
 
 describe("agenthost.memory", function()
+  it("keeps memory.encode and memory.decode, which return nil and the reason instead of raising", function()
+    local m = require "agenthost.memory"
+    assert.equal('{"n":71}', m.encode { n = 71 })
+    assert.equal('[71.0]', m.encode { 71.0 })
+    local v = m.decode('{"n": 71, "f": 71.0, "z": null}')
+    assert.equal("integer", math.type(v.n))
+    assert.equal("float", math.type(v.f))
+    assert.equal(ah.null, v.z)
+    local s, why = m.encode { f = print }
+    assert.is_nil(s)
+    assert.matches("function", why)
+    local d, why2 = m.decode("{")
+    assert.is_nil(d)
+    assert.matches("ah.json.decode", why2)
+    assert.same({ nil, "not a string" }, { m.decode(5) })
+  end)
+
   it("flush waits until every posted message is stored", function()
     run(function()
       local mem = memory.open(path())
@@ -182,11 +199,10 @@ describe("agenthost.memory", function()
 
   it("keeps the type of every number across a round trip", function()
     run(function()
-      local cjson = require "cjson"
       local mem = memory.open(path())
       local r = mem:start_run("alice")
       local data = { usage = { input_tokens = 71, output_tokens = 0 }, ratio = 0.25, whole = 3.0,
-                     big = 9007199254740993, neg = -12, list = { 1, 2.5, cjson.null, 4 },
+                     big = 9007199254740993, neg = -12, list = { 1, 2.5, ah.null, 4 },
                      flag = false }
       mem:append(r, { role = "assistant", content = "x", data = data })
       local got = mem:history(r)[1].data
@@ -197,7 +213,7 @@ describe("agenthost.memory", function()
       assert.equal("float", math.type(got.whole))
       assert.equal(9007199254740993, got.big) -- every digit, past 2^53
       assert.equal("integer", math.type(got.neg))
-      assert.same({ 1, 2.5, cjson.null, 4 }, got.list)
+      assert.same({ 1, 2.5, ah.null, 4 }, got.list)
       assert.equal("integer", math.type(got.list[1]))
       assert.is_false(got.flag)
       mem:close()

@@ -3,7 +3,7 @@
 -- /search, /stats and /reset, and the requests it refuses.
 
 local ah = require "agenthost"
-local cjson = require "cjson"
+local json = require("agenthost").json
 local mock = require "support.mockllm"
 local http, task = ah.http, ah.task
 
@@ -53,9 +53,9 @@ local function stream(path, body, headers, srv)
   return task.run(function()
     local events = {}
     local ok, err = pcall(function()
-      for ev in http.sse { method = "POST", url = srv.base .. path, body = cjson.encode(body),
+      for ev in http.sse { method = "POST", url = srv.base .. path, body = json.encode(body),
                            headers = headers or {} } do
-        local okj, j = pcall(cjson.decode, ev.data)
+        local okj, j = pcall(json.decode, ev.data)
         events[#events + 1] = { event = ev.event, data = ev.data, json = okj and j or nil }
       end
     end)
@@ -87,7 +87,7 @@ local function oa_assemble(events)
           end
           c.args[#c.args + 1] = tc["function"].arguments
         end
-        if ch.finish_reason ~= cjson.null then finish = ch.finish_reason end
+        if ch.finish_reason ~= json.null then finish = ch.finish_reason end
       end
       if type(j.usage) == "table" then usage = j.usage end
     end
@@ -143,7 +143,7 @@ describe("mockllm OpenAI dialect", function()
                          tools = openai_tools("metrics", "web_search", "memory_recall") })
     local msg = r.json.choices[1].message
     assert.equal("tool_calls", r.json.choices[1].finish_reason)
-    assert.equal(cjson.null, msg.content)
+    assert.equal(json.null, msg.content)
     assert.equal(2, #msg.tool_calls)
     assert.equal("metrics", msg.tool_calls[1]["function"].name)
     assert.equal("web_search", msg.tool_calls[2]["function"].name)
@@ -153,7 +153,7 @@ describe("mockllm OpenAI dialect", function()
     end
     assert.equal("{}", msg.tool_calls[1]["function"].arguments)
     assert.same({ query = "Why is checkout latency so high?" },
-      cjson.decode(msg.tool_calls[2]["function"].arguments))
+      json.decode(msg.tool_calls[2]["function"].arguments))
     assert.are_not.equal(msg.tool_calls[1].id, msg.tool_calls[2].id)
   end)
 
@@ -166,7 +166,7 @@ describe("mockllm OpenAI dialect", function()
 
     -- Template values in arguments are cut to 200 bytes.
     r = post(OA, { messages = user("latency " .. string.rep("é", 300)), tools = openai_tools("web_search") })
-    local q = cjson.decode(r.json.choices[1].message.tool_calls[1]["function"].arguments).query
+    local q = json.decode(r.json.choices[1].message.tool_calls[1]["function"].arguments).query
     assert.equal(200, #q)
     assert.truthy(utf8.len(q))
 
@@ -181,7 +181,7 @@ describe("mockllm OpenAI dialect", function()
     local r = post("/chat/completions", { messages = {
       { role = "system", content = "You are an ops assistant." },
       { role = "user", content = "Why is latency high?" },
-      { role = "assistant", content = cjson.null, tool_calls = { { id = "call_1", type = "function",
+      { role = "assistant", content = json.null, tool_calls = { { id = "call_1", type = "function",
         ["function"] = { name = "metrics", arguments = "{}" } } } },
       { role = "tool", tool_call_id = "call_1", content = "p99 latency 870ms on api-gateway" },
       { role = "tool", tool_call_id = "call_2", content = { { type = "text", text = "search: pool exhaustion" } } },
@@ -209,7 +209,7 @@ describe("mockllm OpenAI dialect", function()
     assert.same({}, usage_chunk.choices)
     for i = 1, #events - 2 do
       assert.equal("chat.completion.chunk", events[i].json.object)
-      assert.equal(cjson.null, events[i].json.usage)
+      assert.equal(json.null, events[i].json.usage)
       local c = events[i].json.choices[1].delta.content
       if type(c) == "string" then assert.is_true(#c <= 5) end
     end
@@ -227,7 +227,7 @@ describe("mockllm OpenAI dialect", function()
     assert.equal(2, #calls)
     assert.equal("metrics", calls[1].name)
     assert.equal("memory_recall", calls[2].name)
-    assert.same({ query = "latency is bad again, like before" }, cjson.decode(calls[2].args))
+    assert.same({ query = "latency is bad again, like before" }, json.decode(calls[2].args))
     local pieces = 0
     for _, ev in ipairs(events) do
       local d = ev.json and ev.json.choices and ev.json.choices[1] and ev.json.choices[1].delta
@@ -278,7 +278,7 @@ describe("mockllm Anthropic dialect", function()
     assert.equal("text", j.content[1].type)
     assert.truthy(j.content[1].text:match("^Hello!"))
     assert.equal("end_turn", j.stop_reason)
-    assert.equal(cjson.null, j.stop_sequence)
+    assert.equal(json.null, j.stop_sequence)
     assert.is_true(j.usage.input_tokens > 0 and j.usage.output_tokens > 0)
   end)
 
@@ -331,7 +331,7 @@ describe("mockllm Anthropic dialect", function()
     assert.equal(2, #blocks)
     assert.equal("memory_recall", blocks[2].name)
     assert.equal("", blocks[2].parts[1], "the first partial_json is empty")
-    assert.same({ query = "was latency this bad before?" }, cjson.decode(blocks[2].text))
+    assert.same({ query = "was latency this bad before?" }, json.decode(blocks[2].text))
 
     events = stream(AN, { max_tokens = 100, messages = user("hello") }, an_headers())
     blocks, stop = an_assemble(events)
@@ -374,7 +374,7 @@ describe("mockllm options and rules", function()
     local s <close> = mock.start { model = "house-model", chunk = 1, rules = { rules = {
       { when = "tool", reply = "tools said {{tool_results}}" },
       { match = { "deploy", "rollback" }, all = { "prod" }, reply = "{{model}} ships {{user}}" },
-      { match = "lookup", tool_calls = { { name = "kv", arguments = { key = "{{subject}}", n = 3, deep = { true, cjson.null } } } } },
+      { match = "lookup", tool_calls = { { name = "kv", arguments = { key = "{{subject}}", n = 3, deep = { true, json.null } } } } },
       { match = "héllo", reply = "héllo wörld ✓" },
     } } }
     local function text(msgs, tools)
@@ -388,8 +388,8 @@ describe("mockllm options and rules", function()
     -- A rule whose only calls are to tools not offered does not match.
     assert.equal("I am a mock model and have no rule for that.", text(user("lookup x")).content)
     msg = text(user("lookup x"), openai_tools("kv"))
-    assert.same({ key = "lookup x", n = 3, deep = { true, cjson.null } },
-      cjson.decode(msg.tool_calls[1]["function"].arguments))
+    assert.same({ key = "lookup x", n = 3, deep = { true, json.null } },
+      json.decode(msg.tool_calls[1]["function"].arguments))
     -- chunk=1 never splits a UTF-8 sequence.
     local events = stream(OA, { messages = user("HÉLLO? héllo") }, {}, s)
     local pieces = {}
@@ -408,7 +408,7 @@ describe("mockllm options and rules", function()
     local ok, err = pcall(task.run, function()
       local t = task.spawn(function()
         for _ in http.sse { method = "POST", url = s.base .. OA,
-                            body = cjson.encode { messages = user("hello"), stream = true },
+                            body = json.encode { messages = user("hello"), stream = true },
                             headers = { ["x-mock-stream"] = "chunk=1;delay_ms=1000" } } do
         end
       end)
@@ -459,10 +459,10 @@ describe("mockllm answers of a required form", function()
   it("matches rules on the system prompt of either dialect", function()
     local r = post(OA, { model = "m", messages = { { role = "system", content = "You report the weather." },
       { role = "user", content = "Lyon?" } } }, nil, srv)
-    assert.same({ city = "Lyon?", temp_c = 21 }, cjson.decode(r.json.choices[1].message.content))
+    assert.same({ city = "Lyon?", temp_c = 21 }, json.decode(r.json.choices[1].message.content))
     r = post(AN, { model = "m", max_tokens = 50, system = "You report the weather.",
       messages = { { role = "user", content = "Lyon?" } } }, an_headers(), srv)
-    assert.same({ city = "Lyon?", temp_c = 21 }, cjson.decode(r.json.content[1].text))
+    assert.same({ city = "Lyon?", temp_c = 21 }, json.decode(r.json.content[1].text))
     r = post(OA, { model = "m", messages = { { role = "user", content = "Lyon?" } } }, nil, srv)
     assert.equal("plain", r.json.choices[1].message.content) -- no system prompt: not the weather rules
   end)
@@ -470,10 +470,10 @@ describe("mockllm answers of a required form", function()
   it("answers a response_format json_schema request with a value generated from the schema", function()
     local r = post(OA, { model = "m", messages = { { role = "user", content = "generate" } },
       response_format = { type = "json_schema", json_schema = { name = "x", schema = SCHEMA } } }, nil, srv)
-    local v = cjson.decode(r.json.choices[1].message.content)
+    local v = json.decode(r.json.choices[1].message.content)
     assert.same({ n = 3, tags = { "gene", "gene" }, unit = "c", ok = true, name = "gener" },
       { n = v.n, tags = v.tags, unit = v.unit, ok = v.ok, name = v.name })
-    assert.equal(cjson.null, v.none)
+    assert.equal(json.null, v.none)
   end)
 
   it("answers a forced tool with a call to it, in both dialects, streamed too", function()
@@ -621,7 +621,7 @@ describe("mockllm faults", function()
                    { ["x-mock-fault"] = "bad_args" })
     local args = r.json.choices[1].message.tool_calls[1]["function"].arguments
     assert.is_string(args)
-    assert.is_false(pcall(cjson.decode, args))
+    assert.is_false(pcall(json.decode, args))
     -- A text reply gets a call to the first offered tool.
     r = post(AN, { max_tokens = 50, messages = user("hello"), tools = anthropic_tools("notes") },
              an_headers { ["x-mock-fault"] = "bad_args" })
@@ -632,7 +632,7 @@ describe("mockllm faults", function()
                                             tools = anthropic_tools("metrics") },
                                       an_headers { ["x-mock-fault"] = "bad_args" }))
     assert.equal("metrics", blocks[1].name)
-    assert.is_false(pcall(cjson.decode, blocks[1].text))
+    assert.is_false(pcall(json.decode, blocks[1].text))
   end)
 
   it("refuses an unknown fault or pacing header", function()
@@ -725,7 +725,7 @@ describe("mockllm /stats, /reset and /last", function()
     local last = m:last()
     assert.equal("/v1/messages", last.path)
     assert.equal("2023-06-01", last.headers["anthropic-version"])
-    local body = cjson.decode(last.body)
+    local body = json.decode(last.body)
     assert.equal("sys", body.system)
     assert.equal(7, body.max_tokens)
   end)

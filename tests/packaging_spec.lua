@@ -96,12 +96,15 @@ describe("the rockspec", function()
       local ah = require "agenthost"
       local web_search = require "web_search"
       local t = assert(package.searchpath("agenthost", package.cpath))
+      assert(ah.llm and ah.agent and ah.fleet and require "agenthost.mcp")
+      assert(ah.json.encode(ah.json.decode('{"id":1234567890123456789}')) == '{"id":1234567890123456789}')
       print(t, web_search.name, ah.task.run(function() ah.task.sleep(0.01) return 42 end))
     ]])
-    -- Stock lua5.4, from another directory, with the tree's paths and the
-    -- system's (";;": lua-cjson) but none of the source tree's.
+    -- Stock lua5.4, from another directory, with the tree's paths only:
+    -- neither the source tree's nor the system's, so the library, its agent
+    -- layer included, needs nothing else at run time (no JSON module).
     local out = ok(string.format("cd %s && %s %sLUA_PATH=%s LUA_CPATH=%s lua5.4 main.lua",
-      q(run), CLEAN_ENV, WITH_PRELOAD, q(lpath .. ";;"), q(cpath .. ";;")))
+      q(run), CLEAN_ENV, WITH_PRELOAD, q(lpath), q(cpath)))
     assert.equal(tree .. "/lib/lua/5.4/agenthost.so\tweb_search\t42\n", out)
   end)
 end)

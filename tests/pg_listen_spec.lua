@@ -127,7 +127,7 @@ describe("ah.pg listen", function()
         "WHERE application_name = 'listentest' AND query LIKE 'LISTEN%'").n
       assert.equal(1, killed)
       local n = l:recv(10)
-      assert.is_true(n.missed, "expected the missed marker, got " .. require("cjson").encode(n))
+      assert.is_true(n.missed, "expected the missed marker, got " .. require("agenthost").json.encode(n))
       assert.equal("lost", n.channel)
       db:notify("lost", "after")
       db:notify("lost2", "after2")

@@ -97,6 +97,26 @@ describe("ah.pg types", function()
     end)
   end)
 
+  it("keeps every JSON number's type and digits through json and jsonb, both ways", function()
+    run(function()
+      local db = ah.pg.pool { url = srv.url }
+      local v = { id = 1234567890123456789, big = 9007199254740993, min = math.mininteger,
+                  tokens = 71, whole = 71.0, f = 0.1 + 0.2, tiny = 5e-324 }
+      local r = db:first([[SELECT $1::jsonb AS jb, $1::json AS js,
+        '{"whole": 71.0, "tokens": 71, "id": 1234567890123456789}'::jsonb AS lit]], v)
+      for _, col in ipairs { "jb", "js" } do
+        for k, want in pairs(v) do
+          assert.equal(want, r[col][k], col .. "." .. k)
+          assert.equal(math.type(want), math.type(r[col][k]), col .. "." .. k)
+        end
+      end
+      assert.equal("float", math.type(r.lit.whole))
+      assert.equal("integer", math.type(r.lit.tokens))
+      assert.equal(1234567890123456789, r.lit.id)
+      db:close()
+    end)
+  end)
+
   it("binds every Lua value, and tables by the parameter's type (json, arrays)", function()
     run(function()
       local db = ah.pg.pool { url = srv.url }

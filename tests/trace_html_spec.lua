@@ -15,7 +15,7 @@
 local ah = require "agenthost"
 local proc = require "support.proc"
 local fixture = require "support.trace_fixture"
-local cjson = require "cjson"
+local json = require("agenthost").json
 
 local node = proc.which("node")
 local build = (os.getenv("AGENTHOST_BIN") or "build/agenthost"):match("^(.*)/[^/]*$") or "build"
@@ -32,7 +32,7 @@ local function browse(page, shot, ...)
   local out = f:read("a")
   local ok = f:close()
   assert(ok, "the browser could not load the page: " .. out)
-  return cjson.decode(out:match("(%b{})%s*$"))
+  return json.decode(out:match("(%b{})%s*$"))
 end
 
 local function sh(cmd)

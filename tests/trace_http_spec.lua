@@ -58,7 +58,7 @@ describe("trace propagation", function()
       local s <close> = ah.http.stream { url = srv.url("/echo") }
       local body = {}
       for c in s do body[#body + 1] = c end
-      local h = require("cjson").decode(table.concat(body)).headers
+      local h = require("agenthost").json.decode(table.concat(body)).headers
       assert.equal(sp:traceparent(), h.traceparent)
       sp:finish()
     end)

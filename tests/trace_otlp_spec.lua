@@ -13,7 +13,7 @@ local proc = require "support.proc"
 local trace = ah.trace
 local otlp = require "agenthost.trace.otlp"
 local task = ah.task
-local cjson = require "cjson"
+local json = require("agenthost").json
 
 local node = proc.which("node")
 local SCHEMA = "tests/support/node_modules/@opentelemetry/otlp-transformer/build/src/generated/root.js"
@@ -123,7 +123,7 @@ describe("trace OTLP export", function()
       local out = f:read("a")
       f:close()
       os.remove(path)
-      return cjson.decode(out)
+      return json.decode(out)
     end
 
     it("of agent-shaped spans are valid OTLP by the official protobuf schema", function()

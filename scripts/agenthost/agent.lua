@@ -50,7 +50,6 @@ local tools_mod = require "agenthost.tools"
 local memory_mod = require "agenthost.memory"
 local llm_common = require "agenthost.llm.common"
 local trace = require "agenthost.trace"
-local cjson = require "cjson"
 local task = ah.task
 
 local M = {}
@@ -474,7 +473,7 @@ local function overhead(msgs, a, tools)
       return math.max(0, m.usage.input_tokens - (m.context.sent or 0))
     end
   end
-  local ok, t = pcall(cjson.encode, tools or {})
+  local ok, t = pcall(ah.json.encode, tools or {})
   return 16 + estimate_text(a.system) + (ok and estimate_text(t) or 0)
 end
 
@@ -840,7 +839,7 @@ end
 
 -- The decoded and checked answer, or nil and what is wrong with it.
 local function parse_output(schema, text)
-  local value, why = memory_mod.decode(text or "")
+  local value, why = llm_common.decode(text or "")
   if value == nil then
     return nil, "it is not JSON (" .. tostring(why):gsub("%.$", "") .. ")"
   end

@@ -5,14 +5,14 @@
 --   local ev = ch:recv()              -- waits for the next item
 --
 -- A channel is a bounded task.queue created on first use.  The host's
--- ah_post(host, name, json) delivers the decoded JSON value here, in the
--- order posted.  When the queue is full, posts wait in the channel's
--- backlog (in order) and one pump task moves them in as receivers make
--- room, so nothing posted is lost and nothing overtakes.  Tasks may use
+-- ah_post(host, name, json) delivers the JSON value here, decoded by
+-- ah.json (which accepts exactly the texts ah_post does), in the order
+-- posted.  When the queue is full, posts wait in the channel's backlog (in
+-- order) and one pump task moves them in as receivers make room, so
+-- nothing posted is lost and nothing overtakes.  Tasks may use
 -- channels among themselves too (send waits while the channel is full).
 
 local core = require "agenthost.core"
-local cjson = require "cjson"
 local task = core.task
 
 local M = {}
@@ -64,7 +64,7 @@ end
 -- channel, false when it went to the backlog (done(1) is called once it
 -- is in).  Raises when json does not decode.
 function M._post(name, json, done)
-  local value = cjson.decode(json)
+  local value = core.json.decode(json)
   local ch = M.channel(name)
   if ch.first > ch.last and ch.queue:try_push(value) then return true end
   ch.last = ch.last + 1

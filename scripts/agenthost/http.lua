@@ -2,15 +2,16 @@
 -- and returns {status, headers, body}; see docs/http.md.
 --
 -- On top of the C request this adds JSON (`json = value` sends it encoded
--- with content-type application/json; a JSON response is decoded into
--- res.json) and the get/post helpers.
+-- by ah.json with content-type application/json; a JSON response is
+-- decoded into res.json, or res.json_error says why it could not be) and
+-- the get/post helpers.
 --
 -- While tracing is on (agenthost.trace), a request made inside a span
 -- carries that span's W3C traceparent header (one the caller set is kept),
 -- and with trace.enable{http = true} it gets a client span of its own.
 
 local core = require "agenthost.core"
-local cjson = require "cjson"
+local json = core.json
 local C = core._http
 
 local M = {}
@@ -33,9 +34,10 @@ local function prepare(opts, what, accept)
   local headers = {}
   for k, v in pairs(opts.headers or {}) do headers[k] = v end
   if opts.json ~= nil then
-    local ok, body = pcall(cjson.encode, opts.json)
+    local ok, body = pcall(json.encode, opts.json)
     if not ok then
-      core.error.raise("invalid_argument", what .. ": json cannot be encoded: " .. tostring(body))
+      core.error.raise("invalid_argument", what .. ": json cannot be encoded: " ..
+        tostring(type(body) == "table" and body.message or body))
     end
     if not has_header(headers, "content-type") then headers["content-type"] = "application/json" end
     o.body, o.json = body, nil
@@ -66,8 +68,9 @@ function M.request(opts)
   local res = send(C.request, prepare(opts, "ah.http.request"), "request")
   local ctype = res.headers["content-type"]
   if ctype and ctype:find("json", 1, true) and #res.body > 0 then
-    local ok, value = pcall(cjson.decode, res.body)
-    if ok then res.json = value else res.json_error = tostring(value) end
+    local ok, value = pcall(json.decode, res.body)
+    if ok then res.json = value
+    else res.json_error = tostring(type(value) == "table" and value.message or value) end
   end
   return res
 end

@@ -34,16 +34,13 @@
 -- free text (model output is fine: it is turned into quoted terms, never
 -- spliced as syntax).
 --
--- Tables given as content or data are stored as JSON by memory.encode and
--- read back by memory.decode, which keep the type of every number: an
--- integer comes back an integer (a token count stays 71, not 71.0), a float
--- a float, and integers beyond 2^53 keep every digit.  (lua-cjson, used for
--- the wire, decodes every number as a float and writes 14 digits.)  JSON
--- null is cjson.null both ways.
+-- Tables given as content or data are stored as JSON (ah.json), which
+-- keeps the type of every number: an integer comes back an integer (a
+-- token count stays 71, not 71.0), a float a float (71.0 stays 71.0), and
+-- integers beyond 2^53 keep every digit.  JSON null is ah.null both ways.
 
 local ah = require "agenthost.core"
-local cjson = require "cjson"
-local dkjson = require "dkjson"
+local json = ah.json
 
 local M = {}
 local Memory = {}
@@ -191,35 +188,20 @@ local function bad(what, msg)
   error(ah.error.new("invalid_argument", what .. ": " .. msg), 3)
 end
 
-local null = cjson.null
-
--- memory.encode(v) -> JSON text.  Integers are written as integers, floats
--- with a fraction or an exponent (71.0 stays a float), cjson.null as null.
-local encode_state = {
-  exception = function(reason, value, _, defaultmessage)
-    if value == null then return "null" end
-    return nil, defaultmessage or reason
-  end,
-}
+-- memory.encode(v) -> JSON text, or nil and the reason; memory.decode(text)
+-- -> value, or nil and the reason: ah.json, with the contract these had
+-- when they were a codec of their own.
+local function reason(e) return type(e) == "table" and tostring(e.message) or tostring(e) end
 function M.encode(v)
-  local ok, s = pcall(dkjson.encode, v, encode_state)
-  if not ok then return nil, tostring(s) end
-  if type(s) ~= "string" then return nil, "cannot be encoded as JSON" end
-  return s
+  local ok, s = pcall(json.encode, v)
+  if ok then return s end
+  return nil, reason(s)
 end
-
--- memory.decode(text) -> value, or nil and the reason.  Numbers written
--- without a fraction or an exponent are integers; null is cjson.null;
--- tables get no metatable.
 function M.decode(text)
   if type(text) ~= "string" then return nil, "not a string" end
-  local ok, v, pos, err = pcall(dkjson.decode, text, 1, null, nil, nil)
-  if not ok then return nil, tostring(v) end
-  if err then return nil, err end
-  if type(pos) == "number" and text:find("%S", pos) then
-    return nil, "text after the JSON value at byte " .. math.tointeger(pos)
-  end
-  return v
+  local ok, v = pcall(json.decode, text)
+  if ok then return v end
+  return nil, reason(v)
 end
 
 -- memory.id(v [, what]) -> the integer conversation id v stands for, or
@@ -246,9 +228,9 @@ local function text_or_json(v, what, field)
   if v == nil or type(v) == "string" then return v end
   if type(v) == "number" or type(v) == "boolean" then return tostring(v) end
   if type(v) == "table" then
-    local s, why = M.encode(v)
-    if s then return s end
-    bad(what, field .. " cannot be encoded as JSON: " .. tostring(why))
+    local ok, s = pcall(json.encode, v)
+    if ok then return s end
+    bad(what, field .. " cannot be encoded as JSON: " .. tostring(type(s) == "table" and s.message or s))
   end
   bad(what, field .. " must be a string or a table, not a " .. type(v))
 end
@@ -463,8 +445,8 @@ function Memory:history(run, opts)
     not (opts and opts.events == false), opts and opts.limit or -1)
   for _, r in ipairs(rows) do
     if r.data then
-      local v = M.decode(r.data)
-      if v ~= nil then r.data = v end
+      local ok, v = pcall(json.decode, r.data)
+      if ok then r.data = v end
     end
   end
   return rows

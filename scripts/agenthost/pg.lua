@@ -26,7 +26,7 @@
 -- parameters (json and arrays) and the decoding of json results.
 
 local core = require "agenthost.core"
-local cjson = require "cjson"
+local json = core.json
 local C = core._pg
 local task = core.task
 local clock = core.clock
@@ -45,31 +45,13 @@ end
 
 -- ---- values -----------------------------------------------------------------------
 
--- Integral floats that cjson made of JSON integers become integers again.
-local function fix_ints(v)
-  if type(v) == "table" then
-    for k, x in pairs(v) do
-      if math.type(x) == "float" then
-        local i = math.tointeger(x)
-        if i and x > -2^53 and x < 2^53 then v[k] = i end
-      elseif type(x) == "table" then
-        fix_ints(x)
-      end
-    end
-    return v
-  end
-  if math.type(v) == "float" then
-    local i = math.tointeger(v)
-    if i and v > -2^53 and v < 2^53 then return i end
-  end
-  return v
-end
-
+-- A json or jsonb column's value (ah.json: integers stay integers, 71.0
+-- stays a float); text the server sent that does not decode stays text.
 local function json_decode(s)
   if type(s) ~= "string" then return s end
-  local ok, v = pcall(cjson.decode, s)
+  local ok, v = pcall(json.decode, s)
   if not ok then return s end
-  return fix_ints(v)
+  return v
 end
 
 local function decode_json_array(a)
@@ -123,7 +105,7 @@ local function array_literal(t, elem)
     if v == nil or v == null then
       parts[i] = "NULL"
     elseif kind == "json" then
-      parts[i] = quote_elem(tv == "string" and v or cjson.encode(v))
+      parts[i] = quote_elem(tv == "string" and v or json.encode(v))
     elseif tv == "table" then
       parts[i] = array_literal(v, elem)
     elseif tv == "boolean" then
@@ -172,8 +154,11 @@ local function encode_tables(c, timeout, sql, what, ...)
       local oid = types[i]
       local kind, elem = C.type_info(oid or 0)
       if kind == "json" then
-        local ok, s = pcall(cjson.encode, v)
-        if not ok then bad(what, "parameter $" .. i .. " cannot be encoded as JSON: " .. tostring(s)) end
+        local ok, s = pcall(json.encode, v)
+        if not ok then
+          bad(what, "parameter $" .. i .. " cannot be encoded as JSON: " ..
+            tostring(type(s) == "table" and s.message or s))
+        end
         args[i] = s
       elseif kind == "array" then
         local ok, s = pcall(array_literal, v, elem)
@@ -398,8 +383,11 @@ local function run_copy(self, c, sql, rows, timeout)
         local v = row[k]
         if type(v) == "table" then
           if r == row then r = table.move(row, 1, ncols, 1, {}) end
-          local okj, s = pcall(cjson.encode, v)
-          if not okj then bad("pg:copy", "a value cannot be encoded as JSON: " .. tostring(s)) end
+          local okj, s = pcall(json.encode, v)
+          if not okj then
+            bad("pg:copy", "a value cannot be encoded as JSON: " ..
+              tostring(type(s) == "table" and s.message or s))
+          end
           r[k] = s
         end
       end

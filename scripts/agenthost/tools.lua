@@ -30,7 +30,7 @@
 -- one must say so rather than fail inside the check.
 
 local ah = require "agenthost.core"
-local cjson = require "cjson"
+local json = ah.json
 local task = ah.task
 
 local M = {}
@@ -40,7 +40,7 @@ Registry.__index = Registry
 M.DEFAULT_TIMEOUT = 60
 M.MAX_RESULT = 64 * 1024 -- bytes of a tool result passed back to the model
 
-local null = cjson.null
+local null = ah.null
 
 local function bad(msg)
   error(ah.error.new("invalid_argument", msg), 3)
@@ -68,7 +68,9 @@ local function json_type(v)
     return "number"
   end
   if t == "table" then
-    if next(v) == nil then return "empty" end -- {} and [] decode alike
+    -- An empty table is either, unless ah.json marked it as an array (as
+    -- it does every array it decodes).
+    if next(v) == nil then return getmetatable(v) == json.array_mt and "array" or "empty" end
     return is_array(v) and "array" or "object"
   end
   return t
@@ -83,7 +85,7 @@ end
 
 local function show(v)
   if type(v) == "string" then return string.format("%q", v) end
-  local ok, s = pcall(cjson.encode, v)
+  local ok, s = pcall(json.encode, v)
   return ok and s or tostring(v)
 end
 
@@ -511,11 +513,14 @@ function Registry:list()
   return out
 end
 
+-- The text of a tool's result for the model: a string as it is, anything
+-- else as JSON; nil and the error when JSON cannot hold it.
 local function to_text(v)
   if v == nil then return "" end
   if type(v) == "string" then return v end
-  local ok, s = pcall(cjson.encode, v)
-  return ok and s or tostring(v)
+  local ok, s = pcall(json.encode, v)
+  if ok then return s end
+  return nil, s
 end
 
 -- s cut to at most n bytes, never inside a UTF-8 sequence.
@@ -539,7 +544,8 @@ end
 
 -- Arguments as a tool should see them, once they are valid: an optional
 -- property given as null is absent, and a whole number where the schema
--- wants an integer is a Lua integer (JSON decoders give floats).
+-- wants an integer is a Lua integer (a model may write 3.0 for 3, which
+-- JSON Schema counts as an integer).
 local function normalize(schema, v)
   if type(schema) ~= "table" then return v end
   if schema.type == "integer" and math.type(v) == "float" then
@@ -668,7 +674,12 @@ function Registry:call(call, ctx)
     return failed(inner)
   end
   if inner[1] then
-    return { content = cap(to_text(inner[2])), value = inner[2], is_error = false }
+    local text, why = to_text(inner[2])
+    if text then return { content = cap(text), value = inner[2], is_error = false } end
+    -- A result that JSON cannot hold (a function, a sparse table) fails
+    -- the call, and says why, rather than reaching the model garbled.
+    return { is_error = true, value = inner[2], error = why, content = "error: " .. t.name ..
+      " returned a value that cannot be sent as JSON: " .. message_of(why) }
   end
   err = inner[2]
   if cur and cur:cancelled() then error(err, 0) end

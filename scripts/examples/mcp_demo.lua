@@ -18,7 +18,6 @@
 local ah = require "agenthost"
 local mcp = require "agenthost.mcp"
 local shell = require "shell"
-local cjson = require "cjson"
 local task = ah.task
 
 local reference = arg[1] == "--reference"
@@ -119,7 +118,7 @@ local results = task.map(calls, run_tool, { limit = 4 })
 for _, r in ipairs(results) do
   print(string.format("%-14s %s  %s", r.tool, r.ok and "ok   " or "error", (r.output:gsub("\n", " | "))))
 end
-print(cjson.encode { tools = #tools, calls = #calls })
+print(ah.json.encode { tools = #tools, calls = #calls })
 
 local_server:close()
 remote_server:close()

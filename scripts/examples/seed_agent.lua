@@ -13,7 +13,6 @@
 -- tasks before it exits.
 
 local ah = require "agenthost"
-local cjson = require "cjson"
 local task = ah.task
 
 -- Tool implementations --------------------------------------------------------
@@ -43,7 +42,7 @@ local function store_memory(record)
   stored = stored + 1
   if memory_file then
     local f = assert(io.open(memory_file, "a"))
-    f:write(cjson.encode(record), "\n")
+    f:write(ah.json.encode(record), "\n")
     f:close()
   end
 end
@@ -114,7 +113,7 @@ local observation = "Analyze system performance anomalies"
 
 if not opts.agents then
   local result = agent_loop(observation)
-  print(cjson.encode(result))
+  print(ah.json.encode(result))
   return
 end
 

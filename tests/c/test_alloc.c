@@ -41,16 +41,6 @@
 enum { FAIL_NTH, FAIL_FROM_N, COLLECT_AT_N, NMODES };
 static const char *const mode_names[NMODES] = {"Nth only", "from N on", "collect at N"};
 
-/* lua-cjson (a Debian package, not ours) keeps the buffer of a decode in
- * malloc'd memory that it frees on return or on a syntax error, but not
- * when Lua raises out of memory inside the decode (a longjmp over its
- * free): a post decoded while memory runs out leaks that buffer.  Known and
- * documented (docs/reliability.md); every other leak fails the test. */
-const char *__lsan_default_suppressions(void);
-const char *__lsan_default_suppressions(void) {
-  return "leak:strbuf_new\nleak:strbuf_init\n";
-}
-
 typedef struct counter {
   ah_arena *arena; /* where the blocks come from; NULL: realloc/free */
   long count;     /* allocations so far */

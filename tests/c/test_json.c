@@ -1,13 +1,16 @@
 /*
- * ah_post against lua-cjson: a text that ah_post accepts must decode on
- * delivery, or it would be reported there and lost to the channel.  For a
- * set of tricky inputs (every \u escape class, surrogate pairs valid and
- * broken, long and huge numbers, nesting at and past the limit) ah_post
- * accepts exactly when cjson.decode, run in the host's own Lua state,
- * does.  Where lua-cjson is laxer than RFC 8259 (leading zeros, hex,
- * Infinity and NaN, raw control characters, invalid UTF-8), ah_post refuses
- * and the check is one way only: nothing accepted is ever dropped.  The
- * accepted texts are then delivered through a channel, none reported.
+ * ah_post against ah.json.decode, the decoder channel delivery uses: a
+ * text that ah_post accepts must decode on delivery, or it would be
+ * reported there and lost to the channel, and a text ah.json.decode
+ * takes must not be refused to its poster.  Both run host/json.c's one
+ * grammar, so for a set of tricky inputs (every \u escape class, surrogate
+ * pairs valid and broken, long and huge numbers, nesting at and past the
+ * limit) ah_post accepts exactly when ah.json.decode, run in the host's own
+ * Lua state, does; and both refuse what lua-cjson is laxer about than RFC
+ * 8259 (leading zeros, hex, Infinity and NaN, raw control characters,
+ * invalid UTF-8).  The accepted texts are then delivered through a
+ * channel, none reported, and a post's numbers arrive exactly: integers
+ * as integers (int8's range, 2^53 + 1), floats as floats (71.0, 0.1 + 0.2).
  */
 #include "agenthost.h"
 #include "ctest.h"
@@ -33,14 +36,16 @@ static int c_got(lua_State *L) {
   return 0;
 }
 
-/* Whether lua-cjson, as channel delivery uses it, decodes s. */
-static int cjson_accepts(lua_State *L, const char *s) {
+/* Whether ah.json.decode, as channel delivery uses it, decodes s. */
+static int decode_accepts(lua_State *L, const char *s) {
   int ok;
   lua_getglobal(L, "pcall");
   lua_getglobal(L, "require");
-  lua_pushstring(L, "cjson");
+  lua_pushstring(L, "agenthost");
   lua_call(L, 1, 1);
+  lua_getfield(L, -1, "json");
   lua_getfield(L, -1, "decode");
+  lua_remove(L, -2);
   lua_remove(L, -2);
   lua_pushstring(L, s);
   lua_call(L, 2, 1);
@@ -95,17 +100,18 @@ static const char *const both[] = {
     "[1,]", "{\"a\":1,}", "[]", "{}", " [ 1 , 2 ] ", "1 2", "",
     NULL};
 
-/* lua-cjson decodes these, RFC 8259 does not: ah_post refuses them. */
+/* lua-cjson decodes these, RFC 8259 does not: ah_post and ah.json.decode
+ * refuse them. */
 static const char *const stricter[] = {
     "01", "00", "+1", "1.", "0x10", "Infinity", "-Infinity", "NaN", "inf", "nan",
     "\"\t\"", "\"a\nb\"", "\"\xc3\x28\"", "\"\xed\xa0\x80\"", NULL};
 
 static int check_one(ah_host *h, lua_State *L, const char *s, const char *label) {
   int posted = ah_post(h, "d", s) == AH_OK;
-  int decoded = cjson_accepts(L, s);
+  int decoded = decode_accepts(L, s);
   char name[160];
   char *q;
-  snprintf(name, sizeof name, "ah_post %s iff cjson decodes it: %.60s",
+  snprintf(name, sizeof name, "ah_post %s iff ah.json.decode does: %.60s",
            decoded ? "accepts" : "refuses", label ? label : s);
   for (q = name; *q; q++)
     if ((unsigned char)*q < 0x20) *q = '?';
@@ -157,11 +163,12 @@ int main(void) {
   }
 
   for (i = 0; stricter[i]; i++) {
-    char name[96], *q;
-    snprintf(name, sizeof name, "ah_post refuses what only lua-cjson takes: %.40s", stricter[i]);
+    char name[128], *q;
+    snprintf(name, sizeof name, "ah_post and ah.json.decode refuse what only lua-cjson "
+             "takes: %.40s", stricter[i]);
     for (q = name; *q; q++)
       if ((unsigned char)*q < 0x20) *q = '?';
-    CHECK(ah_post(h, "d", stricter[i]) == AH_EINVAL, name);
+    CHECK(ah_post(h, "d", stricter[i]) == AH_EINVAL && !decode_accepts(L, stricter[i]), name);
   }
 
   /* Every accepted text is delivered and decoded; none is reported. */
@@ -177,6 +184,37 @@ int main(void) {
   }
   CHECK(received == posted, "every accepted post was delivered");
   CHECK(errors_seen == 0, errors_seen ? last_error : "no post was reported undeliverable");
+
+  /* A post's numbers arrive as they were written. */
+  received = 0;
+  CHECK(ah_post(h, "n", "{\"id\": 1234567890123456789, \"max\": 9223372036854775807, "
+                "\"min\": -9223372036854775808, \"big\": 9007199254740993, "
+                "\"tokens\": 71, \"whole\": 71.0, \"f\": 0.30000000000000004, "
+                "\"e\": 2.5e3, \"past\": 9223372036854775808}") == AH_OK,
+        "a post of numbers is accepted");
+  CHECK(ah_load_string(h,
+                       "local ah = require 'agenthost'\n"
+                       "local v = ah.channel('n'):recv()\n"
+                       "local function is(k, want, kind)\n"
+                       "  assert(v[k] == want and math.type(v[k]) == kind,\n"
+                       "    k .. ' is ' .. tostring(v[k]) .. ' (' .. tostring(math.type(v[k])) .. ')')\n"
+                       "end\n"
+                       "is('id', 1234567890123456789, 'integer')\n"
+                       "is('max', math.maxinteger, 'integer')\n"
+                       "is('min', math.mininteger, 'integer')\n"
+                       "is('big', 9007199254740993, 'integer')\n"
+                       "is('tokens', 71, 'integer')\n"
+                       "is('whole', 71.0, 'float')\n"
+                       "is('f', 0.1 + 0.2, 'float')\n"
+                       "is('e', 2500.0, 'float')\n"
+                       "is('past', 2^63, 'float')\n"
+                       "ah.host.got()",
+                       "=numbers") == AH_OK,
+        "the reader of numbers loads");
+  for (i = 0; i < 10000 && ah_step(h, 1000) != AH_OK; i++) {
+  }
+  CHECK(received == 1 && errors_seen == 0,
+        errors_seen ? last_error : "a post's integers arrive as integers and its floats as floats, exactly");
   CHECK(ah_close(h) == AH_OK, "closed");
   return ctest_done();
 }

@@ -29,7 +29,7 @@
 -- (truncated, a byte changed), which reaches the not-JSON paths.
 
 local ah = require "agenthost"
-local cjson = require "cjson"
+local json = ah.json
 local llm = require "agenthost.llm"
 local rpc = require "agenthost.mcp.rpc"
 local tools = require "agenthost.tools"
@@ -50,7 +50,7 @@ math.randomseed(seed)
 
 -- ---- mutation -------------------------------------------------------------
 
-local null = cjson.null
+local null = json.null
 local WORDS = { "", "text", "tool_use", "tool_calls", "function", "stop", "error", "2.0",
                 "message_start", "content_block_delta", "input_json_delta", "text_delta",
                 "{", "{\"a\":", "[DONE]", "\0", "\u{1F600}", "\xff\xfe", "id", "index",
@@ -66,7 +66,7 @@ local function leaf()
   elseif r == 6 then return string.rep("x", rnd(0, 300))
   elseif r == 7 then return {}
   elseif r == 8 then return { leaf() }
-  else return setmetatable({}, cjson.array_mt or {}) end
+  else return json.array() end
 end
 
 local function copy(v)
@@ -99,7 +99,7 @@ local function mutate(v, depth)
   return v
 end
 
--- JSON with the keys of objects in order (cjson follows the order of
+-- JSON with the keys of objects in order (ah.json follows the order of
 -- pairs, which changes from one process to the next), so that a seed
 -- makes the same texts every time.
 local function encode(v, out)
@@ -292,7 +292,7 @@ local function validate_target()
     local mutated = mutate_schemas or rnd(4) == 1
     local schema = mutated and mutate(copy(SCHEMAS[i])) or SCHEMAS[i]
     local raw = text_of(VALUES[i])
-    local okd, value = pcall(cjson.decode, raw)
+    local okd, value = pcall(json.decode, raw)
     if not okd then value = raw end
     local ok, res, msg = pcall(tools.validate, schema, value)
     if ok and res == nil then raised.validate = (raised.validate or 0) + 1 end
@@ -301,7 +301,7 @@ local function validate_target()
     elseif not ok then
       failures.validate = failures.validate or string.format(
         "validate raised %s for schema %s, value %q", tostring(res),
-        (pcall(cjson.encode, schema)) and cjson.encode(schema) or "?", raw)
+        (pcall(json.encode, schema)) and json.encode(schema) or "?", raw)
     elseif not (res == true or (res == nil and type(msg) == "string")) then
       failures.validate = failures.validate or string.format(
         "validate returned %s, %s for value %q", tostring(res), tostring(msg), raw)

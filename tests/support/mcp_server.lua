@@ -14,7 +14,7 @@
 -- answers one connection at a time with "Connection: close", and keeps the
 -- connections of hung requests open without blocking the others.
 
-local cjson = require "cjson"
+local json = require("agenthost").json
 
 local VERSIONS = { ["2025-11-25"] = true, ["2025-06-18"] = true, ["2025-03-26"] = true }
 
@@ -100,7 +100,7 @@ local function handle(msg, out)
   elseif method == "ping" then
     reply {}
   elseif method == "tools/list" and mode == "--hostile" then
-    out(string.format('{"jsonrpc":"2.0","id":%s,"result":{"tools":[1]}}', cjson.encode(id)))
+    out(string.format('{"jsonrpc":"2.0","id":%s,"result":{"tools":[1]}}', json.encode(id)))
   elseif method == "tools/list" then
     local start = tonumber(params.cursor or "1") or 1
     local page = {}
@@ -111,7 +111,7 @@ local function handle(msg, out)
   elseif method == "tools/call" then
     local name, a = params.name, params.arguments or {}
     if MALFORMED[name] then
-      out(string.format(MALFORMED[name], cjson.encode(id)))
+      out(string.format(MALFORMED[name], json.encode(id)))
     elseif name == "echo" then
       reply(text(tostring(a.text)))
     elseif name == "add" then
@@ -165,7 +165,7 @@ end
 
 local function serve_stdio()
   local function out(m)
-    io.stdout:write(type(m) == "string" and m or cjson.encode(m), "\n")
+    io.stdout:write(type(m) == "string" and m or json.encode(m), "\n")
     io.stdout:flush()
   end
   for line in io.lines() do
@@ -174,9 +174,9 @@ local function serve_stdio()
     elseif mode == "--garbage" then
       out("garbage in reply to " .. #line .. " bytes")
     else
-      local ok, msg = pcall(cjson.decode, line)
+      local ok, msg = pcall(json.decode, line)
       if not ok then
-        out { jsonrpc = "2.0", id = cjson.null, error = { code = -32700, message = "parse error" } }
+        out { jsonrpc = "2.0", id = json.null, error = { code = -32700, message = "parse error" } }
       elseif handle(msg, out) == "die" then
         log("dying as asked")
         os.exit(3)
@@ -239,17 +239,17 @@ local function serve_http()
         or not (headers["accept"] or ""):find("application/json", 1, true) then
       respond(c, "406 Not Acceptable", {}, "")
     else
-      local ok, msg = pcall(cjson.decode, body)
+      local ok, msg = pcall(json.decode, body)
       if not ok or type(msg) ~= "table" then
         respond(c, "400 Bad Request", { ["Content-Type"] = "application/json" },
-          cjson.encode { jsonrpc = "2.0", id = cjson.null, error = { code = -32700, message = "parse error" } })
+          json.encode { jsonrpc = "2.0", id = json.null, error = { code = -32700, message = "parse error" } })
       elseif msg.method ~= "initialize" and headers["mcp-session-id"] ~= session then
         respond(c, (headers["mcp-session-id"] and "404 Not Found" or "400 Bad Request"), {}, "no such session")
       elseif msg.method ~= "initialize" and not VERSIONS[headers["mcp-protocol-version"] or ""] then
         respond(c, "400 Bad Request", {}, "missing or unsupported MCP-Protocol-Version")
       else
         local sent = {}
-        local function out(m) sent[#sent + 1] = type(m) == "string" and m or cjson.encode(m) end
+        local function out(m) sent[#sent + 1] = type(m) == "string" and m or json.encode(m) end
         local what = handle(msg, out)
         local extra = {}
         if msg.method == "initialize" then

@@ -22,7 +22,7 @@
 -- AGENTHOST_BIN, else build/tests/mockllm.
 
 local httpd = require "support.httpd"
-local cjson = require "cjson"
+local json = require("agenthost").json
 
 local M = {}
 
@@ -84,7 +84,7 @@ function M.start(opts)
   if opts.rules then
     local path = os.tmpname()
     local f = assert(io.open(path, "wb"))
-    f:write(cjson.encode(opts.rules))
+    f:write(json.encode(opts.rules))
     f:close()
     files[#files + 1] = path
     args[#args + 1] = "--rules"

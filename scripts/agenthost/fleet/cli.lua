@@ -9,7 +9,6 @@
 -- Exit status 0, 1 when the database cannot be read, 2 for usage errors.
 
 local ah = require "agenthost.core"
-local cjson = require "cjson"
 
 local M = {}
 
@@ -113,7 +112,7 @@ function M.run(...)
     return 1
   end
   if json then
-    io.stdout:write(cjson.encode(res), "\n")
+    io.stdout:write(ah.json.encode(res), "\n")
   else
     io.stdout:write(M.render(name or "default", res))
   end

@@ -12,15 +12,16 @@
 -- send, limits) and the notification hub that wait and serve share;
 -- agenthost.fleet.worker is serve, agenthost.fleet.sql holds every
 -- statement.  It relies on ah.pg (a pool with query/exec/first,
--- transaction and listen) and on lua-cjson for the JSON it stores.
+-- transaction and listen) and on ah.json for the JSON it stores.
 --
 -- Values given to the fleet (inputs, step results, run results, event
 -- payloads) are stored as JSON: strings, numbers, booleans, and tables that
 -- are arrays or have string keys.  What a caller reads back is the decoded
--- JSON (JSON null inside a table is cjson.null).
+-- JSON: numbers keep their type and digits (an integer id comes back the
+-- integer it was, 71.0 a float), JSON null inside a table is ah.null.
 
 local ah = require "agenthost.core"
-local cjson = require "cjson"
+local json = ah.json
 local sql = require "agenthost.fleet.sql"
 local task = ah.task
 
@@ -42,7 +43,7 @@ end
 
 -- NULL from the binding (ah.null, or nil).
 local function null(v)
-  return v == nil or v == ah.null or v == cjson.null
+  return v == nil or v == ah.null
 end
 M.null = null
 
@@ -62,47 +63,29 @@ M.too_large = too_large
 -- naming what was given, one past MAX_VALUE too_large.
 local function encode(v, fn, what)
   if v == nil then return "null" end
-  local ok, s = pcall(cjson.encode, v)
+  local ok, s = pcall(json.encode, v)
   if not ok then
     bad(fn, what .. " must be a JSON value (strings, numbers, booleans, arrays, " ..
-      "string-keyed tables): " .. tostring(s))
+      "string-keyed tables): " .. tostring(type(s) == "table" and s.message or s))
   end
   if #s > M.MAX_VALUE then too_large(fn, what, #s) end
   return s
 end
 M.encode = encode
 
--- lua-cjson reads every JSON number as a float: one written without a
--- fraction (within 2^53) becomes an integer again, so that an id stored
--- by a step comes back as the integer it was.
-local function fix_ints(v)
-  if type(v) == "table" then
-    for k, x in pairs(v) do
-      if type(x) == "table" then
-        fix_ints(x)
-      elseif math.type(x) == "float" and x == math.floor(x) and x > -2 ^ 53 and x < 2 ^ 53 then
-        v[k] = math.tointeger(x)
-      end
-    end
-  elseif math.type(v) == "float" and v == math.floor(v) and v > -2 ^ 53 and v < 2 ^ 53 then
-    return math.tointeger(v)
-  end
-  return v
-end
-
 -- The value of JSON text (the fleet's columns are read as text): nil for
 -- NULL and for JSON null at the top.
 local function decode(s)
   if null(s) then return nil end
-  local v = fix_ints(cjson.decode(s))
-  if v == cjson.null then return nil end
+  local v = json.decode(s)
+  if v == ah.null then return nil end
   return v
 end
 M.decode = decode
 
 -- The same for JSON that may be null inside (a step's outputs).
 function M.decode_raw(s)
-  return fix_ints(cjson.decode(s))
+  return json.decode(s)
 end
 
 local NAME = "^[a-z][a-z0-9_]*$"

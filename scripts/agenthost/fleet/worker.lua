@@ -26,12 +26,12 @@
 -- and its sql module; every guarantee rests on the statements there.
 
 local ah = require "agenthost.core"
-local cjson = require "cjson"
 local fleet_mod = require "agenthost.fleet"
 local task = ah.task
 
 local null, decode, decode_raw = fleet_mod.null, fleet_mod.decode, fleet_mod.decode_raw
-local jencode = cjson.encode
+local jencode = ah.json.encode
+local jnull = ah.null
 
 local M = {}
 
@@ -189,7 +189,7 @@ end
 local function unpack_output(out)
   if type(out) ~= "table" then return out end
   local n = #out
-  for i = 1, n do if out[i] == cjson.null then out[i] = nil end end
+  for i = 1, n do if out[i] == jnull then out[i] = nil end end
   return table.unpack(out, 1, n)
 end
 
@@ -238,12 +238,12 @@ function Run:step(name, fn, ...)
     out = table.pack(fn(table.unpack(args, 1, n + 1)))
   end
   check_live(rec)
-  for i = 1, out.n do if out[i] == nil then out[i] = cjson.null end end
+  for i = 1, out.n do if out[i] == nil then out[i] = jnull end end
   out.n = nil
   local ok, json = pcall(jencode, out)
   if not ok then
     error(ah.error.new("invalid_argument", string.format("run:step %s: the results must be " ..
-      "JSON values: %s", sname, tostring(json))), 2)
+      "JSON values: %s", sname, tostring(type(json) == "table" and json.message or json))), 2)
   end
   if #json > fleet_mod.MAX_VALUE then fleet_mod.too_large("run:step " .. sname, "the result", #json) end
   store(self, sname, json)
@@ -364,7 +364,7 @@ function Run:wait_event(name, opts)
     local left = deadline and deadline - w:db_now()
     if left and left <= 0 then
       rec.event_ev = nil
-      local out = { cjson.null, "timeout", timeout }
+      local out = { jnull, "timeout", timeout }
       store(self, sname, jencode(out))
       return answer(out)
     end
@@ -493,7 +493,7 @@ function Worker:execute(rec)
   elseif res[2] and reason == nil then
     local vals = { table.unpack(res, 3, res.n) }
     local v = vals[1]
-    local jok, json = pcall(jencode, v == nil and cjson.null or v)
+    local jok, json = pcall(jencode, v == nil and jnull or v)
     if jok and #json > fleet_mod.MAX_VALUE then
       jok, json = false, string.format("%d bytes of JSON, more than %d", #json, fleet_mod.MAX_VALUE)
     end
@@ -501,7 +501,8 @@ function Worker:execute(rec)
       fin = { state = "done", result = json }
     else
       fin = { state = "failed", error = jencode { kind = "invalid_argument",
-        message = "the handler's result cannot be stored: " .. tostring(json) } }
+        message = "the handler's result cannot be stored: " ..
+          tostring(type(json) == "table" and json.message or json) } }
     end
   elseif reason == "cancel" then
     fin = { state = "cancelled", error = jencode { kind = "cancelled",

@@ -1,16 +1,16 @@
--- agenthost.llm.common: what the two dialects share.  JSON helpers that
--- read cjson's null as nil, the tool call a model asked for (arguments
--- decoded, or the raw text and an error when they are not a JSON object),
--- the final result of a chat, and the structured errors of a provider,
--- classified as retryable or not.  Relies on cjson and agenthost.core.
+-- agenthost.llm.common: what the two dialects share.  JSON helpers (on
+-- ah.json) that read JSON null as nil, the tool call a model asked for
+-- (arguments decoded, or the raw text and an error when they are not a
+-- JSON object), the final result of a chat, and the structured errors of a
+-- provider, classified as retryable or not.  Relies on agenthost.core.
 
 local core = require "agenthost.core"
-local cjson = require "cjson"
 local retry = require "agenthost.llm.retry"
+local json = core.json
 
 local M = {}
 
-local null = cjson.null
+local null = core.null
 M.null = null
 
 -- v(x): x, or nil when x is JSON null.
@@ -34,22 +34,21 @@ function M.str(x)
   return nil
 end
 
--- An integer field (cjson decodes every number as a float), or nil.
+-- An integer field, or nil: a float with an integral value (a server may
+-- write 71.0) becomes the integer, any other float is rounded down.
 function M.int(x)
   x = v(x)
   if type(x) ~= "number" or x ~= x then return nil end
   return math.tointeger(x) or math.floor(x)
 end
 
-function M.encode(value)
-  return cjson.encode(value)
-end
+M.encode = json.encode
 
--- decode(text) -> value, or nil and the reason.
+-- decode(text) -> value, or nil and the reason (ah.json.decode's message).
 function M.decode(text)
-  local ok, value = pcall(cjson.decode, text)
+  local ok, value = pcall(json.decode, text)
   if ok then return value end
-  return nil, tostring(value)
+  return nil, type(value) == "table" and tostring(value.message) or tostring(value)
 end
 
 -- A call the model made.  `raw` is the arguments' JSON text; empty text
@@ -80,7 +79,7 @@ function M.arguments_text(c)
     return c.raw_arguments
   end
   if type(c.arguments) == "string" then return c.arguments end
-  return cjson.encode(c.arguments or {})
+  return json.encode(c.arguments or {})
 end
 
 -- The arguments of a call in history as a table (for dialects that carry
@@ -96,8 +95,9 @@ function M.arguments_table(c)
 end
 
 -- A tool's JSON Schema: an object schema by default.  An empty `required`
--- list is dropped, because an empty Lua table encodes as {} (an object),
--- which is not a valid `required`.
+-- list is dropped, because an empty Lua table encodes as {} (an object,
+-- unless it is marked with ah.json.array), which is not a valid
+-- `required`.
 function M.schema(params)
   if params == nil then return { type = "object", properties = {} } end
   if type(params) == "table" and type(params.required) == "table" and next(params.required) == nil then
@@ -126,7 +126,7 @@ end
 -- The text of a tool result: tables are sent as JSON.
 function M.content_text(content)
   if content == nil then return "" end
-  if type(content) == "table" then return cjson.encode(content) end
+  if type(content) == "table" then return json.encode(content) end
   return tostring(content)
 end
 

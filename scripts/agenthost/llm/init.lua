@@ -286,7 +286,10 @@ function Provider:chat(req)
   end
   if type(body.model) ~= "string" then invalid("chat: no model (give one to llm.provider or to chat)", 2) end
   local encoded, text = pcall(common.encode, body)
-  if not encoded then invalid("chat: the request cannot be encoded as JSON: " .. tostring(text), 2) end
+  if not encoded then
+    invalid("chat: the request cannot be encoded as JSON: " ..
+      tostring(type(text) == "table" and text.message or text), 2)
+  end
   local estimate = limits.estimate(#text)
 
   local started = clock()

@@ -18,7 +18,7 @@ local ah = require "agenthost"
 local rpc = require "agenthost.mcp.rpc"
 local task = ah.task
 
-local cjson = rpc.json
+local json = rpc.json
 local err, misuse, excerpt = rpc.err, rpc.misuse, rpc.excerpt
 
 local M = {}
@@ -125,7 +125,7 @@ end
 function Http:roundtrip(msg, slot)
   local c = self.c
   slot.sent = true
-  self:post(cjson.encode(msg), slot)
+  self:post(json.encode(msg), slot)
   if not slot.msg then
     error(err("io", string.format("mcp %s: the server's answer to '%s' had no JSON-RPC response%s",
       c.name, msg.method, c:_ignored_note(slot.ignored))), 0)

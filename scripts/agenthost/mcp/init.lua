@@ -31,7 +31,7 @@ local rpc = require "agenthost.mcp.rpc"
 local stdio = require "agenthost.mcp.stdio"
 local http = require "agenthost.mcp.http"
 
-local cjson = rpc.json
+local json = rpc.json
 local err, misuse = rpc.err, rpc.misuse
 
 local M = {}
@@ -47,23 +47,6 @@ local function supported(v)
   return false
 end
 
--- cjson decodes an empty JSON array as an empty table, which encodes back
--- as an object.  In a schema handed on to a model provider that matters
--- for `required`, where an empty list means the same as none: drop it.
-local function tidy_schema(s)
-  if type(s) ~= "table" then return s end
-  for k, v in pairs(s) do
-    if type(v) == "table" then
-      if k == "required" and next(v) == nil then
-        s[k] = nil
-      else
-        tidy_schema(v)
-      end
-    end
-  end
-  return s
-end
-
 -- Checking what a server sent ------------------------------------------------------
 --
 -- Every result is checked before it is used: a field of the wrong type
@@ -76,7 +59,7 @@ local is_list = ah.tools.is_array
 
 -- v with JSON null read as absent.
 local function opt(v)
-  if v == cjson.null then return nil end
+  if v == json.null then return nil end
   return v
 end
 
@@ -162,7 +145,7 @@ local check_result = M.check_result
 function M.check_message(raw, method, name)
   name = name or "fuzz"
   if type(raw) ~= "string" then rpc.misuse("mcp.check_message: raw must be a string") end
-  local ok, msg = pcall(cjson.decode, raw)
+  local ok, msg = pcall(json.decode, raw)
   if not ok then error(rpc.protocol(name, "a message that is not JSON: " .. rpc.excerpt(raw, 80)), 0) end
   if type(msg) == "table" and msg[1] ~= nil then msg = msg[1] end -- a batch: its first answer
   if type(msg) ~= "table" or msg.jsonrpc ~= "2.0" or msg.id == nil
@@ -186,7 +169,6 @@ function Client:list_tools(opts)
     local r = check_result(self.name, "tools/list",
       self:request("tools/list", cursor and { cursor = cursor } or nil, opts))
     for _, t in ipairs(r.tools) do
-      tidy_schema(t.inputSchema)
       tools[#tools + 1] = t
     end
     cursor = r.nextCursor
@@ -288,7 +270,7 @@ function M.result_text(r)
     end
   end
   if #parts == 0 and r.structuredContent ~= nil then
-    return cjson.encode(r.structuredContent)
+    return json.encode(r.structuredContent)
   end
   return table.concat(parts, "\n")
 end

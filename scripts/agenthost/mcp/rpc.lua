@@ -7,7 +7,7 @@
 -- is broken or closed, every waiting and every later call fails with the
 -- same error.  agenthost.mcp adds the MCP calls (ping, list_tools,
 -- call_tool) to this class and runs the handshake.  Relies on agenthost
--- (task events and timeouts, structured errors) and cjson.
+-- (task events and timeouts, structured errors, ah.json).
 --
 -- A transport module (agenthost.mcp.stdio, agenthost.mcp.http) has
 -- check(opts), which raises invalid_argument for options it cannot use and
@@ -40,15 +40,13 @@
 -- reading).
 
 local ah = require "agenthost"
-local cjson = require("cjson").new()
+local json = ah.json
 local task = ah.task
 
 local M = {}
 
--- A codec of the client's own (cjson.new), so that settings other code
--- makes on the shared cjson module do not change what it sends or reads;
--- the transports and agenthost.mcp use it too.
-M.json = cjson
+-- The codec of the client, its transports and agenthost.mcp.
+M.json = json
 
 M.DEFAULT_TIMEOUT = 60
 -- The largest message a transport accepts unless given max_line.
@@ -82,10 +80,11 @@ function M.protocol(name, message)
 end
 local protocol = M.protocol
 
--- A JSON type name for messages: cjson's null is "null", a table "object".
+-- A JSON type name for messages: null is "null", a decoded array "array",
+-- any other table "object".
 function M.typename(v)
-  if v == cjson.null then return "null" end
-  if type(v) == "table" then return "object" end
+  if v == json.null then return "null" end
+  if type(v) == "table" then return getmetatable(v) == json.array_mt and "array" or "object" end
   return type(v)
 end
 local typename = M.typename
@@ -109,7 +108,7 @@ function M.answer(name, method, msg)
   if not code then bad("error.code must be an integer, got " .. typename(e.code)) end
   if type(e.message) ~= "string" then bad("error.message must be a string, got " .. typename(e.message)) end
   local data = e.data
-  if data == cjson.null then data = nil end
+  if data == json.null then data = nil end
   error(err("mcp", string.format("mcp %s: '%s' failed: %s (code %d)", name, method,
     excerpt(e.message, 1000), code), { code = code, data = data }), 0)
 end
@@ -121,7 +120,7 @@ M.Client = Client
 
 -- Sends one message (a table) without waiting for an answer.
 function Client:_send(msg)
-  return self._transport:send(cjson.encode(msg))
+  return self._transport:send(json.encode(msg))
 end
 
 -- Marks the client broken: every call waiting and every later call fails
@@ -168,7 +167,7 @@ function Client:_dispatch(msg)
   end
   if msg.jsonrpc ~= "2.0" then return false end
   if type(msg.method) == "string" then
-    if msg.id ~= nil and msg.id ~= cjson.null then
+    if msg.id ~= nil and msg.id ~= json.null then
       self:_answer(msg)
     else
       if msg.method == "notifications/tools/list_changed" then self.tools_changed = true end
@@ -200,7 +199,7 @@ end
 
 -- Decodes one raw message and dispatches it.
 function Client:_receive(raw)
-  local ok, msg = pcall(cjson.decode, raw)
+  local ok, msg = pcall(json.decode, raw)
   if not (ok and self:_dispatch(msg)) then
     self._ignored = self._ignored + 1
     self._last_ignored = raw

@@ -19,7 +19,7 @@
 -- the page puts them into the document with textContent only, so model
 -- output or tool results cannot inject anything into the page.
 
-local cjson = require "cjson"
+local json = require("agenthost.core").json
 
 local M = {}
 
@@ -233,14 +233,14 @@ end
 -- JSON for a <script> element: "<" escaped, so that no stored text can
 -- end the element early.
 local function script_json(v)
-  return (cjson.encode(v):gsub("<", "\\u003c"))
+  return (json.encode(v):gsub("<", "\\u003c"))
 end
 
 -- render(rows, messages, {title, subtitle}) -> the page
 function M.render(rows, messages, opts)
   opts = opts or {}
-  -- Times go in as nanoseconds from the earliest start: JSON numbers (and
-  -- cjson, to 14 digits) hold those exactly, not Unix nanoseconds.
+  -- Times go in as nanoseconds from the earliest start: the page's
+  -- JavaScript numbers (doubles) hold those exactly, not Unix nanoseconds.
   local t0 = math.maxinteger
   for _, r in ipairs(rows) do if r.start_ns < t0 then t0 = r.start_ns end end
   local list, errors = {}, 0

@@ -33,7 +33,7 @@
 -- succeeds again; headers are never printed).
 
 local core = require "agenthost.core"
-local cjson = require "cjson"
+local json = core.json
 
 local M = {}
 
@@ -196,7 +196,7 @@ end
 function M.encode(spans, resource)
   local list = {}
   for i, sp in ipairs(spans) do list[i] = otlp_span(sp) end
-  return cjson.encode {
+  return json.encode {
     resourceSpans = { {
       resource = { attributes = key_values(resource) },
       scopeSpans = { { scope = { name = "agenthost" }, spans = list } },
@@ -352,7 +352,7 @@ function Exporter:send(batch)
       local st = res.status
       if st >= 200 and st <= 299 then
         local rejected = 0
-        local okj, j = pcall(cjson.decode, res.body or "")
+        local okj, j = pcall(json.decode, res.body or "")
         if okj and type(j) == "table" and type(j.partialSuccess) == "table" then
           rejected = math.tointeger(tonumber(j.partialSuccess.rejectedSpans or 0)) or 0
           if rejected > 0 then

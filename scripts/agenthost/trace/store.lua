@@ -23,7 +23,7 @@
 -- and events (a JSON array of {name, offset_ns, attributes}, or NULL;
 -- offset_ns from the span's start, which JSON numbers hold exactly).
 
-local cjson = require "cjson"
+local json = require("agenthost.core").json
 
 local M = {}
 
@@ -82,7 +82,7 @@ end
 
 -- JSON of a table that may be empty: "{}" for the attributes.
 local function encode(t)
-  local ok, s = pcall(cjson.encode, t)
+  local ok, s = pcall(json.encode, t)
   if ok then return s end
   -- A value JSON cannot hold (a function, a cycle): its text instead.
   local safe = {}
@@ -90,7 +90,7 @@ local function encode(t)
     local tv = type(v)
     safe[tostring(k)] = (tv == "string" or tv == "number" or tv == "boolean") and v or tostring(v)
   end
-  return cjson.encode(safe)
+  return json.encode(safe)
 end
 
 -- Posts the row of a finished span.
@@ -116,10 +116,10 @@ local COLUMNS = [[trace_id, span_id, parent_span_id, name, kind, span_kind, star
 
 local function decode_rows(rows)
   for _, r in ipairs(rows) do
-    local ok, a = pcall(cjson.decode, r.attributes or "{}")
+    local ok, a = pcall(json.decode, r.attributes or "{}")
     r.attributes = ok and type(a) == "table" and a or {}
     if r.events then
-      local ok2, e = pcall(cjson.decode, r.events)
+      local ok2, e = pcall(json.decode, r.events)
       r.events = ok2 and type(e) == "table" and e or nil
       for _, ev in ipairs(r.events or {}) do
         ev.time_ns = r.start_ns + (math.tointeger(ev.offset_ns) or 0)
@@ -165,7 +165,7 @@ function M.messages(db, conversation)
     "WHERE run_id = ? AND role <> 'event' ORDER BY seq", id)
   if not ok then return {} end
   for _, r in ipairs(rows) do
-    local okd, data = pcall(cjson.decode, r.data or "null")
+    local okd, data = pcall(json.decode, r.data or "null")
     r.data = nil
     if okd and type(data) == "table" then
       if type(data.tool_calls) == "table" then
@@ -174,7 +174,7 @@ function M.messages(db, conversation)
           if type(c) == "table" then
             local args = c.raw_arguments
             if type(args) ~= "string" then
-              local oke, text = pcall(cjson.encode, c.arguments or {})
+              local oke, text = pcall(json.encode, c.arguments or {})
               args = oke and text or nil
             end
             calls[#calls + 1] = { name = tostring(c.name), arguments = args }
