@@ -206,11 +206,12 @@ void ah__sched_housekeeping(ah_sched *S) {
  * every allocation, so its work falls where allocation is, in the bursts
  * of work that a loop of many agents runs when a thousand timers are due
  * at once, and the heap reaches twice what is live.  The loop knows
- * better when work is due.  After every spell of activity a weak timer
- * (it keeps nothing alive) fires once no task has run for
- * AH_IDLE_GC_QUIET_MS; if the heap has grown AH_IDLE_GC_GROWTH percent
- * over what the last cycle left (and by at least a megabyte), a cycle
- * starts in idle time: the drains that find nothing ready run the
+ * better when work is due.  After a spell of activity that left the heap
+ * AH_IDLE_GC_GROWTH percent over what the last cycle left (and at least a
+ * megabyte over), a weak timer (it keeps nothing alive) fires once no task
+ * has run for AH_IDLE_GC_QUIET_MS, and a cycle starts in idle time (a
+ * spell that left less arms nothing, so I/O that wakes the loop every few
+ * milliseconds costs no extra wake-up): the drains that find nothing ready run the
  * collector in slices of at most AH_IDLE_GC_SLICE_NS, each ending before
  * the next timer is due and, in ah_step, within a quarter of the step's
  * budget and before its end, until the cycle is done; the loop polls for
@@ -295,28 +296,40 @@ static void gc_wait_quiet(ah_sched *S, uint64_t ms) {
   ah__timers_start(&S->loop.timers, &S->gc_timer, S->gc_busy + AH_IDLE_GC_QUIET_MS - ms);
 }
 
+/* Whether the heap has grown enough since the last cycle for idle time to
+ * run one (what a cycle that ended meanwhile left is read first). */
+static int gc_grown(ah_sched *S) {
+  size_t kb;
+  if (S->gc_ended) ah__sched_gc_ended(S);
+  kb = (size_t)lua_gc(S->L, LUA_GCCOUNT);
+  return kb >= S->gc_base + S->gc_base / 100 * AH_IDLE_GC_GROWTH + 1024;
+}
+
+/* A drain ran tasks.  Outside an idle-time cycle the quiet wait is armed
+ * only once the heap has grown enough for one, so that a loop that I/O
+ * wakes every few milliseconds (a streamed reply) is not woken once more
+ * after each event for a collection that would not start. */
 void ah__sched_gc_busy(ah_sched *S) {
   S->gc_busy = uv_now(S->loop.uv);
-  if (!ah__timers_armed(&S->gc_timer)) gc_wait_quiet(S, S->gc_busy);
+  if (ah__timers_armed(&S->gc_timer)) return;
+  if (!S->gc_active && !gc_grown(S)) return;
+  gc_wait_quiet(S, S->gc_busy);
 }
 
 /* The loop has been quiet since the timer was armed, or tasks ran
  * meanwhile (then it waits again): a cycle starts in idle time when the
- * heap has grown enough.  The heap is looked at here only, once after each
- * spell of activity, so that a loop that is idle, or steps in a tight
- * loop, pays nothing for it. */
+ * heap has grown enough.  The heap is looked at only by drains that ran
+ * tasks (one read of Lua's count) and here, so that a loop that is idle,
+ * or steps in a tight loop with nothing to run, pays nothing for it. */
 void ah__sched_gc_timer(ah_sched *S) {
   lua_State *L = S->L;
   uint64_t ms = uv_now(S->loop.uv);
-  size_t kb;
   if (S->closed || S->gc_active) return;
   if (ms < S->gc_busy + AH_IDLE_GC_QUIET_MS) {
     gc_wait_quiet(S, ms);
     return;
   }
-  if (S->gc_ended) ah__sched_gc_ended(S);
-  kb = (size_t)lua_gc(L, LUA_GCCOUNT);
-  if (kb < S->gc_base + S->gc_base / 100 * AH_IDLE_GC_GROWTH + 1024) return;
+  if (!gc_grown(S)) return;
   if (!lua_gc(L, LUA_GCISRUNNING)) return;
   if (!S->gc_sentinel) ah__protect(L, sentinel_make_p, S, 0);
   S->gc_active = 1;
