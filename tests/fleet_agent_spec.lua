@@ -29,12 +29,19 @@ describe("ah.agent on the fleet", function()
     if srv then srv:stop() end
   end)
 
+  -- The fleet, and the tables the worker's tools write to, empty.
+  local function open_fleet()
+    local fleet = ah.fleet.open { db = srv.url, name = "agents" }
+    local db = fleet.db
+    db:exec("CREATE TABLE IF NOT EXISTS asked (run_id bigint, call_id text, pid integer)")
+    db:exec("CREATE TABLE IF NOT EXISTS deploys (call_id text, pid integer)")
+    db:exec("DELETE FROM asked; DELETE FROM deploys")
+    return fleet, db
+  end
+
   it("continues on another worker after a crash; the approval waits as a durable event", function()
     task.run(function()
-      local fleet = ah.fleet.open { db = srv.url, name = "agents" }
-      local db = fleet.db
-      db:exec("CREATE TABLE asked (run_id bigint, call_id text, pid integer)")
-      db:exec("CREATE TABLE deploys (call_id text, pid integer)")
+      local fleet, db = open_fleet()
       local procs = {}
       local function start_worker()
         return sf.start_worker(procs, { "tests/support/fleet_agent_worker.lua", srv.url, mock.base,
@@ -84,11 +91,7 @@ describe("ah.agent on the fleet", function()
 
   it("parks a run whose agent waits for an approval in on_event, and resumes it when it comes", function()
     task.run(function()
-      local fleet = ah.fleet.open { db = srv.url, name = "agents" }
-      local db = fleet.db
-      db:exec("CREATE TABLE IF NOT EXISTS asked (run_id bigint, call_id text, pid integer)")
-      db:exec("CREATE TABLE IF NOT EXISTS deploys (call_id text, pid integer)")
-      db:exec("DELETE FROM asked; DELETE FROM deploys")
+      local fleet, db = open_fleet()
       local procs = {}
       local ok, err = pcall(function()
         mock:reset()

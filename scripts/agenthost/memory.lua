@@ -228,9 +228,9 @@ local function text_or_json(v, what, field)
   if v == nil or type(v) == "string" then return v end
   if type(v) == "number" or type(v) == "boolean" then return tostring(v) end
   if type(v) == "table" then
-    local ok, s = pcall(json.encode, v)
-    if ok then return s end
-    bad(what, field .. " cannot be encoded as JSON: " .. tostring(type(s) == "table" and s.message or s))
+    local s, why = M.encode(v)
+    if s then return s end
+    bad(what, field .. " cannot be encoded as JSON: " .. why)
   end
   bad(what, field .. " must be a string or a table, not a " .. type(v))
 end

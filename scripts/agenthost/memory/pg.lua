@@ -295,17 +295,19 @@ function Db:close()
   if self.owned then self.pool:close() end
 end
 
+-- What a first open that lost the race to create the schema table gets:
+-- the table's row type (42710), its catalog row (23505) or the table
+-- itself (42P07) already exists.
+local RACED = { ["23505"] = true, ["42P07"] = true, ["42710"] = true }
+
 local function ensure_schema_table(pool)
   local sql = "CREATE TABLE IF NOT EXISTS ah_memory_schema(" ..
     "id int PRIMARY KEY CHECK (id = 1), version int NOT NULL); " ..
     "INSERT INTO ah_memory_schema VALUES (1, 0) ON CONFLICT DO NOTHING"
   local ok, err = pcall(pool.exec, pool, sql)
-  -- Two first opens at once: the other one's CREATE won the race, and
-  -- this one's failed on the table's row type (42710), its catalog row
-  -- (23505) or the table itself (42P07).
+  -- Two first opens at once: the other one's CREATE won the race.
   if not ok then
-    local raced = { ["23505"] = true, ["42P07"] = true, ["42710"] = true }
-    if not (type(err) == "table" and raced[err.code]) then error(err, 0) end
+    if not (type(err) == "table" and RACED[err.code]) then error(err, 0) end
     pool:exec(sql)
   end
 end
